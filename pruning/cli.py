@@ -1,0 +1,89 @@
+"""CLI: `submodel prune` and `submodel info`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from submodel.cli import CLIError
+
+DEFAULT_LANGUAGES = "python,java,cpp,javascript"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "prune", help="prune a base model per language into a sub-model store",
+        description="Run Wanda (or magnitude) pruning of a base model once per language, "
+        "calibrated on real code of that language, and write a sub-model store: the dense "
+        "weights once, one bit-packed mask per language, a manifest and reports. An "
+        "interrupted run resumes with the languages it already finished.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", default="qwen2.5-coder-0.5b",
+                   help="alias (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, gemma-3-270m, "
+                   "smollm2-135m), a .gguf file, or a Hugging Face model directory")
+    p.add_argument("--out", required=True, type=Path, help="store directory to create")
+    p.add_argument("--languages", default=DEFAULT_LANGUAGES,
+                   help="comma-separated languages, one mask each")
+    p.add_argument("--calib", action="append", default=[], metavar="LANG=PATH",
+                   help="calibration code for LANG: a directory, a glob, or a JSONL file with "
+                   "a 'text' field (repeatable; default: sources found on this machine)")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows per language")
+    p.add_argument("--seqlen", type=int, default=None,
+                   help="tokens per window (default 512 on CPU, 2048 on CUDA)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the window sampling")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned per row")
+    p.add_argument("--pattern", default="unstructured",
+                   help="'unstructured' or N:M (prune N of every M consecutive inputs, e.g. 2:4)")
+    p.add_argument("--method", default="wanda", choices=("wanda", "magnitude"),
+                   help="wanda: |W| x input activation norm; magnitude: |W| (baseline)")
+    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                   help="dtype of the dense weights in the store")
+    p.add_argument("--device", default="cpu", help="where blocks run while pruning (cpu, cuda)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
+    p.add_argument("--force", action="store_true",
+                   help="rebuild even if the store or a partial build exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_prune)
+
+    i = sub.add_parser("info", help="describe a sub-model store",
+                       description="Print a store's manifest in human form: base model, recipe, "
+                       "per-language sparsity and the mask overlap table. Verifies the store "
+                       "(sha256s, shapes, sparsity) unless --no-verify.")
+    i.add_argument("store", type=Path, help="store directory")
+    i.add_argument("--no-verify", action="store_true", help="skip the sha256 and mask checks")
+    i.set_defaults(func=run_info)
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    from submodel.pruning import corpora
+    from submodel.pruning.models import ModelError
+    from submodel.pruning.prune import PruneConfig, prune
+    from submodel.pruning.store import StoreError
+
+    languages = tuple(s.strip() for s in args.languages.split(",") if s.strip())
+    try:
+        calib = corpora.parse_calib_flags(args.calib)
+        cfg = PruneConfig(
+            model=args.model, out=args.out, languages=languages, calib=calib,
+            nsamples=args.nsamples,
+            seqlen=args.seqlen or (2048 if args.device.startswith("cuda") else 512),
+            seed=args.seed, sparsity=args.sparsity, pattern=args.pattern, method=args.method,
+            dtype=args.dtype, device=args.device, batch_size=args.batch_size, force=args.force,
+            progress=not args.quiet)
+        store = prune(cfg)
+    except (ValueError, corpora.CorpusError, ModelError, StoreError) as e:
+        raise CLIError(str(e)) from None
+    print(f"wrote {store.path} ({', '.join(store.languages)})")
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from submodel.pruning.info import describe
+    from submodel.pruning.store import StoreError, open_store
+
+    try:
+        store = open_store(args.store, verify=not args.no_verify)
+    except StoreError as e:
+        raise CLIError(str(e)) from None
+    print(describe(store))
+    return 0

@@ -1,0 +1,46 @@
+"""Human-readable description of a store (`submodel info`)."""
+
+from __future__ import annotations
+
+from submodel.pruning.report import distance_matrix
+from submodel.pruning.store import Store
+
+
+def _size(nbytes: int) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB"
+
+
+def describe(store: Store) -> str:
+    m = store.manifest
+    cal = m["calibration"]
+    n_weights = sum(o * i for o, i in store.prunable.values())
+    lines = [
+        f"store        {store.path}  (format {m['format_version']}, tool {m['tool_version']}, "
+        f"created {m['created']})",
+        f"base model   {m['base_model']['id']}  sha256 {str(m['base_model']['sha256'])[:16]}",
+        f"dense        {store.dtype}  {_size(store.dense_file.stat().st_size)}  "
+        f"{n_weights:,} prunable weights in {len(store.prunable)} Linear layers",
+        f"method       {m['method']}  sparsity {m['sparsity']}  pattern {m['pattern']}",
+        f"calibration  {cal['nsamples']} windows x {cal['seqlen']} tokens, seed {cal['seed']}",
+    ]
+    for lang, src in cal["sources"].items():
+        lines.append(f"  {lang:<11}{src}")
+    sparsity = store.report("sparsity.json") or {}
+    lines.append("")
+    lines.append(f"{'language':<12}{'sparsity':>9}{'mask file':>12}{'prune time':>12}")
+    for lang in store.languages:
+        entry = m["languages"][lang]
+        size = store.mask_file(lang).stat().st_size
+        seconds = entry.get("seconds")
+        lines.append(f"{lang:<12}{sparsity.get(lang, {}).get('overall', float('nan')):>9.4f}"
+                     f"{_size(size):>12}{(f'{seconds:.0f} s' if seconds else '-'):>12}")
+    overlap = store.report("overlap.json")
+    if overlap and overlap["pairs"]:
+        langs = overlap["languages"]
+        matrix = distance_matrix(overlap)
+        lines.append("")
+        lines.append("Jaccard distance of kept weights (0 = identical masks)")
+        lines.append(" " * 12 + "".join(f"{lang:>12}" for lang in langs))
+        for lang, row in zip(langs, matrix, strict=True):
+            lines.append(f"{lang:<12}" + "".join(f"{d:>12.4f}" for d in row))
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""`submodel prune`: base model + calibration code per language -> a verified store."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from submodel.pruning import corpora
+from submodel.pruning.models import DTYPES, load_model, resolve_model
+from submodel.pruning.report import overlap_report, plot_overlap, sparsity_report
+from submodel.pruning.store import (
+    Store,
+    StoreBuilder,
+    load_hf_model,
+    load_tokenizer,
+    parse_pattern,
+    read_masks,
+)
+from submodel.pruning.wanda import magnitude_masks, prunable_linears, wanda_masks
+from tqdm import tqdm
+
+METHODS = ("wanda", "magnitude")
+
+
+@dataclass
+class PruneConfig:
+    model: str
+    out: Path
+    languages: tuple[str, ...] = corpora.LANGUAGES
+    calib: dict[str, str] = field(default_factory=dict)  # language -> override path
+    nsamples: int = 128
+    seqlen: int = 512
+    seed: int = 0
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+    method: str = "wanda"
+    dtype: str = "bfloat16"
+    device: str = "cpu"
+    batch_size: int = 8
+    force: bool = False
+    progress: bool = True
+
+
+def _recipe(cfg: PruneConfig, model_id: str, model_sha: str | None,
+            sources: dict[str, corpora.Source]) -> dict:
+    """What determines the masks; a resumed build must match it exactly."""
+    return {
+        "base_model": {"id": model_id, "sha256": model_sha},
+        "dtype": cfg.dtype,
+        "method": cfg.method,
+        "sparsity": cfg.sparsity,
+        "pattern": cfg.pattern,
+        "calibration": {
+            "nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "seed": cfg.seed,
+            "sources": {lang: src.description for lang, src in sorted(sources.items())},
+        },
+    }
+
+
+def validate(cfg: PruneConfig) -> None:
+    """Reject bad flags before any slow work (ValueError with one line)."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"--method must be one of {', '.join(METHODS)}")
+    if not 0 < cfg.sparsity < 1:
+        raise ValueError("--sparsity must be between 0 and 1 (exclusive)")
+    parse_pattern(cfg.pattern)
+    if cfg.dtype not in DTYPES:
+        raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
+    if cfg.nsamples < 1 or cfg.seqlen < 8:
+        raise ValueError("--nsamples must be >= 1 and --seqlen >= 8")
+    if not cfg.languages or len(set(cfg.languages)) != len(cfg.languages):
+        raise ValueError("--languages needs distinct language names")
+    unknown = set(cfg.calib) - set(cfg.languages)
+    if unknown:
+        raise ValueError(f"--calib given for {', '.join(sorted(unknown))}, not in --languages")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here")
+
+
+def prune(cfg: PruneConfig) -> Store:
+    validate(cfg)
+    sources = {} if cfg.method == "magnitude" else {
+        lang: corpora.find_source(lang, cfg.calib.get(lang)) for lang in cfg.languages}
+    source = resolve_model(cfg.model)
+    builder = StoreBuilder(cfg.out, _recipe(cfg, source.id, source.sha256, sources), cfg.force)
+    if not builder.has_base():
+        say(cfg, f"loading {source.id} ({source.kind}) and writing the dense base ({cfg.dtype})")
+        model, tokenizer = load_model(source, dtype=torch.float32)
+        builder.write_base(model, tokenizer, DTYPES[cfg.dtype])
+        del model
+    # Calibrate on the stored weights (upcast), so a resumed build sees exactly the same model.
+    tokenizer = load_tokenizer(builder.base_dir)
+    model = load_hf_model(builder.base_dir, torch.float32)
+    prunable = {name: (lin.out_features, lin.in_features)
+                for name, lin in prunable_linears(model).items()}
+    pattern = parse_pattern(cfg.pattern)
+    done = set(builder.done_languages())
+    for lang in cfg.languages:
+        if lang in done:
+            say(cfg, f"{lang}: already pruned in an earlier run, kept")
+            continue
+        started = time.perf_counter()
+        info: dict = {}
+        if cfg.method == "magnitude":
+            masks = magnitude_masks(model, cfg.sparsity, pattern)
+        else:
+            docs = corpora.documents(sources[lang], "calib")
+            ids = corpora.sample_windows(tokenizer, docs, cfg.nsamples, cfg.seqlen, cfg.seed)
+            n_blocks = len(prunable) // 7
+            with tqdm(total=n_blocks, desc=f"wanda {lang}", unit="block",
+                      disable=not cfg.progress) as bar:
+                masks = wanda_masks(model, ids, cfg.sparsity, pattern, cfg.batch_size,
+                                    cfg.device, on_block=lambda i, n: bar.update(1))
+            info = {"calibration_tokens": int(ids.numel()), "calibration_documents": len(docs)}
+        info["seconds"] = round(time.perf_counter() - started, 2)
+        builder.write_mask(lang, masks, info)
+        say(cfg, f"{lang}: masks written in {info['seconds']:.1f}s")
+    all_masks = {lang: read_masks(builder.mask_path(lang)) for lang in cfg.languages}
+    builder.write_report("sparsity.json", sparsity_report(all_masks, prunable))
+    overlap = overlap_report(all_masks)
+    builder.write_report("overlap.json", overlap)
+    if len(cfg.languages) > 1:
+        plot_overlap(overlap, builder.work / "report" / "overlap.png")
+    return builder.finalize(prunable, list(cfg.languages))
+
+
+def say(cfg: PruneConfig, message: str) -> None:
+    if cfg.progress:
+        tqdm.write(message)
