@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
+
 from submodel.pruning import corpora
 from submodel.pruning.models import DTYPES, load_model, resolve_model
 from submodel.pruning.report import overlap_report, plot_overlap, sparsity_report
@@ -19,7 +21,6 @@ from submodel.pruning.store import (
     read_masks,
 )
 from submodel.pruning.wanda import magnitude_masks, prunable_linears, wanda_masks
-from tqdm import tqdm
 
 METHODS = ("wanda", "magnitude")
 

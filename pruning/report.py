@@ -6,6 +6,7 @@ import itertools
 from pathlib import Path
 
 import torch
+
 from submodel.pruning import masks as bits
 from submodel.pruning.store import layer_type
 

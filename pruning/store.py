@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from submodel.pruning import masks as bits
-from submodel.pruning.models import sha256_file
 
 from submodel import __version__
+from submodel.pruning import masks as bits
+from submodel.pruning.models import sha256_file
 
 FORMAT = "submodel-store"
 FORMAT_VERSION = 1

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from submodel.pruning import masks as bits
 from submodel.pruning.store import PRUNABLE_SUFFIXES
-from torch import nn
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

@@ -49,5 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+if __name__ == "__main__":  # `python -m submodel.cli`: use the importable module's classes
+    from submodel.cli import main as package_main
+
+    sys.exit(package_main())

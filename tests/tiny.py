@@ -16,7 +16,7 @@ SPECIALS = ["<|endoftext|>", "<|im_end|>"]
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
     """Byte-level BPE without merges: every byte is a token, plus Qwen's two end tokens."""
-    vocab = {ch: i for i, ch in enumerate(pre_tokenizers.ByteLevel.alphabet())}
+    vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

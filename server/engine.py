@@ -1,0 +1,402 @@
+"""The engine: one copy of the dense weights, every language's mask, a KV cache of slots, and
+a scheduler thread that runs continuous batching over them.
+
+Each step: drop cancelled and expired sequences, pick the language(s) to run, admit waiting
+requests into free slots (prefilling them), then run one decode step for the batch. With a
+strategy that cannot mix languages in one step (swap, replicas), a language keeps the batch for
+a bounded time slice, then the language with the oldest waiting work goes next; sequences of
+other languages keep their slots (paused) until their turn comes back.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import torch
+
+from submodel.pruning.store import Store
+from submodel.server.api import (
+    DENSE,
+    DoneEvent,
+    DrainingError,
+    EngineObserver,
+    FinishEvent,
+    GenerationRequest,
+    InvalidRequestError,
+    QueueFullError,
+    TokenEvent,
+    UnknownLanguageError,
+)
+from submodel.server.masking import make_strategy
+from submodel.server.model import KVCache, ModelArgs, Transformer, weight_name
+from submodel.server.sampling import TextAssembler, choose_token, make_generator
+
+log = logging.getLogger("submodel.engine")
+
+END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<end_of_turn>",
+              "<|end|>", "</s>")
+MAX_N = 16
+MAX_TEMPERATURE = 5.0
+
+
+class RequestHandle:
+    """A submitted request: iterate it for events; cancel() frees its slots at the next step."""
+
+    _ids = itertools.count()
+
+    def __init__(self, request: GenerationRequest, prompt_ids: list[int]) -> None:
+        self.id = next(self._ids)
+        self.request = request
+        self.language = request.language
+        self.prompt_ids = prompt_ids
+        self.prompt_tokens = len(prompt_ids)
+        self.submitted = time.monotonic()
+        self.admitted: float | None = None
+        self.first_token: float | None = None
+        self.cancelled = False
+        self.unfinished = request.params.n
+        self.generated = 0
+        self._events: queue.Queue = queue.Queue()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def __iter__(self):
+        while True:
+            event = self._events.get()
+            yield event
+            if isinstance(event, DoneEvent):
+                return
+
+    def expired(self, now: float) -> bool:
+        return self.request.deadline is not None and now >= self.request.deadline
+
+
+@dataclass
+class Sequence:
+    handle: RequestHandle
+    sample: int
+    slot: int
+    position: int  # where the next token's key/value go
+    last_token: int
+    assembler: TextAssembler
+    generator: torch.Generator | None
+    generated: int = 0
+    done: bool = False
+    language: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.language = self.handle.language
+
+
+class Engine:
+    def __init__(self, store: Store, strategy: str = "swap", device: str = "cpu",
+                 dtype: torch.dtype | None = None, max_batch: int = 8, max_context: int = 2048,
+                 max_queue: int = 64, time_slice: float = 0.25,
+                 observer: EngineObserver | None = None) -> None:
+        if device != "cpu":
+            raise ValueError("the engine's masked kernels run on the CPU; use --device cpu")
+        self.store = store
+        self.languages = store.languages
+        self.observer = observer or EngineObserver()
+        self.dtype = dtype or store.dtype
+        self.max_batch = max_batch
+        self.max_queue = max_queue
+        self.time_slice = time_slice
+        config = store.config()
+        self.args = ModelArgs.from_config(config)
+        self.max_context = min(max_context, self.args.max_positions)
+        self.tokenizer = store.load_tokenizer()
+        self.end_ids = self._end_token_ids(config)
+
+        state = store.load_state_dict(self.dtype)
+        names = [weight_name(i) for i in range(7 * self.args.n_layers)]
+        weights = [state.pop(n) for n in names]
+        masks = {}
+        for lang in self.languages:
+            loaded = store.load_mask(lang)
+            masks[lang] = [loaded[n] for n in names]
+        self.model = Transformer(self.args, state, device)
+        self.strategy = make_strategy(strategy, weights, names, masks, store.dense_file)
+        self.mixes_languages = self.strategy.mixes_languages
+        slots = max_batch if self.mixes_languages else 2 * max_batch  # room for paused ones
+        self.cache = KVCache(self.args, slots, self.max_context, self.dtype, device)
+        self.free_slots = list(range(slots))
+        for kind, nbytes in self.strategy.resident_bytes().items():
+            self.observer.weight_bytes(kind, nbytes)
+
+        self.waiting: dict[str, deque[RequestHandle]] = {
+            lang: deque() for lang in [*self.languages, DENSE]}
+        self.running: list[Sequence] = []
+        self.active = DENSE
+        self.slice_started = 0.0
+        self.lock = threading.Condition()
+        self.accepting = True
+        self.stopping = False
+        self.thread: threading.Thread | None = None
+
+    # ---- caller side (any thread) ----
+
+    def start(self) -> None:
+        self.thread = threading.Thread(target=self._loop, name="submodel-engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, request: GenerationRequest) -> RequestHandle:
+        self._validate(request)
+        ids = self.tokenizer.encode(request.prompt)
+        if len(ids) >= self.max_context:
+            raise InvalidRequestError(f"prompt is {len(ids)} tokens; the context window is "
+                                      f"{self.max_context}: shorten the prompt")
+        handle = RequestHandle(request, ids)
+        with self.lock:
+            if not self.accepting:
+                raise DrainingError("the server is shutting down; retry on another replica")
+            if sum(len(q) for q in self.waiting.values()) >= self.max_queue:
+                raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); "
+                                     "retry later")
+            self.waiting[request.language].append(handle)
+            self.observer.queue_depth(request.language, len(self.waiting[request.language]))
+            self.lock.notify()
+        return handle
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new requests and wait for the ones in flight; True if all finished."""
+        with self.lock:
+            self.accepting = False
+            return self.lock.wait_for(self._idle, timeout)
+
+    def stop(self) -> None:
+        with self.lock:
+            self.accepting = False
+            self.stopping = True
+            self.lock.notify_all()
+        if self.thread is not None:
+            self.thread.join()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text))
+
+    def _validate(self, r: GenerationRequest) -> None:
+        p = r.params
+        if r.language not in self.waiting:
+            raise UnknownLanguageError(f"language '{r.language}' is not served (have "
+                                       f"{', '.join(self.languages)} and {DENSE})")
+        problems = []
+        if not r.prompt:
+            problems.append("prompt is empty")
+        if not 1 <= p.max_tokens <= self.max_context:
+            problems.append(f"max_tokens must be in 1..{self.max_context}")
+        if not 0 <= p.temperature <= MAX_TEMPERATURE:
+            problems.append(f"temperature must be in 0..{MAX_TEMPERATURE}")
+        if not 0 < p.top_p <= 1:
+            problems.append("top_p must be in (0, 1]")
+        if p.top_k < 0:
+            problems.append("top_k must be >= 0 (0 = off)")
+        if not 1 <= p.n <= min(MAX_N, self.max_batch):
+            problems.append(f"n must be in 1..{min(MAX_N, self.max_batch)}")
+        if p.seed is not None and p.seed < 0:
+            problems.append("seed must be >= 0")
+        if problems:
+            raise InvalidRequestError("; ".join(problems))
+
+    def _end_token_ids(self, config: dict) -> set[int]:
+        ids = set()
+        for key in ("eos_token_id",):
+            value = config.get(key)
+            ids.update(value if isinstance(value, list) else [value] if value is not None else [])
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(self.tokenizer.eos_token_id)
+        vocab = self.tokenizer.get_vocab()
+        ids.update(vocab[t] for t in END_TOKENS if t in vocab)
+        return ids
+
+    def _idle(self) -> bool:
+        return not self.running and not any(self.waiting.values())
+
+    # ---- engine thread ----
+
+    def _loop(self) -> None:
+        torch.set_grad_enabled(False)
+        while True:
+            with self.lock:
+                self.lock.wait_for(lambda: self.stopping or not self._idle())
+                if self.stopping:
+                    break
+            try:
+                self._step()
+            except Exception:
+                log.exception("engine step failed; failing the requests in it")
+                for seq in list(self.running):
+                    self._finish(seq, "error")
+            with self.lock:
+                self.lock.notify_all()  # drain() waits for idleness
+        for seq in list(self.running):
+            self._finish(seq, "cancelled")
+        with self.lock:
+            waiting = [h for q in self.waiting.values() for h in q]
+            for q in self.waiting.values():
+                q.clear()
+        for handle in waiting:
+            self._abandon(handle, "cancelled")
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        for seq in list(self.running):
+            if seq.handle.cancelled or seq.handle.expired(now):
+                self._finish(seq, "cancelled" if seq.handle.cancelled else "deadline")
+        self._drop_abandoned(now)
+        language = None if self.mixes_languages else self._pick_language(now)
+        for handle in self._admit(language):
+            self._prefill(handle)
+        batch = [s for s in self.running
+                 if language is None or s.language == language][: self.max_batch]
+        if batch:
+            self._decode(batch)
+
+    def _drop_abandoned(self, now: float) -> None:
+        with self.lock:
+            dropped = []
+            for lang, q in self.waiting.items():
+                keep = [h for h in q if not (h.cancelled or h.expired(now))]
+                if len(keep) != len(q):
+                    dropped += [h for h in q if h not in keep]
+                    self.waiting[lang] = deque(keep)
+                    self.observer.queue_depth(lang, len(keep))
+        for handle in dropped:
+            self._abandon(handle, "cancelled" if handle.cancelled else "deadline")
+
+    def _pick_language(self, now: float) -> str | None:
+        """Keep the active language for its slice; then the oldest waiting work goes next."""
+        with self.lock:
+            oldest: dict[str, float] = {}
+            for lang, q in self.waiting.items():
+                if q and len(self.free_slots) >= q[0].request.params.n:
+                    oldest[lang] = q[0].submitted
+            for seq in self.running:
+                oldest[seq.language] = min(oldest.get(seq.language, now), seq.handle.submitted)
+        if not oldest:
+            return None
+        fresh = now - self.slice_started < self.time_slice
+        if self.active in oldest and (fresh or len(oldest) == 1):
+            return self.active
+        others = {k: v for k, v in oldest.items() if k != self.active} or oldest
+        self.active = min(others, key=others.get)
+        self.slice_started = now
+        return self.active
+
+    def _admit(self, language: str | None) -> list[RequestHandle]:
+        """Move waiting requests into free slots, oldest first, up to the batch size."""
+        admitted = []
+        with self.lock:
+            in_batch = sum(1 for s in self.running if language is None or s.language == language)
+            while True:
+                queues = [self.waiting[language]] if language else list(self.waiting.values())
+                heads = [q for q in queues if q]
+                if not heads:
+                    break
+                q = min(heads, key=lambda q: q[0].submitted)
+                n = q[0].request.params.n
+                if len(self.free_slots) < n or in_batch + n > self.max_batch:
+                    break
+                handle = q.popleft()
+                self.observer.queue_depth(handle.language, len(q))
+                handle.slots = [self.free_slots.pop(0) for _ in range(n)]
+                in_batch += n
+                admitted.append(handle)
+        return admitted
+
+    def _prefill(self, handle: RequestHandle) -> None:
+        handle.admitted = time.monotonic()
+        params = handle.request.params
+        self._prepare([handle.language])
+        ids = torch.tensor([handle.prompt_ids])
+        positions = torch.arange(len(handle.prompt_ids))[None]
+        logits = self.model.forward(ids, positions, self.cache, torch.tensor(handle.slots[:1]),
+                                    self._linear(prefill=True), prefill=True)[0]
+        for sample, slot in enumerate(handle.slots):
+            if sample:
+                self.cache.copy_slot(handle.slots[0], slot, len(handle.prompt_ids))
+            seq = Sequence(handle, sample, slot, len(handle.prompt_ids), -1,
+                           TextAssembler(self.tokenizer, params.stop),
+                           make_generator(params, sample))
+            self.running.append(seq)
+            self._accept(seq, choose_token(logits, params, seq.generator))
+
+    def _decode(self, batch: list[Sequence]) -> None:
+        started = time.perf_counter()
+        self._prepare([s.language for s in batch])
+        tokens = torch.tensor([[s.last_token] for s in batch])
+        positions = torch.tensor([[s.position] for s in batch])
+        slots = torch.tensor([s.slot for s in batch])
+        logits = self.model.forward(tokens, positions, self.cache, slots,
+                                    self._linear(prefill=False), prefill=False)
+        for seq, row in zip(batch, logits, strict=True):
+            seq.position += 1
+            self._accept(seq, choose_token(row, seq.handle.request.params, seq.generator))
+        self.observer.batch_size(len(batch))
+        self.observer.token_latency(time.perf_counter() - started)
+
+    def _prepare(self, row_languages: list[str]) -> None:
+        seconds = self.strategy.prepare(row_languages)
+        if seconds:
+            self.observer.mask_switch(seconds)
+
+    def _linear(self, prefill: bool):
+        strategy = self.strategy
+        return lambda x, index, bias: strategy.linear(x, index, bias, prefill)
+
+    def _accept(self, seq: Sequence, token: int) -> None:
+        """Record a sampled token: emit its text, or finish the sequence."""
+        handle = seq.handle
+        if handle.first_token is None:
+            handle.first_token = time.monotonic()
+        if token in self.end_ids:
+            return self._finish(seq, "stop")
+        seq.generated += 1
+        handle.generated += 1
+        seq.last_token = token
+        delta, hit_stop = seq.assembler.add(token)
+        if delta or not hit_stop:
+            handle._events.put(TokenEvent(seq.sample, delta, token))
+        if hit_stop:
+            self._finish(seq, "stop")
+        elif (seq.generated >= handle.request.params.max_tokens
+              or seq.position + 1 >= self.max_context):
+            self._finish(seq, "length")
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        if seq.done:
+            return
+        seq.done = True
+        self.running.remove(seq)
+        with self.lock:
+            self.free_slots.append(seq.slot)
+        handle = seq.handle
+        tail = seq.assembler.finish()
+        if tail:
+            handle._events.put(TokenEvent(seq.sample, tail, -1))
+        handle._events.put(FinishEvent(seq.sample, reason, seq.assembler.text, seq.generated))
+        handle.unfinished -= 1
+        if handle.unfinished == 0:
+            self._done(handle)
+
+    def _abandon(self, handle: RequestHandle, reason: str) -> None:
+        """A request that never got a slot (cancelled or expired while waiting)."""
+        for sample in range(handle.request.params.n):
+            handle._events.put(FinishEvent(sample, reason, "", 0))
+        self._done(handle)
+
+    def _done(self, handle: RequestHandle) -> None:
+        now = time.monotonic()
+        admitted = handle.admitted or now
+        handle._events.put(DoneEvent(
+            prompt_tokens=handle.prompt_tokens, generated_tokens=handle.generated,
+            queue_seconds=admitted - handle.submitted,
+            ttft_seconds=(handle.first_token or now) - handle.submitted,
+            total_seconds=now - handle.submitted))

@@ -1,0 +1,172 @@
+"""How a language's mask reaches the matmuls. Three strategies, one interface:
+
+- swap:     the live weights carry the active language's mask; a switch restores the values
+            the old mask zeroed (from the store's dense file, via the page cache) and zeroes
+            the new mask's, touching only positions where the two differ. One language per
+            batch.
+- fused:    the kernel reads each weight tile once with every row's own mask bits, so one
+            decode step can mix languages. No masked copy is ever kept.
+- replicas: one materialized masked copy per language (the naive baseline; bench only).
+
+All three route decode-time matmuls through the same GEMV kernel, so they differ only in
+how masks are applied.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from submodel.server import kernels
+from submodel.server.api import DENSE
+from submodel.server.dense_source import mapped_tensors
+
+STRATEGIES = ("swap", "fused", "replicas")
+
+
+class MaskStrategy:
+    """Owns the prunable weights and computes `linear` for the batch set by `prepare`."""
+
+    name = ""
+    mixes_languages = False
+
+    def __init__(self, weights: list[torch.Tensor], names: list[str],
+                 masks: dict[str, list[torch.Tensor]], dense_file: Path) -> None:
+        self.weights = weights  # index -> live weight [out, in]
+        self.names = names  # index -> state-dict name
+        self.masks = masks  # language -> index -> packed uint8 [out, ceil(in/8)]
+        self.dense_file = dense_file
+        self.languages = sorted(masks)
+        self.row_lang = torch.empty(0, dtype=torch.int32)
+        self.prefill_lang = DENSE
+        self.scratch: torch.Tensor | None = None
+
+    def prepare(self, row_languages: list[str]) -> float:
+        """Set up the next forward for rows of these languages; returns seconds spent switching."""
+        self.row_lang = torch.tensor([self._index(lang) for lang in row_languages],
+                                     dtype=torch.int32)
+        self.prefill_lang = row_languages[0]
+        return 0.0
+
+    def _index(self, language: str) -> int:
+        return -1 if language == DENSE else self.languages.index(language)
+
+    def linear(self, x: torch.Tensor, index: int, bias: torch.Tensor | None,
+               prefill: bool) -> torch.Tensor:
+        """x [B, T, in] -> [B, T, out]."""
+        weight = self.weight_for(index)
+        if prefill:
+            return F.linear(x, weight, bias)
+        rows = x.reshape(-1, x.shape[-1])
+        out = kernels.masked_linear(rows, weight, None, None, bias)
+        return out.view(*x.shape[:-1], -1)
+
+    def weight_for(self, index: int) -> torch.Tensor:
+        return self.weights[index]
+
+    def resident_bytes(self) -> dict[str, int]:
+        mask_bytes = sum(m.numel() for per in self.masks.values() for m in per)
+        dense_bytes = sum(w.numel() * w.element_size() for w in self.weights)
+        return {"dense": dense_bytes, "masks": mask_bytes, "extra": 0}
+
+
+class SwapStrategy(MaskStrategy):
+    name = "swap"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.active = DENSE
+
+    def prepare(self, row_languages: list[str]) -> float:
+        assert len(set(row_languages)) == 1, "swap serves one language per batch"
+        super().prepare(row_languages)
+        return self.switch(row_languages[0])
+
+    def switch(self, language: str) -> float:
+        if language == self.active:
+            return 0.0
+        started = time.perf_counter()
+        old = self.masks.get(self.active)
+        new = self.masks.get(language)
+        with mapped_tensors(self.dense_file, self.names) as source:
+            for i, weight in enumerate(self.weights):
+                src = source[self.names[i]]
+                if src.dtype != weight.dtype:
+                    src = src.to(weight.dtype)
+                kernels.swap_masks_(weight, src, None if old is None else old[i],
+                                    None if new is None else new[i])
+                del src
+        self.active = language
+        return time.perf_counter() - started
+
+
+class FusedStrategy(MaskStrategy):
+    name = "fused"
+    mixes_languages = True
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # index -> [L, out, ceil(in/8)]: every language's bits of one weight, side by side
+        self.stacked = [torch.stack([self.masks[lang][i] for lang in self.languages])
+                        for i in range(len(self.weights))]
+        self.masks = {lang: [s[k] for s in self.stacked]  # views: no second copy
+                      for k, lang in enumerate(self.languages)}
+
+    def linear(self, x, index, bias, prefill):
+        weight = self.weights[index]
+        if prefill:
+            lang = self._index(self.prefill_lang)
+            mask = None if lang < 0 else self.stacked[index][lang]
+            if self.scratch is None or self.scratch.numel() < weight.numel():
+                self.scratch = torch.empty(max(w.numel() for w in self.weights),
+                                           dtype=weight.dtype)
+            rows = x.reshape(-1, x.shape[-1])
+            out = kernels.masked_linear_prefill(rows, weight, mask, bias, self.scratch)
+            return out.view(*x.shape[:-1], -1)
+        rows = x.reshape(-1, x.shape[-1])
+        out = kernels.masked_linear(rows, weight, self.stacked[index], self.row_lang, bias)
+        return out.view(*x.shape[:-1], -1)
+
+    def resident_bytes(self):
+        sizes = super().resident_bytes()
+        if self.scratch is not None:
+            sizes["extra"] = self.scratch.numel() * self.scratch.element_size()
+        return sizes
+
+
+class ReplicaStrategy(MaskStrategy):
+    name = "replicas"
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.replicas = {}
+        for lang, per in self.masks.items():
+            self.replicas[lang] = [
+                kernels.apply_mask(w, m) for w, m in zip(self.weights, per, strict=True)]
+        self.active = DENSE
+
+    def prepare(self, row_languages):
+        assert len(set(row_languages)) == 1, "replicas serve one language per batch"
+        self.active = row_languages[0]
+        return super().prepare(row_languages)
+
+    def weight_for(self, index):
+        if self.active == DENSE:
+            return self.weights[index]
+        return self.replicas[self.active][index]
+
+    def resident_bytes(self):
+        sizes = super().resident_bytes()
+        sizes["extra"] = sum(w.numel() * w.element_size()
+                             for per in self.replicas.values() for w in per)
+        return sizes
+
+
+def make_strategy(name: str, weights, names, masks, dense_file) -> MaskStrategy:
+    classes = {"swap": SwapStrategy, "fused": FusedStrategy, "replicas": ReplicaStrategy}
+    if name not in classes:
+        raise ValueError(f"unknown strategy '{name}' (choose {', '.join(STRATEGIES)})")
+    return classes[name](weights, names, masks, dense_file)

@@ -1,0 +1,80 @@
+"""Per-sequence token choice and text assembly: sampling with its own seeded generator (so a
+request's tokens do not depend on what else is in the batch), and stop strings that may span
+token boundaries."""
+
+from __future__ import annotations
+
+import torch
+
+from submodel.server.api import SamplingParams
+
+
+def make_generator(params: SamplingParams, sample: int) -> torch.Generator | None:
+    if params.temperature == 0:
+        return None
+    g = torch.Generator()
+    if params.seed is None:
+        g.seed()
+    else:
+        g.manual_seed(params.seed * 1_000_003 + sample)
+    return g
+
+
+def choose_token(logits: torch.Tensor, params: SamplingParams,
+                 generator: torch.Generator | None) -> int:
+    """One token from fp32 logits [V]: greedy at temperature 0, else top-k / top-p sampling."""
+    if params.temperature == 0:
+        return int(torch.argmax(logits))
+    logits = logits / params.temperature
+    if params.top_k > 0 and params.top_k < logits.numel():
+        kth = torch.topk(logits, params.top_k).values[-1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    probs = torch.softmax(logits, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        cumulative = torch.cumsum(sorted_probs, dim=-1)
+        drop = cumulative - sorted_probs >= params.top_p  # keep the smallest prefix reaching p
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        choice = torch.multinomial(sorted_probs, 1, generator=generator)
+        return int(order[choice])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+class TextAssembler:
+    """Turns generated token ids into text deltas, holding back what may still become a stop
+    string or an incomplete UTF-8 character."""
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = tuple(s for s in stop if s)
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of the text already handed out
+        self.text = ""
+
+    def add(self, token_id: int) -> tuple[str, bool]:
+        """Append a token; returns (new text safe to emit, whether a stop string was hit)."""
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        for s in self.stop:
+            at = text.find(s, max(0, self.emitted - len(s)))
+            if at >= 0:
+                self.text = text[:at]
+                return self._flush(len(self.text)), True
+        self.text = text
+        safe = len(text.rstrip("\ufffd"))  # a multi-byte character split across tokens
+        for s in self.stop:  # a suffix that starts a stop string must wait
+            for n in range(min(len(s) - 1, safe), 0, -1):
+                if text[:safe].endswith(s[:n]):
+                    safe = min(safe, len(text[:safe]) - n)
+                    break
+        return self._flush(max(safe, self.emitted)), False
+
+    def finish(self) -> str:
+        """Whatever is still held back, at the end of the sequence."""
+        self.text = self.text.rstrip("\ufffd")
+        return self._flush(len(self.text))
+
+    def _flush(self, upto: int) -> str:
+        delta = self.text[self.emitted:upto]
+        self.emitted = max(self.emitted, upto)
+        return delta

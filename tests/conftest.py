@@ -1,0 +1,20 @@
+import pytest
+from tiny import save_tiny
+
+from submodel.pruning.prune import PruneConfig, prune
+
+LANGS = ("python", "java", "cpp", "javascript")
+
+
+def build_tiny_store(root, languages=LANGS, arch="qwen2", **overrides):
+    """A real store pruned from a tiny random model on real calibration code (seconds)."""
+    model_dir = save_tiny(root / "model", arch=arch)
+    cfg = PruneConfig(model=str(model_dir), out=root / "store", languages=tuple(languages),
+                      nsamples=8, seqlen=64, progress=False, dtype="float32", **overrides)
+    return prune(cfg)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory):
+    """Path of a tiny float32 store with python, java, cpp and javascript masks."""
+    return build_tiny_store(tmp_path_factory.mktemp("tiny")).path
