@@ -43,6 +43,8 @@ class MaskStrategy:
         self.row_lang = torch.empty(0, dtype=torch.int32)
         self.prefill_lang = DENSE
         self.scratch: torch.Tensor | None = None
+        self.no_masks = [torch.empty(0, w.shape[0], (w.shape[1] + 7) // 8, dtype=torch.uint8)
+                         for w in weights]  # the kernel's dense-only call
 
     def prepare(self, row_languages: list[str]) -> float:
         """Set up the next forward for rows of these languages; returns seconds spent switching."""
@@ -61,7 +63,8 @@ class MaskStrategy:
         if prefill:
             return F.linear(x, weight, bias)
         rows = x.reshape(-1, x.shape[-1])
-        out = kernels.masked_linear(rows, weight, None, None, bias)
+        dense_rows = torch.full((rows.shape[0],), -1, dtype=torch.int32)
+        out = kernels.masked_linear(rows, weight, self.no_masks[index], dense_rows, bias)
         return out.view(*x.shape[:-1], -1)
 
     def weight_for(self, index: int) -> torch.Tensor:
@@ -145,7 +148,8 @@ class ReplicaStrategy(MaskStrategy):
         self.replicas = {}
         for lang, per in self.masks.items():
             self.replicas[lang] = [
-                kernels.apply_mask(w, m) for w, m in zip(self.weights, per, strict=True)]
+                kernels.apply_mask_into(w, m, torch.empty_like(w))
+                for w, m in zip(self.weights, per, strict=True)]
         self.active = DENSE
 
     def prepare(self, row_languages):

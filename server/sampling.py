@@ -50,6 +50,7 @@ class TextAssembler:
         self.ids: list[int] = []
         self.emitted = 0  # characters of the text already handed out
         self.text = ""
+        self.stopped = False
 
     def add(self, token_id: int) -> tuple[str, bool]:
         """Append a token; returns (new text safe to emit, whether a stop string was hit)."""
@@ -59,6 +60,7 @@ class TextAssembler:
             at = text.find(s, max(0, self.emitted - len(s)))
             if at >= 0:
                 self.text = text[:at]
+                self.stopped = True
                 return self._flush(len(self.text)), True
         self.text = text
         safe = len(text.rstrip("\ufffd"))  # a multi-byte character split across tokens
@@ -71,7 +73,8 @@ class TextAssembler:
 
     def finish(self) -> str:
         """Whatever is still held back, at the end of the sequence."""
-        self.text = self.text.rstrip("\ufffd")
+        if not self.stopped:  # a character cut off by the end is dropped
+            self.text = self.text.rstrip("\ufffd")
         return self._flush(len(self.text))
 
     def _flush(self, upto: int) -> str:

@@ -1,0 +1,127 @@
+"""The gRPC server process: Generator + health + reflection on one port, /metrics over HTTP,
+and a graceful drain on SIGTERM (health NOT_SERVING, refuse new work, finish what is in flight
+up to a grace period, exit 0)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from submodel.server.auth import BearerTokenInterceptor
+from submodel.server.metrics import Metrics
+from submodel.server.service import SERVICE, GeneratorService, add_to_server
+
+log = logging.getLogger("submodel.server")
+
+FLUSH_SECONDS = 1.0  # after the drain: time for the last responses to reach their clients
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
+@dataclass
+class Listener:
+    host: str
+    port: int  # 0 = any free port
+    credentials: grpc.ServerCredentials | None = None  # TLS
+    token: str | None = None  # bearer token required on every RPC but health
+
+
+class GrpcServer:
+    """Binds at construction (so a taken port fails before a slow model load); serves once
+    `start` gets the service."""
+
+    def __init__(self, listener: Listener, workers: int) -> None:
+        interceptors = [BearerTokenInterceptor(listener.token)] if listener.token else []
+        # One thread per in-flight RPC; beyond `workers` grpc answers RESOURCE_EXHAUSTED.
+        self.server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
+                                  interceptors=interceptors, maximum_concurrent_rpcs=workers,
+                                  options=[("grpc.so_reuseport", 0)])
+        address = _address(listener.host, listener.port)
+        try:
+            if listener.credentials is not None:
+                self.port = self.server.add_secure_port(address, listener.credentials)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:
+            raise OSError(f"cannot listen on {address} (in use, or not an address of this "
+                          "machine)") from None
+        self.health = health.HealthServicer()
+        self.engine = None
+
+    def start(self, service: GeneratorService) -> None:
+        add_to_server(service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
+        self.engine = service.engine
+        self.server.start()
+        for name in ("", SERVICE):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def drain(self, grace: float) -> bool:
+        """NOT_SERVING, refuse new generations (UNAVAILABLE), let the in-flight ones finish
+        for up to `grace` seconds, then stop; True if nothing was cut off."""
+        self.health.enter_graceful_shutdown()
+        drained = self.engine.drain(grace) if self.engine is not None else True
+        self.server.stop(FLUSH_SECONDS).wait()
+        return drained
+
+
+def wait_for_signal() -> int:
+    """Block until SIGTERM or SIGINT; returns the signal number."""
+    got = threading.Event()
+    received: list[int] = []
+
+    def handler(signum, _frame):
+        received.append(signum)
+        got.set()
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while not got.wait(0.5):
+            pass
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    return received[0]
+
+
+def serve(engine_factory, router, listener: Listener, *, workers: int, strategy: str,
+          router_threshold: float, grace: float, metrics: Metrics,
+          metrics_address: tuple[str, int] | None) -> int:
+    """Run until SIGTERM/SIGINT. `engine_factory(metrics)` loads the model (slow), after the
+    ports are bound; `router(languages)` builds the router for the engine's languages."""
+    server = GrpcServer(listener, workers)
+    http = None
+    if metrics_address is not None:
+        host, port = metrics_address
+        http = metrics.serve_http(host, port)
+        log.info("metrics on http://%s/metrics", _address(host, http.server_port))
+    engine = engine_factory(metrics)
+    engine.start()
+    try:
+        service = GeneratorService(engine, router(engine.languages), metrics, strategy,
+                                   router_threshold)
+        server.start(service)
+        log.info("serving %s on %s (languages: %s; %s)", SERVICE,
+                 _address(listener.host, server.port), ", ".join(engine.languages),
+                 "TLS" if listener.credentials else "plaintext")
+        signum = wait_for_signal()
+        log.info("%s: draining (grace %.0f s)", signal.Signals(signum).name, grace)
+        drained = server.drain(grace)
+        log.info("stopped%s", "" if drained else "; requests still running at the end of the "
+                 "grace period were cancelled")
+    finally:
+        engine.stop()
+        if http is not None:
+            http.shutdown()
+    return 0

@@ -1,0 +1,171 @@
+"""Masked Linear kernels: one compiled op serves every language's sub-model from one dense copy.
+
+The C++ extension (masked_linear.cpp) is compiled on first use with torch.utils.cpp_extension and
+cached under the user cache dir, keyed by a hash of the source, torch and Python versions, so an
+edit rebuilds and an unchanged tree loads in well under a second. Masks use the store's layout:
+uint8 [out, ceil(in/8)], little-endian bits per row, 1 = kept.
+
+`SUBMODEL_KERNEL_PATH=generic|avx512|avx512_bf16` (or `set_kernel_path`) forces a code path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+
+PATHS = ("generic", "avx512", "avx512_bf16")
+ENV_PATH = "SUBMODEL_KERNEL_PATH"
+# Token counts above this go through W*M in a scratch buffer + torch GEMM; at or below it, the
+# masked kernel blocked over tokens (measured by `python -m submodel.bench.kernels`).
+PREFILL_GEMM_MIN_TOKENS = 8
+
+_SOURCE = Path(__file__).with_name("masked_linear.cpp")
+_lock = threading.Lock()
+_ext: ModuleType | None = None
+
+
+class KernelUnavailableError(RuntimeError):
+    """The extension cannot be built or loaded here (no compiler, build failure)."""
+
+
+def _build_dir() -> tuple[str, Path]:
+    import platformdirs
+
+    key = hashlib.sha256(_SOURCE.read_bytes())
+    key.update(f"{torch.__version__}|{sys.version}".encode())
+    name = f"submodel_masked_linear_{key.hexdigest()[:16]}"
+    root = Path(platformdirs.user_cache_dir("submodel")) / "torch_extensions" / name
+    return name, root
+
+
+def _load() -> ModuleType:
+    global _ext
+    with _lock:
+        if _ext is not None:
+            return _ext
+        from torch.utils import cpp_extension
+
+        compiler = os.environ.get("CXX", "c++")
+        if shutil.which(compiler) is None:
+            raise KernelUnavailableError(
+                f"masked kernels need a C++ compiler ({compiler!r} not found on PATH); "
+                "install g++ or set CXX"
+            )
+        name, root = _build_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
+        try:
+            ext = cpp_extension.load(
+                name=name,
+                sources=[str(_SOURCE)],
+                build_directory=str(root),
+                extra_cflags=["-O3", *omp],
+                extra_ldflags=omp,
+                verbose=False,
+            )
+        except Exception as e:  # the compiler's output is in the message; keep its last line
+            last = str(e).strip().splitlines()[-1:] or [type(e).__name__]
+            raise KernelUnavailableError(
+                f"building the masked kernels failed ({last[0]}); build dir: {root}"
+            ) from e
+        forced = os.environ.get(ENV_PATH)
+        _ext = ext
+        if forced:
+            set_kernel_path(forced)
+        return ext
+
+
+def set_kernel_path(path: str | None) -> None:
+    """Force a code path (`generic`, `avx512`, `avx512_bf16`); None picks the best one."""
+    ext = _load()
+    if path is None:
+        path = available_paths()[-1]
+    if path not in PATHS:
+        raise ValueError(f"unknown kernel path {path!r}; expected one of {', '.join(PATHS)}")
+    if not ext.path_supported(PATHS.index(path)):
+        raise ValueError(f"kernel path {path!r} is not supported by this CPU")
+    ext.set_path(PATHS.index(path))
+
+
+def kernel_path() -> str:
+    """The code path the ops use now."""
+    return PATHS[_load().get_path()]
+
+
+def available_paths() -> list[str]:
+    """Paths this CPU can run, slowest first."""
+    ext = _load()
+    return [p for i, p in enumerate(PATHS) if ext.path_supported(i)]
+
+
+def cpu_features() -> list[str]:
+    """The SIMD features the kernels look for that this CPU has."""
+    return list(_load().cpu_features())
+
+
+def masked_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    masks: torch.Tensor,
+    row_lang: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y[b] = x[b] @ (weight * unpack(masks[row_lang[b]]))^T + bias; row_lang[b] = -1 is dense.
+
+    x [B, in] and weight [out, in] share a dtype (float32 or bfloat16); masks is uint8
+    [L, out, ceil(in/8)]; row_lang is int32 [B]. Weight rows are read from memory once per call.
+    """
+    return _load().masked_linear(x, weight, masks, row_lang, bias)
+
+
+def apply_mask_into(weight: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Write weight * unpack(mask) into out (same shape and dtype as weight); returns out."""
+    return _load().apply_mask_into(weight, mask, out)
+
+
+def swap_masks_(
+    weight: torch.Tensor,
+    dense_source: torch.Tensor,
+    old_mask: torch.Tensor | None,
+    new_mask: torch.Tensor | None,
+) -> None:
+    """Turn weight = dense * old_mask into dense * new_mask in place (None = dense).
+
+    Writes only where the masks differ: kept-by-new-only positions get dense_source's value,
+    kept-by-old-only positions become 0.
+    """
+    _load().swap_masks_(weight, dense_source, old_mask, new_mask)
+
+
+def masked_linear_prefill(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    mask: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    scratch: torch.Tensor,
+) -> torch.Tensor:
+    """x[T, in] through one language's masked Linear (mask None = dense).
+
+    Few tokens: the masked kernel blocked over tokens. Many: W*M written into `scratch` (a flat
+    buffer of at least weight.numel() elements, reused across layers) and torch's GEMM.
+    """
+    if mask is None:
+        return F.linear(x, weight, bias)
+    if x.shape[0] <= PREFILL_GEMM_MIN_TOKENS:
+        lang = torch.zeros(x.shape[0], dtype=torch.int32)
+        return masked_linear(x, weight, mask.unsqueeze(0), lang, bias)
+    if scratch.dtype != weight.dtype or scratch.numel() < weight.numel():
+        raise ValueError(
+            f"scratch must be a {weight.dtype} buffer of at least {weight.numel()} elements, "
+            f"got {scratch.dtype} with {scratch.numel()}"
+        )
+    w = scratch.view(-1)[: weight.numel()].view(weight.shape)
+    return F.linear(x, apply_mask_into(weight, mask, w), bias)

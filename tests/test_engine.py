@@ -1,0 +1,233 @@
+import random
+import threading
+import time
+
+import pytest
+import torch
+
+from submodel.pruning import masks as bits
+from submodel.pruning.store import open_store
+from submodel.server.api import (
+    DENSE,
+    DoneEvent,
+    FinishEvent,
+    GenerationRequest,
+    InvalidRequestError,
+    QueueFullError,
+    SamplingParams,
+    TokenEvent,
+    UnknownLanguageError,
+)
+from submodel.server.engine import Engine
+from submodel.server.model import weight_name
+
+PROMPT = "def add(a, b):\n    return"
+GREEDY = SamplingParams(max_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def store(tiny_store):
+    return open_store(tiny_store)
+
+
+@pytest.fixture(scope="module", params=["swap", "fused"])
+def engine(request, store):
+    e = Engine(store, strategy=request.param, max_batch=4, max_queue=8, time_slice=0.05)
+    e.start()
+    yield e
+    e.stop()
+
+
+def run(engine, prompt=PROMPT, language=DENSE, params=GREEDY, **kw):
+    """(token ids per sample, FinishEvents, DoneEvent) of one request."""
+    handle = engine.submit(GenerationRequest(prompt, language, params, **kw))
+    tokens, finishes, done = {}, {}, None
+    for event in handle:
+        if isinstance(event, TokenEvent) and event.token_id >= 0:
+            tokens.setdefault(event.sample, []).append(event.token_id)
+        elif isinstance(event, FinishEvent):
+            finishes[event.sample] = event
+        elif isinstance(event, DoneEvent):
+            done = event
+    return tokens, finishes, done
+
+
+def reference_tokens(store, language, prompt=PROMPT, max_tokens=12):
+    """Greedy tokens of transformers' own model with the language's mask multiplied in."""
+    model = store.load_hf_model(torch.float32)
+    if language != DENSE:
+        masks = store.load_mask(language)
+        sd = model.state_dict()
+        for name, packed in masks.items():
+            sd[name].mul_(bits.unpack(packed, sd[name].shape[1]).float())
+    tok = store.load_tokenizer()
+    ids = torch.tensor([tok.encode(prompt)])
+    out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False,
+                         eos_token_id=[256, 257], pad_token_id=256)
+    return out[0, ids.shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("language", [DENSE, "python", "cpp"])
+def test_greedy_matches_masked_reference(engine, store, language):
+    tokens, finishes, _ = run(engine, language=language)
+    assert tokens[0] == reference_tokens(store, language)
+    assert finishes[0].finish_reason == "length" and finishes[0].tokens == 12
+
+
+def test_languages_give_different_outputs(engine):
+    outs = {lang: run(engine, language=lang, params=SamplingParams(max_tokens=24))[0][0]
+            for lang in (DENSE, "python", "java", "cpp", "javascript")}
+    assert len({tuple(v) for v in outs.values()}) >= 3
+
+
+def test_logits_match_transformers(store):
+    engine = Engine(store, strategy="swap")
+    model = store.load_hf_model(torch.float32)
+    ids = torch.tensor([engine.tokenizer.encode(PROMPT)])
+    with torch.no_grad():
+        want = model(ids).logits[0, -1]
+    got = engine.model.forward(ids, torch.arange(ids.shape[1])[None], engine.cache,
+                               torch.tensor([0]), engine._linear(prefill=True), prefill=True)[0]
+    assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_two_hundred_switches_leave_dense_weights_bit_identical(store):
+    engine = Engine(store, strategy="swap")
+    dense = store.load_state_dict()
+    masks = {lang: store.load_mask(lang) for lang in store.languages}
+    rng = random.Random(0)
+    strategy = engine.strategy
+    for _ in range(200):
+        lang = rng.choice([*store.languages, DENSE])
+        strategy.switch(lang)
+    for i, w in enumerate(strategy.weights):
+        name = weight_name(i)
+        want = dense[name]
+        if strategy.active != DENSE:
+            want = want * bits.unpack(masks[strategy.active][name], want.shape[1])
+        assert torch.equal(w, want), name
+    strategy.switch(DENSE)
+    for i, w in enumerate(strategy.weights):
+        assert torch.equal(w, dense[weight_name(i)])
+
+
+def test_seeded_sampling_is_reproducible_whatever_the_batch(engine):
+    params = SamplingParams(max_tokens=10, temperature=0.9, top_p=0.95, top_k=50, seed=7, n=2)
+    alone = run(engine, language="java", params=params)[0]
+    results = {}
+
+    def other(i):
+        results[i] = run(engine, prompt=f"x = {i}", language="java",
+                         params=SamplingParams(max_tokens=15, temperature=1.0))
+
+    threads = [threading.Thread(target=other, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    together = run(engine, language="java", params=params)[0]
+    for t in threads:
+        t.join()
+    assert alone == together
+    assert alone[0] != alone[1]  # the two samples differ
+
+
+def test_joining_mid_batch_gives_the_same_tokens(engine):
+    alone = run(engine, language="python")[0][0]
+    long_running = threading.Thread(target=run, kwargs=dict(
+        engine=engine, prompt="import os\n", language="python",
+        params=SamplingParams(max_tokens=60)))
+    long_running.start()
+    time.sleep(0.05)
+    joined = run(engine, language="python")[0][0]
+    long_running.join()
+    assert joined == alone
+
+
+def test_mixed_language_concurrent_requests(engine, store):
+    langs = ["python", "java", "cpp", "javascript", DENSE]
+    results = {}
+
+    def go(lang):
+        results[lang] = run(engine, language=lang)[0][0]
+
+    threads = [threading.Thread(target=go, args=(lang,)) for lang in langs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for lang in langs:
+        assert results[lang] == reference_tokens(store, lang), lang
+
+
+def test_stop_string_spanning_tokens(engine):
+    _, finishes, _ = run(engine, language="python", params=SamplingParams(max_tokens=20))
+    text = finishes[0].text
+    stop = text[5:8]
+    assert len(stop) == 3
+    _, finishes, _ = run(engine, language="python",
+                         params=SamplingParams(max_tokens=20, stop=(stop,)))
+    assert finishes[0].finish_reason == "stop"
+    assert finishes[0].text == text[:text.find(stop)]
+
+
+def test_fairness_under_a_flood(store):
+    engine = Engine(store, strategy="swap", max_batch=2, max_queue=32, time_slice=0.02)
+    engine.start()
+    try:
+        flood = [engine.submit(GenerationRequest(f"# {i}\n", "python", SamplingParams(
+            max_tokens=40))) for i in range(12)]
+        late = engine.submit(GenerationRequest("int main() {", "cpp", SamplingParams(
+            max_tokens=5)))
+        finished_order = []
+        lock = threading.Lock()
+
+        def drain(name, handle):
+            for _ in handle:
+                pass
+            with lock:
+                finished_order.append(name)
+
+        threads = [threading.Thread(target=drain, args=(f"py{i}", h))
+                   for i, h in enumerate(flood)]
+        threads.append(threading.Thread(target=drain, args=("cpp", late)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert finished_order.index("cpp") < 4, finished_order
+    finally:
+        engine.stop()
+
+
+def test_errors(engine):
+    with pytest.raises(UnknownLanguageError):
+        engine.submit(GenerationRequest(PROMPT, "cobol"))
+    with pytest.raises(InvalidRequestError, match="prompt is empty"):
+        engine.submit(GenerationRequest("", DENSE))
+    with pytest.raises(InvalidRequestError, match="top_p"):
+        engine.submit(GenerationRequest(PROMPT, DENSE, SamplingParams(top_p=0)))
+    with pytest.raises(InvalidRequestError, match="context window"):
+        engine.submit(GenerationRequest("x" * 5000, DENSE))
+
+
+def test_queue_full_cancel_and_deadline(store):
+    engine = Engine(store, strategy="swap", max_batch=1, max_queue=2)
+    long = SamplingParams(max_tokens=400)
+    first = engine.submit(GenerationRequest(PROMPT, DENSE, long))
+    second = engine.submit(GenerationRequest(PROMPT, DENSE, long))
+    with pytest.raises(QueueFullError):
+        engine.submit(GenerationRequest(PROMPT, DENSE, long))
+    engine.start()
+    try:
+        expiring = engine.submit(GenerationRequest(PROMPT, DENSE, long,
+                                                   deadline=time.monotonic() + 0.2))
+        first.cancel()
+        events = list(first)
+        assert [e.finish_reason for e in events if isinstance(e, FinishEvent)] == ["cancelled"]
+        reasons = [e.finish_reason for e in expiring if isinstance(e, FinishEvent)]
+        assert reasons == ["deadline"]
+        second.cancel()
+        list(second)
+        assert engine.drain(5.0)
+        assert len(engine.free_slots) == engine.cache.k.shape[1]
+    finally:
+        engine.stop()
