@@ -96,7 +96,7 @@ class Sequence:
 
 
 class Engine:
-    def __init__(self, store: Store, strategy: str = "swap", device: str = "cpu",
+    def __init__(self, store: Store, strategy: str = "fused", device: str = "cpu",
                  dtype: torch.dtype | None = None, max_batch: int = 8, max_context: int = 2048,
                  max_queue: int = 64, time_slice: float = 0.25,
                  observer: EngineObserver | None = None) -> None:
@@ -123,7 +123,8 @@ class Engine:
             loaded = store.load_mask(lang)
             masks[lang] = [loaded[n] for n in names]
         self.model = Transformer(self.args, state, device)
-        self.strategy = make_strategy(strategy, weights, names, masks, store.dense_file)
+        self.strategy = make_strategy(strategy, weights, names, masks, store.dense_file,
+                                      self.model.lm_head)
         self.mixes_languages = self.strategy.mixes_languages
         slots = max_batch if self.mixes_languages else 2 * max_batch  # room for paused ones
         self.cache = KVCache(self.args, slots, self.max_context, self.dtype, device)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from submodel.server import kernels
 from submodel.server.api import DENSE
 from submodel.server.dense_source import mapped_tensors
+from submodel.server.model import LM_HEAD
 
 STRATEGIES = ("swap", "fused", "replicas")
 
@@ -34,7 +35,10 @@ class MaskStrategy:
     mixes_languages = False
 
     def __init__(self, weights: list[torch.Tensor], names: list[str],
-                 masks: dict[str, list[torch.Tensor]], dense_file: Path) -> None:
+                 masks: dict[str, list[torch.Tensor]], dense_file: Path,
+                 lm_head: torch.Tensor) -> None:
+        self.lm_head = lm_head
+        self.lm_head_no_masks = _no_masks(lm_head)
         self.weights = weights  # index -> live weight [out, in]
         self.names = names  # index -> state-dict name
         self.masks = masks  # language -> index -> packed uint8 [out, ceil(in/8)]
@@ -43,8 +47,7 @@ class MaskStrategy:
         self.row_lang = torch.empty(0, dtype=torch.int32)
         self.prefill_lang = DENSE
         self.scratch: torch.Tensor | None = None
-        self.no_masks = [torch.empty(0, w.shape[0], (w.shape[1] + 7) // 8, dtype=torch.uint8)
-                         for w in weights]  # the kernel's dense-only call
+        self.no_masks = [_no_masks(w) for w in weights]
 
     def prepare(self, row_languages: list[str]) -> float:
         """Set up the next forward for rows of these languages; returns seconds spent switching."""
@@ -59,12 +62,20 @@ class MaskStrategy:
     def linear(self, x: torch.Tensor, index: int, bias: torch.Tensor | None,
                prefill: bool) -> torch.Tensor:
         """x [B, T, in] -> [B, T, out]."""
+        if index == LM_HEAD:
+            return self.dense_gemv(x, self.lm_head, self.lm_head_no_masks, None)
         weight = self.weight_for(index)
         if prefill:
             return F.linear(x, weight, bias)
+        return self.dense_gemv(x, weight, self.no_masks[index], bias)
+
+    @staticmethod
+    def dense_gemv(x: torch.Tensor, weight: torch.Tensor, no_masks: torch.Tensor,
+                   bias: torch.Tensor | None) -> torch.Tensor:
+        """The masked kernel with every row dense: faster than torch's GEMV at decode sizes."""
         rows = x.reshape(-1, x.shape[-1])
         dense_rows = torch.full((rows.shape[0],), -1, dtype=torch.int32)
-        out = kernels.masked_linear(rows, weight, self.no_masks[index], dense_rows, bias)
+        out = kernels.masked_linear(rows, weight, no_masks, dense_rows, bias)
         return out.view(*x.shape[:-1], -1)
 
     def weight_for(self, index: int) -> torch.Tensor:
@@ -119,6 +130,8 @@ class FusedStrategy(MaskStrategy):
                       for k, lang in enumerate(self.languages)}
 
     def linear(self, x, index, bias, prefill):
+        if index == LM_HEAD:
+            return super().linear(x, index, bias, prefill)
         weight = self.weights[index]
         if prefill:
             lang = self._index(self.prefill_lang)
@@ -169,8 +182,13 @@ class ReplicaStrategy(MaskStrategy):
         return sizes
 
 
-def make_strategy(name: str, weights, names, masks, dense_file) -> MaskStrategy:
+def _no_masks(weight: torch.Tensor) -> torch.Tensor:
+    """An empty mask stack: the kernel's dense-only call."""
+    return torch.empty(0, weight.shape[0], (weight.shape[1] + 7) // 8, dtype=torch.uint8)
+
+
+def make_strategy(name: str, weights, names, masks, dense_file, lm_head) -> MaskStrategy:
     classes = {"swap": SwapStrategy, "fused": FusedStrategy, "replicas": ReplicaStrategy}
     if name not in classes:
         raise ValueError(f"unknown strategy '{name}' (choose {', '.join(STRATEGIES)})")
-    return classes[name](weights, names, masks, dense_file)
+    return classes[name](weights, names, masks, dense_file, lm_head)

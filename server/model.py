@@ -1,9 +1,9 @@
 """Our own forward pass for Llama-family decoders (Llama, Qwen2, Mistral, SmolLM) over a
 slot-indexed KV cache, so that requests of different lengths share one decode step.
 
-Every prunable Linear goes through `linear(x, index, bias)`, a function the engine supplies:
-that is where a language's mask is applied (see masking.py). Index i names the weight
-`PRUNABLE[i % 7]` of layer `i // 7`.
+Every Linear goes through `linear(x, index, bias)`, a function the engine supplies: that is
+where a language's mask is applied (see masking.py). Index i >= 0 names the prunable weight
+`PRUNABLE[i % 7]` of layer `i // 7`; LM_HEAD (-1) is the output projection, never masked.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch.nn.functional as F
 PRUNABLE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
             "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 SUPPORTED = ("llama", "qwen2", "mistral")
+LM_HEAD = -1
 
 LinearFn = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor]
 
@@ -159,4 +160,4 @@ class Transformer:
             up = linear(h, base + 5, None)
             x = x + linear(F.silu(gate) * up, base + 6, None)
         x = rms_norm(x[:, -1], self.norm, a.rms_eps)
-        return F.linear(x, self.lm_head).float()
+        return linear(x, LM_HEAD, None).float()
