@@ -1,0 +1,10 @@
+"""Language router: hint, file name or content -> which sub-model serves a request.
+
+Knows nothing of models: it answers one of python, java, cpp, javascript, or "dense".
+"""
+
+from .languages import DENSE, LANGUAGES, normalize_language
+from .router import DEFAULT_THRESHOLD, Detection, Router, UnknownLanguage, detect
+
+__all__ = ["DEFAULT_THRESHOLD", "DENSE", "LANGUAGES", "Detection", "Router", "UnknownLanguage",
+           "detect", "normalize_language"]

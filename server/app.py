@@ -55,14 +55,14 @@ class GrpcServer:
             raise OSError(f"cannot listen on {address} (in use, or not an address of this "
                           "machine)") from None
         self.health = health.HealthServicer()
-        self.engine = None
+        self.service: GeneratorService | None = None
 
     def start(self, service: GeneratorService) -> None:
         add_to_server(service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
-        self.engine = service.engine
+        self.service = service
         self.server.start()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -71,7 +71,7 @@ class GrpcServer:
         """NOT_SERVING, refuse new generations (UNAVAILABLE), let the in-flight ones finish
         for up to `grace` seconds, then stop; True if nothing was cut off."""
         self.health.enter_graceful_shutdown()
-        drained = self.engine.drain(grace) if self.engine is not None else True
+        drained = self.service.engine.drain(grace) if self.service is not None else True
         self.server.stop(FLUSH_SECONDS).wait()
         return drained
 
@@ -95,28 +95,30 @@ def wait_for_signal() -> int:
     return received[0]
 
 
-def serve(engine_factory, router, listener: Listener, *, workers: int, strategy: str,
-          router_threshold: float, grace: float, metrics: Metrics,
-          metrics_address: tuple[str, int] | None) -> int:
+def serve(engine_factory, router, listener: Listener, *, workers: int, grace: float,
+          metrics: Metrics, metrics_address: tuple[str, int] | None) -> int:
     """Run until SIGTERM/SIGINT. `engine_factory(metrics)` loads the model (slow), after the
     ports are bound; `router(languages)` builds the router for the engine's languages."""
     server = GrpcServer(listener, workers)
     http = None
     if metrics_address is not None:
         host, port = metrics_address
-        http = metrics.serve_http(host, port)
+        try:
+            http = metrics.serve_http(host, port)
+        except OSError as e:
+            raise OSError(f"cannot serve metrics on {_address(host, port)}: {e.strerror}") from None
         log.info("metrics on http://%s/metrics", _address(host, http.server_port))
     engine = engine_factory(metrics)
     engine.start()
     try:
-        service = GeneratorService(engine, router(engine.languages), metrics, strategy,
-                                   router_threshold)
+        service = GeneratorService(engine, router(engine.languages), metrics)
         server.start(service)
         log.info("serving %s on %s (languages: %s; %s)", SERVICE,
                  _address(listener.host, server.port), ", ".join(engine.languages),
                  "TLS" if listener.credentials else "plaintext")
         signum = wait_for_signal()
-        log.info("%s: draining (grace %.0f s)", signal.Signals(signum).name, grace)
+        log.info("%s: draining, %d request(s) in flight (grace %.0f s)",
+                 signal.Signals(signum).name, service.in_flight, grace)
         drained = server.drain(grace)
         log.info("stopped%s", "" if drained else "; requests still running at the end of the "
                  "grace period were cancelled")

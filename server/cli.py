@@ -21,8 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "health turns NOT_SERVING, new requests get UNAVAILABLE, requests in "
                        "flight finish (up to --grace), exit 0.")
     p.add_argument("store", help="store directory written by `submodel prune`")
-    p.add_argument("--strategy", default="swap",
-                   help="how masks are applied: swap (default), fused or replicas")
+    p.add_argument("--strategy", default="fused",
+                   help="how masks are applied: fused (default: masked kernels, languages "
+                        "share a batch), swap (the live weights carry one language's mask at "
+                        "a time) or replicas (one model per language, a baseline)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
     p.add_argument("--host", default="127.0.0.1",
@@ -136,20 +138,15 @@ def run_serve(args: argparse.Namespace) -> int:
         except (StoreError, ValueError) as e:
             raise CLIError(str(e)) from None
 
-    def make_router(languages: list[str]):
-        from submodel.router import Router
+    from submodel.router import DEFAULT_THRESHOLD, Router
 
-        return Router(languages, threshold) if threshold is not None else Router(languages)
-
-    threshold = args.router_threshold
-    if threshold is None:
-        from submodel.router import DEFAULT_THRESHOLD as threshold
+    threshold = DEFAULT_THRESHOLD if args.router_threshold is None else args.router_threshold
     listener = app.Listener(args.host, args.port, creds, token)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        return app.serve(load_engine, make_router, listener,
-                         workers=args.max_batch + args.max_queue + 8, strategy=args.strategy,
-                         router_threshold=threshold, grace=args.grace, metrics=Metrics(),
+        return app.serve(load_engine, lambda langs: Router(langs, threshold), listener,
+                         workers=args.max_batch + args.max_queue + 8, grace=args.grace,
+                         metrics=Metrics(),
                          metrics_address=None if args.no_metrics
                          else (args.metrics_host, args.metrics_port))
     except OSError as e:

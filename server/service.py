@@ -8,6 +8,7 @@ that goes away cancels its request so the engine frees the slot at its next step
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -151,13 +152,16 @@ class _Call:
 class GeneratorService:
     """Implements the four RPCs over an Engine and a Router."""
 
-    def __init__(self, engine, router, metrics: Metrics, strategy: str,
-                 router_threshold: float) -> None:
+    def __init__(self, engine, router, metrics: Metrics) -> None:
         self.engine = engine
         self.router = router
         self.metrics = metrics
-        self.strategy = strategy
-        self.router_threshold = router_threshold
+        self.in_flight = 0  # generation RPCs admitted by the engine and not finished
+        self._lock = threading.Lock()
+
+    def _count(self, delta: int) -> None:
+        with self._lock:
+            self.in_flight += delta
 
     # --- routing -------------------------------------------------------------------------
     def _route(self, text: str, filename: str, hint: str | None) -> Routed:
@@ -201,16 +205,20 @@ class GeneratorService:
         if not context.add_callback(handle.cancel):  # the RPC already ended
             handle.cancel()
         self.metrics.admitted(routing.language, handle.prompt_tokens)
-        yield routed
         early = None
-        for event in handle:
-            if isinstance(event, TokenEvent):
-                self.metrics.generated(routing.language, 1)
-            elif isinstance(event, FinishEvent) and event.finish_reason in EARLY:
-                early = event.finish_reason
-            elif isinstance(event, DoneEvent) and event.generated_tokens:
-                self.metrics.first_token(routing.language, event.ttft_seconds)
-            yield event
+        self._count(+1)
+        try:
+            yield routed
+            for event in handle:
+                if isinstance(event, TokenEvent):
+                    self.metrics.generated(routing.language, 1)
+                elif isinstance(event, FinishEvent) and event.finish_reason in EARLY:
+                    early = event.finish_reason
+                elif isinstance(event, DoneEvent) and event.generated_tokens:
+                    self.metrics.first_token(routing.language, event.ttft_seconds)
+                yield event
+        finally:
+            self._count(-1)
         if early == "error":
             raise Reject(grpc.StatusCode.INTERNAL, "the engine failed on this request (see "
                          "the server log)")
@@ -307,7 +315,7 @@ class GeneratorService:
         sparsity = store.report("sparsity.json") or {}
         response = pb.ListSubModelsResponse(
             base_model=m["base_model"]["id"], method=m["method"], pattern=m["pattern"],
-            strategy=self.strategy, router_threshold=self.router_threshold)
+            strategy=self.engine.strategy.name, router_threshold=self.router.threshold)
         response.sub_models.add(id=DENSE, dense=True)
         for lang in self.engine.languages:
             response.sub_models.add(

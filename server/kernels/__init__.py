@@ -5,7 +5,7 @@ cached under the user cache dir, keyed by a hash of the source, torch and Python
 edit rebuilds and an unchanged tree loads in well under a second. Masks use the store's layout:
 uint8 [out, ceil(in/8)], little-endian bits per row, 1 = kept.
 
-`SUBMODEL_KERNEL_PATH=generic|avx512|avx512_bf16` (or `set_kernel_path`) forces a code path.
+`SUBMODEL_KERNEL_PATH=generic|avx2|avx512` (or `set_kernel_path`) forces a code path.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-PATHS = ("generic", "avx512", "avx512_bf16")
+PATHS = ("generic", "avx2", "avx512")
 ENV_PATH = "SUBMODEL_KERNEL_PATH"
-# Token counts above this go through W*M in a scratch buffer + torch GEMM; at or below it, the
-# masked kernel blocked over tokens (measured by `python -m submodel.bench.kernels`).
-PREFILL_GEMM_MIN_TOKENS = 8
+# From this many tokens on, prefill writes W*M into a scratch buffer and calls torch's GEMM;
+# below it, the masked kernel blocked over tokens is faster (measured on a Xeon with AVX-512 and
+# AMX, see `python -m submodel.bench.kernels`: torch's bf16 GEMM pulls ahead much sooner).
+PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 16, torch.float32: 48}
 
 _SOURCE = Path(__file__).with_name("masked_linear.cpp")
 _lock = threading.Lock()
@@ -49,50 +50,55 @@ def _build_dir() -> tuple[str, Path]:
 def _load() -> ModuleType:
     global _ext
     with _lock:
-        if _ext is not None:
-            return _ext
-        from torch.utils import cpp_extension
+        if _ext is None:
+            ext = _build()
+            _force(ext, os.environ.get(ENV_PATH) or None, ENV_PATH)
+            _ext = ext
+        return _ext
 
-        compiler = os.environ.get("CXX", "c++")
-        if shutil.which(compiler) is None:
-            raise KernelUnavailableError(
-                f"masked kernels need a C++ compiler ({compiler!r} not found on PATH); "
-                "install g++ or set CXX"
-            )
-        name, root = _build_dir()
-        root.mkdir(parents=True, exist_ok=True)
-        omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []
-        try:
-            ext = cpp_extension.load(
-                name=name,
-                sources=[str(_SOURCE)],
-                build_directory=str(root),
-                extra_cflags=["-O3", *omp],
-                extra_ldflags=omp,
-                verbose=False,
-            )
-        except Exception as e:  # the compiler's output is in the message; keep its last line
-            last = str(e).strip().splitlines()[-1:] or [type(e).__name__]
-            raise KernelUnavailableError(
-                f"building the masked kernels failed ({last[0]}); build dir: {root}"
-            ) from e
-        forced = os.environ.get(ENV_PATH)
-        _ext = ext
-        if forced:
-            set_kernel_path(forced)
-        return ext
+
+def _build() -> ModuleType:
+    from torch.utils import cpp_extension
+
+    compiler = os.environ.get("CXX", "c++")
+    if shutil.which(compiler) is None:
+        raise KernelUnavailableError(
+            f"masked kernels need a C++ compiler ({compiler!r} not found on PATH); "
+            "install g++ or set CXX"
+        )
+    name, root = _build_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    omp = ["-fopenmp"] if torch.backends.openmp.is_available() else []  # torch's own libgomp
+    try:
+        return cpp_extension.load(
+            name=name,
+            sources=[str(_SOURCE)],
+            build_directory=str(root),
+            extra_cflags=["-O3", *omp],
+            extra_ldflags=omp,
+            verbose=False,
+        )
+    except Exception as e:  # the compiler output is in the message: keep its first error
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        first = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
+        raise KernelUnavailableError(
+            f"building the masked kernels failed: {first.strip()} (build dir: {root})"
+        ) from e
+
+
+def _force(ext: ModuleType, path: str | None, what: str) -> None:
+    if path is None:
+        path = [p for i, p in enumerate(PATHS) if ext.path_supported(i)][-1]
+    if path not in PATHS:
+        raise ValueError(f"{what}: unknown kernel path {path!r}; expected one of {PATHS}")
+    if not ext.path_supported(PATHS.index(path)):
+        raise ValueError(f"{what}: kernel path {path!r} is not supported by this CPU")
+    ext.set_path(PATHS.index(path))
 
 
 def set_kernel_path(path: str | None) -> None:
-    """Force a code path (`generic`, `avx512`, `avx512_bf16`); None picks the best one."""
-    ext = _load()
-    if path is None:
-        path = available_paths()[-1]
-    if path not in PATHS:
-        raise ValueError(f"unknown kernel path {path!r}; expected one of {', '.join(PATHS)}")
-    if not ext.path_supported(PATHS.index(path)):
-        raise ValueError(f"kernel path {path!r} is not supported by this CPU")
-    ext.set_path(PATHS.index(path))
+    """Force a code path (`generic`, `avx2`, `avx512`); None picks the best one."""
+    _force(_load(), path, "set_kernel_path")
 
 
 def kernel_path() -> str:
@@ -159,13 +165,13 @@ def masked_linear_prefill(
     """
     if mask is None:
         return F.linear(x, weight, bias)
-    if x.shape[0] <= PREFILL_GEMM_MIN_TOKENS:
-        lang = torch.zeros(x.shape[0], dtype=torch.int32)
-        return masked_linear(x, weight, mask.unsqueeze(0), lang, bias)
     if scratch.dtype != weight.dtype or scratch.numel() < weight.numel():
         raise ValueError(
             f"scratch must be a {weight.dtype} buffer of at least {weight.numel()} elements, "
             f"got {scratch.dtype} with {scratch.numel()}"
         )
+    if x.shape[0] < PREFILL_GEMM_MIN_TOKENS.get(weight.dtype, 0):
+        lang = torch.zeros(x.shape[0], dtype=torch.int32)
+        return masked_linear(x, weight, mask.unsqueeze(0), lang, bias)
     w = scratch.view(-1)[: weight.numel()].view(weight.shape)
     return F.linear(x, apply_mask_into(weight, mask, w), bias)

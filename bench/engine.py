@@ -1,0 +1,527 @@
+"""The engine end to end, as ratios from one run (issue 4's and issue 7's benchmark).
+
+`python -m submodel.bench.engine STORE [--out results/engine.json] [--quick]` measures, side by
+side on the same machine, dtype and threads:
+1. batch-1 decode tokens/s of every strategy (dense and masked) vs transformers `generate()`,
+   prefill excluded on both sides, in bf16 and fp32;
+2. the swap strategy's mask switch time vs one batch-1 decode step;
+3. throughput of a mixed 4-language load vs a dense-only (and a one-language) load at the same
+   concurrency, per strategy;
+4. memory (RSS and PSS, each in a fresh subprocess) that serving 4 languages adds over serving
+   dense alone, vs the packed size of the 4 masks;
+5. a fused decode step vs the bandwidth floor (weight bytes read per step / copy bandwidth);
+6. where each decode step's time goes (linears, lm_head, the rest of the forward, sampling,
+   the engine's own per-step work), and the same forward with torch's dense F.linear.
+Prints a Markdown table and writes the numbers as JSON. The CPU may be shared: each figure is
+the best of a few repeats, and ours and transformers' runs are interleaved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from submodel.bench.kernels import copy_bandwidth
+from submodel.pruning.store import Store, StoreError, open_store
+from submodel.server import kernels
+from submodel.server.api import DENSE, DoneEvent, FinishEvent, GenerationRequest, SamplingParams
+from submodel.server.dense_source import read_header
+from submodel.server.engine import Engine
+from submodel.server.model import LM_HEAD
+from submodel.server.sampling import TextAssembler, choose_token
+
+STRATEGIES = ("swap", "fused", "replicas")
+DTYPES = ("bfloat16", "float32")
+MASKED = "python"  # the mask used for "masked" figures when the store has it
+PROMPT = ("# A binary search tree with insert, delete, search, and in-order, pre-order and "
+          "post-order traversals, plus a small test suite.\n\nclass Node:\n")
+
+
+class BenchError(Exception):
+    """A figure cannot be measured on this store; the message says why."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    new_tokens: int = 64  # batch-1 decode length
+    repeats: int = 3  # best of
+    load_tokens: int = 32  # max_tokens of each request in the load runs
+    concurrency: int = 8
+    switches: int = 12
+    profile_steps: int = 16
+    threads: int = 2
+    max_context: int = 512
+    bandwidth_gib: float = 1.0  # size of the copy that measures memory bandwidth
+
+
+QUICK = Settings(new_tokens=16, repeats=1, load_tokens=8, switches=4, profile_steps=4,
+                 bandwidth_gib=0.25)
+
+
+# ---- measurements ----
+
+def load_average() -> list[float]:
+    return list(os.getloadavg())
+
+
+def hf_tokens_per_s(model, prompt_ids: list[int], new_tokens: int) -> float:
+    """Decode tokens/s of transformers' greedy generate(), from the first new token on."""
+    from transformers.generation.streamers import BaseStreamer
+
+    class Clock(BaseStreamer):  # timestamps each new token; decodes nothing
+        def __init__(self) -> None:
+            self.times: list[float] = []
+            self.prompt_seen = False
+
+        def put(self, value) -> None:
+            if self.prompt_seen:
+                self.times.append(time.perf_counter())
+            self.prompt_seen = True
+
+        def end(self) -> None: ...
+
+    clock = Clock()
+    ids = torch.tensor([prompt_ids])
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, streamer=clock,
+                   pad_token_id=model.config.eos_token_id)
+    return (len(clock.times) - 1) / (clock.times[-1] - clock.times[0])
+
+
+def engine_tokens_per_s(engine: Engine, language: str, new_tokens: int) -> float:
+    """Decode tokens/s of one greedy request alone in the engine, from its first token on."""
+    handle = engine.submit(GenerationRequest(PROMPT, language, SamplingParams(new_tokens)))
+    events = list(handle)
+    finish = next(e for e in events if isinstance(e, FinishEvent))
+    done = events[-1]
+    steps = done.generated_tokens - (finish.finish_reason == "length")  # an end token is a step
+    if steps < 1:
+        raise BenchError(f"the {language} request ended after its first token; "
+                           "nothing to time (change PROMPT)")
+    return steps / (done.total_seconds - done.ttft_seconds)
+
+
+def switch_seconds(engine: Engine, count: int) -> list[float]:
+    """Seconds of `count` swap switches cycling through the store's languages (engine idle)."""
+    langs = engine.languages
+    strategy = engine.strategy
+    strategy.switch(langs[0])  # warm: maps the dense file, fills the page cache
+    times = [strategy.switch(langs[(i + 1) % len(langs)]) for i in range(count)]
+    strategy.switch(DENSE)
+    return times
+
+
+def load_run(engine: Engine, languages: list[str], max_tokens: int) -> dict:
+    """Generated tokens/s of len(languages) concurrent greedy requests, one client thread each."""
+    done: list[DoneEvent | None] = [None] * len(languages)
+    start = threading.Barrier(len(languages) + 1)
+
+    def client(i: int, lang: str) -> None:
+        start.wait()
+        handle = engine.submit(GenerationRequest(PROMPT, lang, SamplingParams(max_tokens)))
+        done[i] = list(handle)[-1]
+
+    threads = [threading.Thread(target=client, args=(i, lang))
+               for i, lang in enumerate(languages)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - t0
+    tokens = sum(d.generated_tokens for d in done)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
+def median_ms(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def step_profile(engine: Engine, language: str, steps: int) -> dict:
+    """Where one batch-1 decode step's time goes, by timing the forward directly (engine idle).
+
+    Decodes `steps` tokens after the prompt in slot 0 three ways: as the engine does, with every
+    prunable Linear timed, and with torch's dense F.linear in place of the strategy's kernel.
+    """
+    model, strategy, cache = engine.model, engine.strategy, engine.cache
+    strategy.prepare([language])
+    prompt = engine.tokenizer.encode(PROMPT)
+    slots = torch.tensor([0])
+    model.forward(torch.tensor([prompt]), torch.arange(len(prompt))[None], cache, slots,
+                  lambda x, i, b: strategy.linear(x, i, b, True), prefill=True)
+    spent = {"linears": 0.0, "lm_head": 0.0}
+
+    def ours(x, i, b):
+        return strategy.linear(x, i, b, False)
+
+    def timed_linear(x, i, b):
+        t0 = time.perf_counter()
+        y = strategy.linear(x, i, b, False)
+        spent["lm_head" if i == LM_HEAD else "linears"] += time.perf_counter() - t0
+        return y
+
+    def torch_dense(x, i, b):
+        return F.linear(x, model.lm_head if i == LM_HEAD else strategy.weight_for(i), b)
+
+    logits = []
+
+    def decode(linear) -> float:
+        times = []
+        for k in range(steps):
+            pos = torch.tensor([[len(prompt) + k]])
+            t0 = time.perf_counter()
+            logits[:] = model.forward(torch.tensor([[prompt[-1]]]), pos, cache, slots, linear,
+                                      prefill=False)
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    forward = decode(ours)
+    decode(timed_linear)
+    linears, lm_head = (spent[k] / steps * 1e3 for k in ("linears", "lm_head"))
+    dense = decode(torch_dense)
+    sampling = median_ms(lambda: choose_token(logits[0], SamplingParams(), None), steps)
+    ids = [int(t) for t in torch.randint(0, 1000, (64,))]
+
+    def assemble():
+        asm = TextAssembler(engine.tokenizer, ())
+        for t in ids:
+            asm.add(t)
+
+    text = median_ms(assemble, 3) / len(ids)
+    return {"forward_ms": forward, "linears_ms": linears, "lm_head_ms": lm_head,
+            "rest_of_forward_ms": forward - linears - lm_head, "sampling_ms": sampling,
+            "text_assembly_ms": text, "torch_dense_forward_ms": dense}
+
+
+def weight_bytes_per_step(engine: Engine, language: str) -> int:
+    """Bytes a batch-1 decode step must read: prunable weights, one mask (if any), lm_head."""
+    strategy = engine.strategy
+    nbytes = sum(w.numel() * w.element_size() for w in strategy.weights)
+    if language != DENSE:
+        nbytes += sum(m.numel() for m in strategy.masks[language])
+    lm_head = engine.model.lm_head
+    return nbytes + lm_head.numel() * lm_head.element_size()
+
+
+def packed_mask_bytes(store: Store) -> int:
+    """Sum of the tensor bytes in every mask file of the store (headers excluded)."""
+    total = 0
+    for lang in store.languages:
+        _, header = read_header(store.mask_file(lang))
+        total += sum(m["data_offsets"][1] - m["data_offsets"][0]
+                     for k, m in header.items() if k != "__metadata__")
+    return total
+
+
+# ---- memory, each in a fresh process ----
+
+def smaps_rollup() -> dict[str, int]:
+    """Bytes of every field of /proc/self/smaps_rollup (Rss, Pss, Pss_Anon, Pss_File, ...)."""
+    fields = {}
+    for line in Path("/proc/self/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def memory_probe(store_path: str, strategy: str, threads: int, max_context: int) -> dict:
+    """Load an engine, serve one short request per language, report the process's memory.
+
+    strategy "dense" loads no masks at all (the store seen with no languages): the baseline.
+    """
+    import ctypes
+
+    torch.set_num_threads(threads)
+    store = open_store(store_path, verify=False)
+    if strategy == DENSE:
+        store = Store(store.path, {**store.manifest, "languages": {}})
+    engine = Engine(store, "swap" if strategy == DENSE else strategy, max_batch=4,
+                    max_context=max_context)
+    engine.start()
+    for lang in [*store.languages, DENSE] if store.languages else [DENSE] * 5:
+        list(engine.submit(GenerationRequest(PROMPT, lang, SamplingParams(8))))
+    engine.stop()  # the engine thread ends; the weights, masks and caches stay referenced
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS, same for every probe
+    fields = smaps_rollup()
+    keys = ("Rss", "Pss", "Pss_Anon", "Pss_File", "Private_Dirty")
+    return {"strategy": strategy, **{k.lower(): fields.get(k, 0) for k in keys},
+            "resident_bytes": engine.strategy.resident_bytes()}
+
+
+def run_memory_probe(store_path: str, strategy: str, s: Settings) -> dict:
+    code = ("import json, sys; from submodel.bench.engine import memory_probe; "
+            f"print(json.dumps(memory_probe({store_path!r}, {strategy!r}, {s.threads}, "
+            f"{s.max_context})))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=900)
+    if proc.returncode != 0:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"memory probe for {strategy} failed: {tail}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def memory(store: Store, s: Settings) -> dict:
+    packed = packed_mask_bytes(store)
+    probes = [run_memory_probe(str(store.path), name, s) for name in (DENSE, *STRATEGIES)]
+    base = probes[0]
+    for p in probes[1:]:
+        p["added_rss"] = p["rss"] - base["rss"]
+        p["added_pss"] = p["pss"] - base["pss"]
+        p["added_rss_vs_masks"] = p["added_rss"] / packed
+        p["added_pss_vs_masks"] = p["added_pss"] / packed
+    return {"packed_mask_bytes": packed, "probes": probes}
+
+
+# ---- one run ----
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def dtype_phase(store: Store, dtype_name: str, s: Settings, bandwidth: float,
+                result: dict) -> None:
+    """Every figure of one dtype: HF and each strategy's engine, interleaved."""
+    dtype = getattr(torch, dtype_name)
+    masked = MASKED if MASKED in store.languages else store.languages[0]
+    hf = store.load_hf_model(dtype)
+    prompt_ids = store.load_tokenizer().encode(PROMPT)
+    hf_tokens_per_s(hf, prompt_ids, 4)  # warm-up
+    serving_dtype = dtype == store.dtype
+    for name in STRATEGIES:
+        if name == "replicas":
+            need = 1.2 * len(store.languages) * sum(
+                math.prod(shape) for shape in store.prunable.values()) * dtype.itemsize
+            if mem_available() < need:
+                result["skipped"].append(f"replicas {dtype_name}: needs ~{need / 2**30:.1f} GiB, "
+                                         f"{mem_available() / 2**30:.1f} GiB available")
+                continue
+        engine = Engine(store, name, dtype=dtype, max_batch=s.concurrency,
+                        max_context=s.max_context)
+        engine.start()
+        try:
+            for lang in (DENSE, masked):
+                engine_tokens_per_s(engine, lang, 4)  # warm-up (and swap's first switch)
+            best: dict[str, float] = {"hf": 0.0, DENSE: 0.0, masked: 0.0}
+            for _ in range(s.repeats):
+                best["hf"] = max(best["hf"], hf_tokens_per_s(hf, prompt_ids, s.new_tokens))
+                for lang in (DENSE, masked):
+                    best[lang] = max(best[lang], engine_tokens_per_s(engine, lang, s.new_tokens))
+            for lang in (DENSE, masked):
+                result["decode"].append({
+                    "dtype": dtype_name, "strategy": name, "language": lang,
+                    "tokens_per_s": best[lang], "step_ms": 1e3 / best[lang],
+                    "hf_tokens_per_s": best["hf"], "vs_hf": best[lang] / best["hf"]})
+            profile = step_profile(engine, masked, s.profile_steps)
+            e2e_ms = 1e3 / best[masked]
+            profile["engine_step_ms"] = e2e_ms
+            profile["engine_overhead_ms"] = e2e_ms - profile["forward_ms"] - profile["sampling_ms"]
+            nbytes = weight_bytes_per_step(engine, masked)
+            result["steps"].append({
+                "dtype": dtype_name, "strategy": name, "language": masked, **profile,
+                "weight_bytes": nbytes, "floor_ms": nbytes / bandwidth * 1e3,
+                "floor_fraction": nbytes / bandwidth * 1e3 / e2e_ms,
+                "vs_torch_dense": profile["torch_dense_forward_ms"] / profile["forward_ms"]})
+            if name == "swap":
+                times = switch_seconds(engine, s.switches)
+                result["switch"].append({
+                    "dtype": dtype_name, "switch_ms": [t * 1e3 for t in times],
+                    "median_ms": statistics.median(times) * 1e3, "step_ms": e2e_ms,
+                    "vs_step": statistics.median(times) * 1e3 / e2e_ms})
+            if serving_dtype:
+                result["load"].append({"strategy": name, **load_mixes(engine, s)})
+        finally:
+            engine.stop()
+            del engine
+            gc.collect()
+    del hf
+    gc.collect()
+
+
+def load_mixes(engine: Engine, s: Settings) -> dict:
+    """Throughput of dense-only, one-language and mixed 4-language loads, best of repeats."""
+    langs = engine.languages
+    mixes = {"dense": [DENSE] * s.concurrency,
+             "one_language": [MASKED if MASKED in langs else langs[0]] * s.concurrency,
+             "mixed": [langs[i % len(langs)] for i in range(s.concurrency)]}
+    load_run(engine, mixes["mixed"], 2)  # warm-up
+    best = {k: None for k in mixes}
+    for _ in range(s.repeats):
+        for k, languages in mixes.items():
+            r = load_run(engine, languages, s.load_tokens)
+            if best[k] is None or r["tokens_per_s"] > best[k]["tokens_per_s"]:
+                best[k] = r
+    return {**best, "mixed_vs_dense": best["mixed"]["tokens_per_s"] / best["dense"]["tokens_per_s"],
+            "mixed_vs_one_language":
+                best["mixed"]["tokens_per_s"] / best["one_language"]["tokens_per_s"]}
+
+
+def run(store_path: str, s: Settings) -> dict:
+    torch.set_num_threads(s.threads)
+    torch.set_grad_enabled(False)
+    store = open_store(store_path)
+    result = {"store": str(store.path), "model": store.manifest.get("base_model", {}).get("id"),
+              "store_dtype": str(store.dtype).removeprefix("torch."), "settings": asdict(s),
+              "kernel_path": kernels.kernel_path(), "cpu_features": kernels.cpu_features(),
+              "load_average_start": load_average(), "skipped": [], "decode": [], "steps": [],
+              "switch": [], "load": []}
+    result["memory"] = memory(store, s)  # first: no engine of ours maps the store yet
+    bandwidth = copy_bandwidth(s.bandwidth_gib)
+    result["bandwidth_gbs"] = bandwidth / 1e9
+    for dtype_name in DTYPES:
+        dtype_phase(store, dtype_name, s, bandwidth, result)
+    result["load_average_end"] = load_average()
+    result["targets"] = targets(result)
+    return result
+
+
+# ---- report ----
+
+def targets(r: dict) -> list[dict]:
+    """Every figure with a target: (figure, value, op, target, met)."""
+    rows = []
+
+    def add(figure: str, value: float, op: str, target: float) -> None:
+        met = value >= target if op == ">=" else value <= target
+        rows.append({"figure": figure, "value": value, "op": op, "target": target, "met": met})
+
+    for d in r["decode"]:
+        add(f"decode tok/s vs HF generate, {d['strategy']} {d['language']} {d['dtype']}",
+            d["vs_hf"], ">=", 1.5)
+        if d["strategy"] == "fused" and d["dtype"] == "float32":
+            add(f"decode tok/s vs HF generate, fused {d['language']} float32 (issue 7)",
+                d["vs_hf"], ">=", 3.0)
+    for st in r["steps"]:
+        if st["strategy"] == "fused":
+            add(f"masked step vs torch-dense step, fused {st['dtype']}",
+                st["vs_torch_dense"], ">=", 1.5)
+            add(f"fraction of bandwidth floor, fused {st['dtype']}",
+                st["floor_fraction"], ">=", 0.6)
+    for sw in r["switch"]:
+        add(f"mask switch / decode step, swap {sw['dtype']}", sw["vs_step"], "<=", 1.0)
+    for ld in r["load"]:
+        add(f"mixed 4-lang / dense-only throughput, {ld['strategy']}",
+            ld["mixed_vs_dense"], ">=", 0.95)
+        add(f"mixed 4-lang / one-lang throughput, {ld['strategy']}",
+            ld["mixed_vs_one_language"], ">=", 0.95)
+    for p in r["memory"]["probes"][1:]:
+        add(f"RSS added by 4 masks / packed masks, {p['strategy']}",
+            p["added_rss_vs_masks"], "<=", 1.25)
+    return rows
+
+
+def markdown(r: dict) -> str:
+    mib = 2**20
+    la0, la1 = r["load_average_start"], r["load_average_end"]
+    lines = [
+        f"Engine benchmark: {r['model']} ({r['store']}), {r['settings']['threads']} threads, "
+        f"kernel path {r['kernel_path']}, copy bandwidth {r['bandwidth_gbs']:.1f} GB/s, "
+        f"load average {la0[0]:.2f} at start, {la1[0]:.2f} at end",
+        "", "| figure | measured | target | measured/target | met |", "|---|---:|---:|---:|---|"]
+    for t in r["targets"]:
+        lines.append(f"| {t['figure']} | {t['value']:.2f} | {t['op']} {t['target']:g} | "
+                     f"{t['value'] / t['target']:.2f} | {'yes' if t['met'] else 'NO'} |")
+    lines += ["", "| decode (batch 1) | dtype | language | tok/s | ms/step | HF tok/s | vs HF |",
+              "|---|---|---|---:|---:|---:|---:|"]
+    for d in r["decode"]:
+        lines.append(f"| {d['strategy']} | {d['dtype']} | {d['language']} | "
+                     f"{d['tokens_per_s']:.1f} | {d['step_ms']:.1f} | {d['hf_tokens_per_s']:.1f} "
+                     f"| {d['vs_hf']:.2f} |")
+    lines += ["", "Decode step profile (batch 1, masked; ms): forward = linears + lm_head + rest; "
+              "engine step = forward + sampling + engine overhead (scheduler, text, events)", "",
+              "| strategy | dtype | engine step | forward | linears | lm_head | rest of forward "
+              "| sampling | text/token | engine overhead | torch-dense forward | floor | "
+              "floor fraction |", "|---|---|" + "---:|" * 11]
+    for st in r["steps"]:
+        lines.append(
+            f"| {st['strategy']} | {st['dtype']} | {st['engine_step_ms']:.1f} | "
+            f"{st['forward_ms']:.1f} | {st['linears_ms']:.1f} | {st['lm_head_ms']:.1f} | "
+            f"{st['rest_of_forward_ms']:.1f} | {st['sampling_ms']:.2f} | "
+            f"{st['text_assembly_ms']:.2f} | {st['engine_overhead_ms']:.1f} | "
+            f"{st['torch_dense_forward_ms']:.1f} | {st['floor_ms']:.1f} | "
+            f"{st['floor_fraction']:.0%} |")
+    for sw in r["switch"]:
+        lines.append(f"\nMask switch (swap, {sw['dtype']}): median {sw['median_ms']:.1f} ms over "
+                     f"{len(sw['switch_ms'])} switches (min {min(sw['switch_ms']):.1f}, max "
+                     f"{max(sw['switch_ms']):.1f}) vs a decode step of {sw['step_ms']:.1f} ms")
+    lines += ["", f"| load ({r['settings']['concurrency']} concurrent, "
+              f"{r['settings']['load_tokens']} tokens each) | dense tok/s | one-language tok/s | "
+              "mixed tok/s | mixed/dense | mixed/one |", "|---|---:|---:|---:|---:|---:|"]
+    for ld in r["load"]:
+        lines.append(f"| {ld['strategy']} | {ld['dense']['tokens_per_s']:.1f} | "
+                     f"{ld['one_language']['tokens_per_s']:.1f} | "
+                     f"{ld['mixed']['tokens_per_s']:.1f} | {ld['mixed_vs_dense']:.2f} | "
+                     f"{ld['mixed_vs_one_language']:.2f} |")
+    m = r["memory"]
+    lines += ["", f"Memory after serving (fresh process each; packed masks "
+              f"{m['packed_mask_bytes'] / mib:.1f} MiB)", "",
+              "| serving | RSS MiB | PSS MiB | PSS anon | PSS file | added RSS | added PSS | "
+              "added RSS / masks | added PSS / masks |", "|---|" + "---:|" * 8]
+    for p in m["probes"]:
+        added = (f"{p['added_rss'] / mib:.0f} | {p['added_pss'] / mib:.0f} | "
+                 f"{p['added_rss_vs_masks']:.2f} | {p['added_pss_vs_masks']:.2f}"
+                 if "added_rss" in p else "- | - | - | -")
+        lines.append(f"| {p['strategy']} | {p['rss'] / mib:.0f} | {p['pss'] / mib:.0f} | "
+                     f"{p['pss_anon'] / mib:.0f} | {p['pss_file'] / mib:.0f} | {added} |")
+    lines += [f"\nskipped: {s}" for s in r["skipped"]]
+    return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m submodel.bench.engine",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("store", help="sub-model store directory (from `submodel prune`)")
+    parser.add_argument("--out", type=Path, default=Path("results/engine.json"),
+                        help="where to write the results as JSON (default: results/engine.json)")
+    parser.add_argument("--quick", action="store_true",
+                        help="fewer tokens and repeats: a few minutes instead of ~15")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
+    args = parser.parse_args(argv)
+    if args.threads < 1:
+        parser.error("--threads must be >= 1")
+    settings = QUICK if args.quick else Settings()
+    if args.threads != settings.threads:
+        settings = Settings(**{**asdict(settings), "threads": args.threads})
+    try:
+        result = run(args.store, settings)
+    except (BenchError, StoreError, kernels.KernelUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    given = sys.argv[1:] if argv is None else argv
+    result["command"] = " ".join(["python -m submodel.bench.engine", *given])
+    print(markdown(result))
+    write_json_atomic(args.out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

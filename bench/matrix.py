@@ -1,0 +1,130 @@
+"""From the runner's samples and execution results to the numbers of results.json: pass@k per
+cell (sub-model x problem language), each mask's retention of dense on its own language, and
+where the router sent the unhinted requests."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from submodel.bench.humaneval.passk import aggregate
+from submodel.bench.humaneval.problems import LANGUAGES
+from submodel.bench.passk_run import DENSE, ROUTED, Outcome
+
+
+def pass_key(k: int) -> str:
+    return f"pass@{k}"
+
+
+def retention_k(ks: tuple[int, ...], n: int) -> int | None:
+    """The k retention is measured at: the largest asked-for k that n samples allow."""
+    allowed = [k for k in ks if k <= n]
+    return max(allowed) if allowed else None
+
+
+def cell(outcome: Outcome, row: str, language: str, ks: tuple[int, ...]) -> dict:
+    tasks = [p.task_id for p in outcome.plan.problems[language]
+             if (row, language, p.task_id) in outcome.results]
+    passed = {t: [r["passed"] for r in outcome.results[row, language, t]] for t in tasks}
+    scores = aggregate(passed, ks).scores if tasks else {}
+    records = [s for t in tasks for s in outcome.samples[row, language, t]]
+    statuses = Counter(r["status"] for t in tasks for r in outcome.results[row, language, t])
+    return {
+        **{pass_key(k): scores.get(k) for k in ks},
+        "n": outcome.plan.n,
+        "problems": len(tasks),
+        "samples": len(records),
+        "statuses": dict(sorted(statuses.items())),
+        "finish_reasons": dict(sorted(Counter(r["finish_reason"] for r in records).items())),
+        "mean_tokens": round(sum(r["tokens"] for r in records) / len(records), 1)
+        if records else None,
+        "per_problem": {t: [sum(v), len(v)] for t, v in passed.items()},
+    }
+
+
+def retention(cells: dict, rows: tuple[str, ...], columns: list[str], k: int | None) -> dict:
+    """For each language with its own mask and dense both run: mask / dense pass@k there, and
+    whether the mask beats every other mask on that language."""
+    out = {}
+    if k is None or DENSE not in rows:
+        return out
+    key = pass_key(k)
+    masks = [r for r in rows if r in LANGUAGES]
+    for lang in columns:
+        if lang not in masks:
+            continue
+        own, dense = cells[lang][lang][key], cells[DENSE][lang][key]
+        others = {m: cells[m][lang][key] for m in masks if m != lang
+                  and cells[m][lang][key] is not None}
+        best = max(others, key=others.get) if others else None
+        out[lang] = {
+            "k": k, "mask": own, "dense": dense,
+            "retention": own / dense if own is not None and dense else None,
+            "beats_other_masks": (own is not None and all(own > v for v in others.values()))
+            if others else None,
+            "best_other_mask": best, "best_other": others.get(best) if best else None,
+        }
+    return out
+
+
+def routing(outcome: Outcome, columns: list[str]) -> dict:
+    """Routed vs true language over the routed row's problems (one decision per problem)."""
+    confusion: dict[str, Counter] = {lang: Counter() for lang in columns}
+    sources: Counter = Counter()
+    confidence: dict[str, list[float]] = {lang: [] for lang in columns}
+    misrouted = []
+    for lang in columns:
+        for p in outcome.plan.problems[lang]:
+            records = outcome.samples.get((ROUTED, lang, p.task_id))
+            if not records:
+                continue
+            r = records[0]["routing"]
+            confusion[lang][r["language"]] += 1
+            sources[r["source"]] += 1
+            confidence[lang].append(r["confidence"])
+            if r["language"] != lang:
+                misrouted.append({"task_id": p.task_id, "true_language": lang,
+                                  "routed_language": r["language"],
+                                  "confidence": r["confidence"], "source": r["source"]})
+    return {
+        "requests": sum(sum(c.values()) for c in confusion.values()),
+        "confusion": {lang: dict(sorted(c.items())) for lang, c in confusion.items()},
+        "misroutes": len(misrouted),
+        "fallbacks": sum(1 for m in misrouted if m["source"] == "fallback"),
+        "sources": dict(sorted(sources.items())),
+        "mean_confidence": {lang: round(sum(v) / len(v), 4) if v else None
+                            for lang, v in confidence.items()},
+        "misrouted": misrouted,
+    }
+
+
+def summarize(outcome: Outcome, ks: tuple[int, ...], coverage: dict, meta: dict) -> dict:
+    """The content of results.json."""
+    plan = outcome.plan
+    columns = list(plan.problems)
+    cells = {row: {lang: cell(outcome, row, lang, ks) for lang in columns} for row in plan.rows}
+    k = retention_k(ks, plan.n)
+    for lang, info in coverage.items():
+        too_long = outcome.too_long.get(lang, {})
+        info["too_long_for_context"] = sorted(too_long)
+        info["evaluated"] = len(plan.problems[lang]) - len(too_long)
+    s = outcome.stats
+    return {
+        **meta,
+        "rows": list(plan.rows),
+        "columns": columns,
+        "n": plan.n,
+        "ks": list(ks),
+        "sampling": {"temperature": plan.sampling.temperature, "top_p": plan.sampling.top_p,
+                     "max_tokens": plan.sampling.max_tokens, "seed": plan.sampling.seed,
+                     "per_request": plan.per_request, "concurrency": plan.concurrency},
+        "coverage": coverage,
+        "cells": cells,
+        "retention_k": k,
+        "retention": retention(cells, plan.rows, columns, k),
+        "routed": routing(outcome, columns) if ROUTED in plan.rows else None,
+        "run": {"seconds": round(s.seconds, 1), "requests": s.requests,
+                "samples_generated": s.samples_generated, "samples_cached": s.samples_cached,
+                "tokens_generated": s.tokens_generated, "executions_run": s.executions_run,
+                "generated_tokens_per_s": round(s.tokens_generated / s.seconds, 2)
+                if s.seconds else None},
+    }

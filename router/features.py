@@ -1,0 +1,197 @@
+"""Text -> sparse features for the content detector; the trainer and the router share this code.
+
+A snippet becomes a bag of strings: raw tokens (identifiers, keywords, operators), a shape for
+every identifier (snake_case, camelCase...), and bigrams/trigrams plus line-start and line-end
+tokens over an abstract alphabet in which only the model's `keep` words stay themselves and every
+other identifier becomes its shape. So `def parse_args(self):` yields `def ~snake`, `^def`, `$:`
+and `( self )` whatever the function is called; the syntactic cues (`public class`, `#include`,
+`std::`, `=>`, `console.log`, `self.`) are learned n-grams rather than hand-set rules.
+
+String literals and comments are reduced to markers: their words are data and prose, alike in
+every language, and would only teach the detector the vocabulary of its training corpora.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+
+import numpy as np
+
+# One line of code. Strings and comments first, each one token, then words, numbers, operators
+# (longest first) and any other single character.
+CODE = re.compile(
+    r'"""(?:.*?""")?' r"|'''(?:.*?''')?"  # triple-quoted, closed on this line or not
+    r'|"(?:[^"\\]|\\.)*"' r"|'(?:[^'\\]|\\.)*'" r"|`(?:[^`\\]|\\.)*`?"
+    r"|/\*(?:.*?\*/)?|//.*|#(?=[\s#]|$).*"
+    r"|[A-Za-z_$][A-Za-z0-9_$]*|\d[\w.]*|\.\.\.|===|!==|<<=|>>=|\*\*=|//=|::|->|=>|==|!="
+    r"|<=|>=|&&|\|\||\+\+|--|<<|>>|\*\*|\*/|\+=|-=|\*=|/=|%=|&=|\|=|\^=|:=|\?\?|\?\.|[^\w\s]"
+)
+# What survives of comment and docstring text: doc tags (@param, {@code, \brief, :returns), HTML
+# tags (javadoc's <p>) and doctest prompts.
+TAG = re.compile(r"(?<![\w@\\:])[@\\:][A-Za-z]\w*|\{@\w*|</?[A-Za-z]\w*(?=[\s>/])|^\s*>>>")
+COMMENT_MARKERS = frozenset(("//c", "#c", "/*c", "*c", '"""c', "`c"))
+NON_CODE = COMMENT_MARKERS | {'"""', "'''"}
+MAX_STRING_WORD = 16  # a string literal this short also shows its content ('use strict')
+SPECIAL = frozenset("\"'`/#")
+BEFORE_LINE_COMMENT = frozenset((";", "{", "}", ","))  # `x // y` elsewhere is Python division
+MAX_CHARS = 4096  # longer texts: the first and last half of this many characters
+
+
+def shape(word: str) -> str:
+    """A coarse class for an identifier or number: what naming convention it follows."""
+    if word[0].isdigit():
+        return "~num"
+    if "$" in word:
+        return "~dollar"
+    if word.startswith("__") and word.endswith("__") and len(word) > 4:
+        return "~dunder"
+    core = word.strip("_")
+    lead = "_" if word.startswith("_") else ""
+    if not core:
+        return "~under"
+    if core.isupper() or core.isdigit():
+        kind = "upper" if len(core) > 1 else "cap1"
+    elif "_" in core:
+        kind = "mixsnake" if any(c.isupper() for c in core) else "snake"
+    elif core[0].isupper():
+        kind = "pascal" if any(c.islower() for c in core) else "upper"
+    elif any(c.isupper() for c in core):
+        kind = "camel"
+    else:
+        kind = "lower" if len(core) > 1 else "low1"
+    return f"~{lead}{kind}"
+
+
+def _comment(marker: str, text: str) -> list[str]:
+    return [marker, *(t.strip() for t in TAG.findall(text))]
+
+
+def _code(line: str, tokens: list[str]) -> str | None:
+    """Append the tokens of one code line; return the closing delimiter of a string or comment
+    that the line leaves open, if any."""
+    for tok in CODE.findall(line):
+        if tok[0] not in SPECIAL or len(tok) == 1:
+            tokens.append(tok)
+        elif tok[:3] in ('"""', "'''"):
+            closed = len(tok) >= 6 and tok.endswith(tok[:3])
+            tokens.append(tok[:3] + ("s" if closed else ""))
+            if not closed:
+                return tok[:3]
+        elif tok[0] == "'" and len(tok) <= 4:
+            tokens.append("'c")  # a character, or a one-character string
+        elif tok[0] in "\"'":
+            short = 2 < len(tok) <= MAX_STRING_WORD + 2
+            tokens.append(tok[0] + ("s=" + tok[1:-1] if short else "s"))
+        elif tok[0] == "`":
+            closed = len(tok) >= 2 and tok.endswith("`")
+            tokens.append("`s" if closed else "`")
+            if not closed:
+                return "`"
+        elif tok[:2] == "/*":
+            tokens += _comment("/*c", tok)
+            if len(tok) < 4 or not tok.endswith("*/"):
+                return "*/"
+        elif tok[0] == "#":
+            tokens += _comment("#c", tok)
+        elif tok[:2] == "//" and (not tokens or tokens[-1] in BEFORE_LINE_COMMENT):
+            tokens += _comment("//c", tok)
+        elif tok[:2] == "//":
+            tokens.append("//")
+            return _code(tok[2:], tokens)
+        else:
+            tokens.append(tok)
+    return None
+
+
+def tokenize(text: str) -> list[list[str]]:
+    """Tokens per non-blank line of `text` (capped at MAX_CHARS characters)."""
+    if len(text) > MAX_CHARS:
+        half = MAX_CHARS // 2
+        text = text[:half] + "\n" + text[-half:]
+    return [tokens for tokens in line_tokens(text) if tokens]
+
+
+def code_lines(text: str) -> list[bool]:
+    """For each line of `text`: does it hold code (not only comment, docstring or blank)?"""
+    return [any(t not in NON_CODE and not _is_tag(t) for t in tokens)
+            for tokens in line_tokens(text)]
+
+
+def _is_tag(token: str) -> bool:
+    """Tags come only from comments: code yields `@`, `:`, `<` as tokens of their own."""
+    return token == ">>>" or (len(token) > 1 and token[0] in "@\\:{<"
+                              and (token[1].isalpha() or token[1] in "@/"))
+
+
+def line_tokens(text: str) -> list[list[str]]:
+    """Tokens of every line of `text` (empty for a blank one).
+
+    Strings become one token each (`"s`, `'s`, `'c` for a character, `` `s ``; a short one
+    `'s=content`), and a comment or docstring line one marker (`//c`, `#c`, `/*c`, `*c`, `\"\"\"c`,
+    `` `c ``) plus its tags.
+    """
+    lines = []
+    state: str | None = None  # the closing delimiter of an open comment or string
+    for line in text.splitlines():
+        tokens: list[str] = []
+        if state is None:
+            stripped = line.lstrip()
+            if stripped[:1] == "*" and stripped[1:2] in ("", " ", "\t", "/", "*"):
+                state = "*/"  # inside a block comment whose opening is not in the text
+        if state is not None:
+            end = line.find(state)
+            marker = {"*/": "*c", "`": "`c"}.get(state, '"""c')
+            tokens += _comment(marker, line if end < 0 else line[:end])
+            if end < 0:
+                lines.append(tokens)
+                continue
+            line, state = line[end + len(state):], None
+        state = _code(line, tokens)
+        lines.append(tokens)
+    return lines
+
+
+def features(text: str, keep: frozenset[str], cache: dict[str, str]) -> list[str]:
+    """The feature strings of `text`, with repeats (the caller counts them).
+
+    `keep` is the set of words that stay themselves in n-grams; `cache` memoizes the abstract
+    form of each token (pass the same dict on every call; it stops growing at 200,000 entries).
+    """
+    out: list[str] = []
+    prev2 = prev1 = "\n"
+    for tokens in tokenize(text):
+        first = True
+        for tok in tokens:
+            sym = cache.get(tok)
+            if sym is None:
+                c = tok[0]
+                if c.isalnum() or c in "_$":
+                    sym = tok if tok in keep else shape(tok)
+                else:  # `'s=use strict` is `'s` in n-grams
+                    sym = tok[:2] if tok[1:3] == "s=" else tok
+                if len(cache) < 200_000:
+                    cache[tok] = sym
+            out.append(tok)
+            if sym != tok:
+                out.append(sym)
+            if first:
+                out.append("^" + sym)
+                first = False
+            out.append(prev1 + " " + sym)
+            out.append(prev2 + " " + prev1 + " " + sym)
+            prev2, prev1 = prev1, sym
+        out.append("$" + prev1)
+        out.append(prev1 + " \n")
+        prev2, prev1 = prev1, "\n"
+    return out
+
+
+def count(text: str, keep: frozenset[str], cache: dict[str, str]) -> Counter[str]:
+    """How often each feature occurs in `text`."""
+    return Counter(features(text, keep, cache))
+
+
+def tf(counts: np.ndarray) -> np.ndarray:
+    """A feature's input value from its count: sublinear, so one repeated token cannot dominate."""
+    return np.log1p(counts)

@@ -1,0 +1,72 @@
+"""Language names and file names -> our languages (python, java, cpp, javascript)."""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+
+LANGUAGES = ("python", "java", "cpp", "javascript")
+DENSE = "dense"
+OTHER = "other"  # a language we know of but do not serve
+
+ALIASES = {
+    "python": ("python", "py", "python3", "py3", "python2", "cpython", "pyw", "pyi", "ipython"),
+    "java": ("java", "jdk", "openjdk"),
+    "cpp": ("cpp", "c++", "cxx", "cc", "hpp", "h++", "hh", "hxx", "cplusplus", "cpp11", "cpp14",
+            "cpp17", "cpp20", "c++11", "c++14", "c++17", "c++20"),
+    "javascript": ("javascript", "js", "node", "nodejs", "node.js", "mjs", "cjs", "jsx",
+                   "ecmascript", "es6"),
+}
+_ALIAS = {alias: lang for lang, names in ALIASES.items() for alias in names}
+
+EXTENSIONS = {
+    "python": (".py", ".pyw", ".pyi", ".py3"),
+    "java": (".java",),
+    "cpp": (".cpp", ".cc", ".cxx", ".c++", ".cp", ".hpp", ".hh", ".hxx", ".h++", ".ipp", ".tpp",
+            ".tcc", ".inl", ".ixx", ".cppm"),
+    "javascript": (".js", ".mjs", ".cjs", ".jsx", ".es6", ".jsm"),
+}
+_EXTENSION = {ext: lang for lang, exts in EXTENSIONS.items() for ext in exts}
+# C or C++, plain text, templates: the file name says nothing, the content decides.
+AMBIGUOUS = (".h", ".txt", ".in", ".inc", ".tmpl", ".template", ".def")
+
+
+def normalize_language(name: str) -> str | None:
+    """'py' -> 'python', 'C++' -> 'cpp', 'node' -> 'javascript', 'dense' -> 'dense'; None if the
+    name is none of our languages (case, spaces and a leading dot are ignored)."""
+    key = name.strip().lower().lstrip(".")
+    if key == DENSE:
+        return DENSE
+    return _ALIAS.get(key)
+
+
+@functools.lru_cache(maxsize=1)
+def _pygments_patterns() -> tuple[tuple[str, str], ...]:
+    """(file-name glob, language) for every Pygments lexer; ours where its aliases say so."""
+    from pygments.lexers import get_all_lexers
+
+    patterns = []
+    for _name, aliases, filenames, _mimetypes in get_all_lexers():
+        ours = next((_ALIAS[a] for a in aliases if a in _ALIAS), None)
+        patterns += [(glob, ours or OTHER) for glob in filenames]
+    return tuple(patterns)
+
+
+@functools.lru_cache(maxsize=4096)
+def language_of_filename(filename: str) -> str | None:
+    """One of LANGUAGES, OTHER (a known language or format that is not ours: .rs, .go, .ts,
+    Makefile, .md), or None when the name does not tell (.h, .txt, unknown extensions)."""
+    base = os.path.basename(filename.strip().replace("\\", "/"))
+    lower = base.lower()
+    ext = os.path.splitext(lower)[1]
+    if ext in _EXTENSION:
+        return _EXTENSION[ext]
+    if base.endswith(".C"):  # the old Unix C++ convention; Pygments agrees
+        return "cpp"
+    if not base or ext in AMBIGUOUS:
+        return None
+    found = {lang for glob, lang in _pygments_patterns() if fnmatch.fnmatchcase(base, glob)}
+    if len(found) == 1:
+        return found.pop()
+    return None  # unknown, or claimed by several lexers of different languages

@@ -1,0 +1,92 @@
+"""Which sub-model a request goes to: hint beats file name beats content; unsure -> dense."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from .languages import DENSE, LANGUAGES, OTHER, language_of_filename, normalize_language
+from .model import ContentModel
+
+SOURCES = ("hint", "filename", "content", "fallback")
+DEFAULT_THRESHOLD = 0.5
+MODEL = ContentModel.load()  # the committed model.json; a few tens of milliseconds
+
+
+class UnknownLanguage(ValueError):
+    """A hint names a language this router does not serve (gRPC NOT_FOUND)."""
+
+
+@dataclass(frozen=True)
+class Detection:
+    language: str  # one of the router's languages, or "dense"
+    confidence: float  # 1.0 for hint and file name; the detector's top probability otherwise
+    source: str  # one of SOURCES
+
+
+class Router:
+    """Routes text to one of `languages` (each must be one of LANGUAGES) or to "dense".
+
+    Content detection picks the most probable class among our four languages and "other"
+    (C, Go, Rust, TypeScript, shell, SQL, data formats, prose); it routes to that language only
+    if it is served here and its probability is at least `threshold`, else to dense (source
+    "fallback", confidence = that top probability).
+    """
+
+    def __init__(self, languages: Iterable[str] = LANGUAGES,
+                 threshold: float = DEFAULT_THRESHOLD) -> None:
+        served = []
+        for name in languages:
+            lang = normalize_language(name)
+            if lang is None or lang == DENSE:
+                raise UnknownLanguage(f"cannot route to {name!r}: the router knows "
+                                      f"{', '.join(LANGUAGES)}")
+            served.append(lang)
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must be in [0, 1], got {threshold}")
+        self.languages = tuple(dict.fromkeys(served))
+        self.threshold = threshold
+        self.model = MODEL
+
+    def detect(self, text: str, filename: str | None = None,
+               hint: str | None = None) -> Detection:
+        """Route `text`. Empty `filename`/`hint` count as absent (protobuf defaults).
+
+        Raises UnknownLanguage if `hint` is neither "dense" nor a served language.
+        """
+        if hint and hint.strip():
+            lang = normalize_language(hint)
+            if lang == DENSE:
+                return Detection(DENSE, 1.0, "hint")
+            if lang not in self.languages:
+                known = "unknown language" if lang is None else "language not served here"
+                raise UnknownLanguage(f"{known} {hint!r}: use one of "
+                                      f"{', '.join(self.languages + (DENSE,))}")
+            return Detection(lang, 1.0, "hint")
+        if filename and filename.strip():
+            lang = language_of_filename(filename)
+            if lang == OTHER:
+                return Detection(DENSE, 1.0, "filename")
+            if lang is not None:
+                return Detection(lang if lang in self.languages else DENSE, 1.0, "filename")
+        if not text.strip():
+            return Detection(DENSE, 0.0, "fallback")
+        probs = self.model.probabilities(text)
+        best = int(probs.argmax())
+        lang, confidence = self.model.classes[best], float(probs[best])
+        if lang in self.languages and confidence >= self.threshold:
+            return Detection(lang, confidence, "content")
+        return Detection(DENSE, confidence, "fallback")
+
+    def probabilities(self, text: str) -> dict[str, float]:
+        """The content detector's probability of each class (ours and "other")."""
+        return dict(zip(self.model.classes, map(float, self.model.probabilities(text)),
+                        strict=True))
+
+
+_DEFAULT = Router()
+
+
+def detect(text: str, filename: str | None = None, hint: str | None = None) -> Detection:
+    """`Router().detect` with all four languages and the default threshold."""
+    return _DEFAULT.detect(text, filename, hint)

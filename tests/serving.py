@@ -1,0 +1,73 @@
+"""In-process servers for the service tests: the real engine over a tiny store, a real gRPC
+server on a free loopback port, real clients."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from submodel.pruning.store import open_store
+from submodel.router import Router
+from submodel.server.app import GrpcServer, Listener
+from submodel.server.client import Client
+from submodel.server.engine import Engine
+from submodel.server.metrics import Metrics
+from submodel.server.service import GeneratorService
+
+THRESHOLD = 0.5
+
+
+@dataclass
+class Served:
+    server: GrpcServer
+    engine: Engine
+    metrics: Metrics
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
+    def client(self, **kwargs) -> Client:
+        return Client(self.target, **kwargs)
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    def wait_value(self, name: str, want: float, timeout: float = 10.0, **labels: str) -> float:
+        """The metric once it reaches `want` (RPC bookkeeping finishes just after the client
+        sees the status), or its value at the timeout."""
+        end = time.monotonic() + timeout
+        while (v := self.value(name, **labels)) < want and time.monotonic() < end:
+            time.sleep(0.02)
+        return v
+
+    def steps_when_idle(self, quiet: float = 0.3, timeout: float = 30.0) -> float:
+        """Decode steps so far, read once the engine has taken none for `quiet` seconds."""
+        end = time.monotonic() + timeout
+        last = self.value("submodel_batch_size_count")
+        while time.monotonic() < end:
+            time.sleep(quiet)
+            now = self.value("submodel_batch_size_count")
+            if now == last:
+                return now
+            last = now
+        raise AssertionError(f"the engine is still stepping after {timeout} s")
+
+    def stop(self) -> None:
+        self.server.server.stop(0).wait()
+        self.engine.stop()
+
+
+def serve_store(path, *, strategy: str = "swap", max_batch: int = 4, max_queue: int = 16,
+                token: str | None = None,
+                credentials: grpc.ServerCredentials | None = None) -> Served:
+    metrics = Metrics()
+    engine = Engine(open_store(path), strategy=strategy, max_batch=max_batch,
+                    max_queue=max_queue, observer=metrics)
+    engine.start()
+    server = GrpcServer(Listener("127.0.0.1", 0, credentials, token),
+                        workers=max_batch + max_queue + 8)
+    server.start(GeneratorService(engine, Router(engine.languages, THRESHOLD), metrics))
+    return Served(server, engine, metrics)

@@ -1,0 +1,60 @@
+import json
+import math
+
+from submodel.bench import engine as bench
+from submodel.pruning.store import open_store
+
+STRATEGIES = {"swap", "fused", "replicas"}
+
+
+def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
+    out = tmp_path / "engine.json"
+    assert bench.main([str(tiny_store), "--quick", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["settings"]["new_tokens"] == bench.QUICK.new_tokens
+    assert not r["skipped"]
+
+    decode = {(d["dtype"], d["strategy"], d["language"]): d for d in r["decode"]}
+    assert set(decode) == {(dt, st, lang) for dt in bench.DTYPES for st in STRATEGIES
+                           for lang in ("dense", "python")}
+    for d in decode.values():
+        assert d["tokens_per_s"] > 0 and d["hf_tokens_per_s"] > 0
+        assert math.isclose(d["vs_hf"], d["tokens_per_s"] / d["hf_tokens_per_s"])
+
+    assert {(s["dtype"], s["strategy"]) for s in r["steps"]} == {
+        (dt, st) for dt in bench.DTYPES for st in STRATEGIES}
+    for s in r["steps"]:
+        assert 0 < s["linears_ms"] < s["forward_ms"]
+        assert s["floor_ms"] > 0 and s["weight_bytes"] > 0
+
+    assert [s["dtype"] for s in r["switch"]] == list(bench.DTYPES)
+    assert all(len(s["switch_ms"]) == bench.QUICK.switches for s in r["switch"])
+
+    assert {ld["strategy"] for ld in r["load"]} == STRATEGIES
+    for ld in r["load"]:
+        n = bench.QUICK.concurrency * bench.QUICK.load_tokens
+        assert 0 < ld["mixed"]["tokens"] <= n and ld["mixed_vs_dense"] > 0
+
+    m = r["memory"]
+    store = open_store(tiny_store)
+    assert m["packed_mask_bytes"] == sum(
+        t.numel() for lang in store.languages for t in store.load_mask(lang).values())
+    assert [p["strategy"] for p in m["probes"]] == ["dense", "swap", "fused", "replicas"]
+    assert all(p["rss"] >= p["pss_anon"] > 0 for p in m["probes"])
+    assert all("added_rss_vs_masks" in p for p in m["probes"][1:])
+
+    kinds = {t["figure"].split(",")[0] for t in r["targets"]}
+    assert kinds == {"decode tok/s vs HF generate", "masked step vs torch-dense step",
+                     "fraction of bandwidth floor", "mask switch / decode step",
+                     "mixed 4-lang / dense-only throughput", "mixed 4-lang / one-lang throughput",
+                     "RSS added by 4 masks / packed masks"}
+    table = capsys.readouterr().out
+    assert table.count("\n|") >= len(r["targets"])
+
+
+def test_bad_store_is_one_line_error(tmp_path, capsys):
+    assert bench.main([str(tmp_path / "missing"), "--quick", "--out",
+                       str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()

@@ -1,0 +1,216 @@
+"""`submodel bench passk` and `submodel bench load` end to end on a tiny model through a real
+gRPC server: the tiny model fails every problem, so these check structure, counts, routing
+records, files, resuming and the load report's fields, not scores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from serving import serve_store
+from tiny import save_tiny
+
+from submodel.bench import load, passk_run
+from submodel.bench.passk_run import _runs
+from submodel.cli import main
+from submodel.pruning.prune import PruneConfig, prune
+
+LANGS = ("python", "java", "cpp", "javascript")
+ROWS = ["routed", "dense", *LANGS]
+
+
+@pytest.fixture(scope="module")
+def long_store(tmp_path_factory):
+    """A tiny store whose context (4096 byte tokens) holds HumanEval's prompts."""
+    root = tmp_path_factory.mktemp("bench")
+    model = save_tiny(root / "model", max_position_embeddings=4096)
+    cfg = PruneConfig(model=str(model), out=root / "store", languages=LANGS, nsamples=8,
+                      seqlen=64, progress=False, dtype="float32")
+    return prune(cfg).path
+
+
+@pytest.fixture(scope="module")
+def served(long_store):
+    s = serve_store(long_store, max_batch=4)
+    yield s
+    s.stop()
+
+
+def passk(*args: str) -> int:
+    return main(["bench", "passk", "--no-progress", "--max-tokens", "12", *args])
+
+
+def read_samples(cache_dir) -> list[dict]:
+    return [json.loads(line) for line in (cache_dir / "samples.jsonl").read_text().splitlines()]
+
+
+def test_runs_split_missing_indexes():
+    assert _runs([0, 1, 2, 3, 4], 2) == [(0, 2), (2, 2), (4, 1)]
+    assert _runs([2, 3, 4, 7], 8) == [(2, 3), (7, 1)]
+    assert _runs([], 8) == []
+
+
+def test_passk_end_to_end_with_store(long_store, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert passk("--store", str(long_store), "--limit", "2", "--n", "2",
+                 "--languages", "python,javascript", "--out", str(out)) == 0
+    for name in ("results.json", "report.md", "matrix.png", "retention.png", "server.log"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "pass@1: routed: python" in capsys.readouterr().out
+
+    r = json.loads((out / "results.json").read_text())
+    assert r["rows"] == ROWS and r["columns"] == ["python", "javascript"]
+    assert r["model"]["identity"].startswith("store:")
+    for row in ROWS:
+        for lang in ("python", "javascript"):
+            c = r["cells"][row][lang]
+            assert (c["problems"], c["samples"], c["n"]) == (2, 4, 2)
+            assert 0.0 <= c["pass@1"] <= 1.0 and c["pass@10"] is None  # n=2 < 10
+            assert sum(c["statuses"].values()) == 4
+            assert len(c["per_problem"]) == 2
+    assert r["retention_k"] == 1 and set(r["retention"]) == {"python", "javascript"}
+    routed = r["routed"]
+    assert routed["requests"] == 4
+    assert sum(routed["confusion"]["python"].values()) == 2
+    assert routed["misroutes"] == sum(
+        v for lang, c in routed["confusion"].items() for t, v in c.items() if t != lang)
+    cov = r["coverage"]
+    assert cov["python"]["available"] == 164 and cov["python"]["evaluated"] == 2
+    assert cov["javascript"]["available"] + len(cov["javascript"]["skipped"]) == 164
+    assert r["run"]["requests"] == 2 * 2 * len(ROWS) and r["run"]["samples_cached"] == 0
+
+    samples = read_samples(out / "cache")
+    assert len(samples) == 2 * 2 * 2 * len(ROWS)
+    by_row = {}
+    for s in samples:
+        by_row.setdefault(s["row"], []).append(s)
+        assert set(s["routing"]) == {"language", "confidence", "source", "sub_model"}
+    assert all(s["routing"]["source"] != "hint" for s in by_row["routed"])
+    assert all(s["routing"]["source"] == "hint" and s["routing"]["language"] == row
+               for row in ROWS[1:] for s in by_row[row])
+    # rows share their sampling seeds: the sub-model is the only difference between them
+    seeds = {(s["row"], s["task_id"], s["language"]): s["seed"] for s in samples}
+    assert len({seed for (_, task, lang), seed in seeds.items()
+                if (task, lang) == (samples[0]["task_id"], samples[0]["language"])}) == 1
+
+    report = (out / "report.md").read_text()
+    for heading in ("## Pass@1", "## Retention", "## Routing of the unhinted requests",
+                    "## Problems per language"):
+        assert heading in report
+
+
+def test_interrupted_run_resumes_with_the_same_numbers(served, tmp_path, monkeypatch):
+    common = ["--server", served.target, "--limit", "2", "--n", "3", "--max-batch", "2",
+              "--languages", "python,javascript", "--submodels", "routed,dense,python",
+              "--concurrency", "1"]
+    assert passk(*common, "--out", str(tmp_path / "full")) == 0
+    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    requests_needed = full["run"]["requests"]
+    assert requests_needed == 3 * 2 * 2 * 2  # rows x languages x problems x (2 + 1 samples)
+
+    real_send, sent = passk_run.send, []
+
+    def interrupting(client, request):
+        if len(sent) == 5:
+            raise KeyboardInterrupt
+        sent.append(request)
+        return real_send(client, request)
+
+    monkeypatch.setattr(passk_run, "send", interrupting)
+    out = tmp_path / "resumed"
+    assert passk(*common, "--out", str(out)) == 130  # what Ctrl-C gives
+    cached = len(read_samples(out / "cache"))
+    assert 0 < cached < 3 * 2 * 2 * 3
+
+    monkeypatch.setattr(passk_run, "send", lambda c, r: sent.append(r) or real_send(c, r))
+    sent.clear()
+    assert passk(*common, "--out", str(out)) == 0
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["run"]["samples_cached"] == cached
+    assert len(sent) == resumed["run"]["requests"] < requests_needed
+    assert resumed["cells"] == full["cells"] and resumed["routed"] == full["routed"]
+
+    def texts(path):
+        return {s["key"]: s["completion"] for s in read_samples(path / "cache")}
+
+    assert texts(out) == texts(tmp_path / "full")
+
+    sent.clear()  # a larger run reuses every sample of the smaller one
+    assert passk(*[a if a != "3" else "4" for a in common], "--out", str(out)) == 0
+    bigger = json.loads((out / "results.json").read_text())
+    assert bigger["run"]["samples_cached"] == 3 * 2 * 2 * 3
+    assert bigger["run"]["samples_generated"] == 3 * 2 * 2 * 1 == len(sent)
+
+
+def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_store, tmp_path):
+    s = serve_store(tiny_store)  # context 512 byte tokens: some HumanEval prompts do not fit
+    try:
+        assert passk("--server", s.target, "--limit", "3", "--n", "1", "--languages", "python",
+                     "--submodels", "dense", "--out", str(tmp_path)) == 0
+    finally:
+        s.stop()
+    r = json.loads((tmp_path / "results.json").read_text())
+    cov = r["coverage"]["python"]
+    assert cov["too_long_for_context"] and cov["selected"] == 3
+    assert r["cells"]["dense"]["python"]["problems"] == cov["evaluated"] == 3 - len(
+        cov["too_long_for_context"])
+    assert "prompt too long" in (tmp_path / "report.md").read_text()
+
+
+def test_passk_user_errors_are_one_line(tmp_path, capsys):
+    assert passk("--server", "127.0.0.1:1", "--dataset", "x.jsonl", "--out",
+                 str(tmp_path)) == 2
+    assert "one --dataset-language for each --dataset" in capsys.readouterr().err
+    assert passk("--server", "127.0.0.1:1", "--languages", "python", "--limit", "1",
+                 "--out", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert "cannot reach the server at 127.0.0.1:1" in err and len(err.splitlines()) == 1
+    assert passk("--store", str(tmp_path / "nope"), "--out", str(tmp_path)) == 2
+    assert "no such store directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        passk("--store", "a", "--server", "b")
+    with pytest.raises(SystemExit):
+        passk("--server", "b", "--submodels", "perl")
+
+
+def test_load_bench_reports_sane_fields(long_store, tmp_path):
+    out = tmp_path / "load"
+    assert main(["bench", "load", "--store", str(long_store), "--strategies", "swap",
+                 "--concurrency", "2", "--requests", "4", "--max-tokens", "4",
+                 "--out", str(out)]) == 0
+    r = json.loads((out / "load.json").read_text())
+    (run,) = r["runs"]
+    assert run["strategy"] == run["server_strategy"] == "swap"
+    assert run["errors"] == 0 and run["requests"] == 4
+    assert 0 < run["tokens"] <= 4 * 4 and run["tokens_per_s"] > 0 and run["requests_per_s"] > 0
+    assert 0 < run["ttft_p50"] <= run["latency_p99"] and run["latency_p50"] <= run["latency_p99"]
+    assert run["rss_peak"] >= run["pss_peak"] > 0 and run["rss_idle"] > 0
+    assert run["memory_samples"] >= 1 and run["mask_bytes"] > 0
+    # mixed traffic, one prompt per language in turn, routed by content
+    assert {lang: sum(v.values()) for lang, v in run["routing"].items()} == dict.fromkeys(LANGS, 1)
+    assert run["vs_dense"] is None  # no dense run to compare with
+    assert (out / "load.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| swap | mixed, unhinted |" in (out / "load.md").read_text()
+
+
+def test_dense_traffic_names_dense_and_ratios_use_it():
+    cfg = load.LoadConfig(store=None, max_tokens=5)
+    mixed = load.traffic(["python", "java"], 4, cfg, dense=False)
+    dense = load.traffic(["python", "java"], 4, cfg, dense=True)
+    assert [lang for lang, _ in mixed] == ["python", "java", "python", "java"]
+    assert not any(r.HasField("language") for _, r in mixed)
+    assert all(r.language == "dense" for _, r in dense)
+    assert [r.prompt for _, r in mixed] == [r.prompt for _, r in dense]
+    assert mixed[0][1].prompt != mixed[2][1].prompt  # the next problem of the language
+
+    def run(strategy, tps, rss):
+        return {"strategy": strategy, "tokens_per_s": tps, "latency_p50": 1.0, "rss_peak": rss,
+                "pss_peak": rss, "mask_bytes": 100}
+
+    runs = [run("fused", 95.0, 1150), run("dense", 100.0, 1000)]
+    load.ratios(runs)
+    assert runs[0]["vs_dense"]["tokens_per_s"] == pytest.approx(0.95)
+    assert runs[0]["vs_dense"]["extra_rss_bytes"] == 150
+    assert runs[0]["vs_dense"]["extra_rss_over_mask_bytes"] == pytest.approx(1.5)
+    assert runs[1]["vs_dense"]["rss_peak"] == 1.0

@@ -1,0 +1,198 @@
+"""The masked kernels against torch references, on every code path this CPU can run."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from submodel.server import kernels
+
+PATHS = kernels.available_paths()
+SHAPES = [(1, 8), (7, 40), (33, 136), (64, 64), (5, 31), (96, 200)]  # (out, in)
+
+
+@pytest.fixture(params=PATHS)
+def path(request):
+    kernels.set_kernel_path(request.param)
+    yield request.param
+    kernels.set_kernel_path(None)
+
+
+def random_masks(n: int, out: int, inp: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """n random 0/1 masks [n, out, in] and their packed form [n, out, ceil(in/8)]."""
+    bits = torch.rand(n, out, inp, generator=gen) < 0.5
+    return bits, pack(bits)
+
+
+def pack(bits: torch.Tensor) -> torch.Tensor:
+    """Little-endian bit packing along the last axis, as the store writes masks."""
+    inp = bits.shape[-1]
+    padded = torch.zeros(*bits.shape[:-1], -(-inp // 8) * 8, dtype=torch.uint8)
+    padded[..., :inp] = bits
+    weights = 2 ** torch.arange(8, dtype=torch.int32)
+    grouped = padded.view(*bits.shape[:-1], -1, 8).to(torch.int32)
+    return (grouped * weights).sum(-1).to(torch.uint8)
+
+
+def reference(x, weight, bits, row_lang, bias):
+    """x @ (W * M[lang])^T in float64, row by row."""
+    w = weight.double()
+    rows = []
+    for b, lang in enumerate(row_lang.tolist()):
+        wm = w if lang < 0 else w * bits[lang].double()
+        rows.append(x[b].double() @ wm.T)
+    y = torch.stack(rows)
+    return y + bias.double() if bias is not None else y
+
+
+def tolerance(dtype):
+    return {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-4, "rtol": 1e-4}
+
+
+def test_pack_matches_store_layout():
+    bits = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 0, 0, 1]], dtype=torch.bool)
+    assert pack(bits).tolist() == [[1, 2]]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("out,inp", SHAPES)
+def test_masked_linear_mixed_batch(path, dtype, out, inp):
+    gen = torch.Generator().manual_seed(out * 1000 + inp)
+    bits, packed = random_masks(4, out, inp, gen)
+    weight = torch.randn(out, inp, generator=gen).to(dtype)
+    for batch in (1, 3, 12):
+        x = torch.randn(batch, inp, generator=gen).to(dtype)
+        row_lang = torch.randint(-1, 4, (batch,), generator=gen, dtype=torch.int32)
+        bias = torch.randn(out, generator=gen).to(dtype) if batch != 3 else None
+        y = kernels.masked_linear(x, weight, packed, row_lang, bias)
+        assert y.dtype == dtype and y.shape == (batch, out)
+        ref = reference(x, weight, bits, row_lang, bias)
+        torch.testing.assert_close(y.double(), ref, **tolerance(dtype))
+
+
+def test_masked_linear_every_language_and_dense_in_one_batch(path):
+    gen = torch.Generator().manual_seed(1)
+    out, inp = 48, 72
+    bits, packed = random_masks(4, out, inp, gen)
+    weight = torch.randn(out, inp, generator=gen)
+    x = torch.randn(1, inp, generator=gen).expand(5, inp).contiguous()
+    row_lang = torch.tensor([3, -1, 0, 2, 1], dtype=torch.int32)
+    y = kernels.masked_linear(x, weight, packed, row_lang)
+    ref = reference(x, weight, bits, row_lang, None)
+    torch.testing.assert_close(y.double(), ref, **tolerance(torch.float32))
+    assert len({tuple(r) for r in y.tolist()}) == 5  # same input, five different sub-models
+
+
+def test_masked_linear_ignores_bits_past_the_last_column(path):
+    gen = torch.Generator().manual_seed(2)
+    weight = torch.randn(3, 13, generator=gen)
+    x = torch.randn(2, 13, generator=gen)
+    packed = torch.full((1, 3, 2), 0xFF, dtype=torch.uint8)  # padding bits set too
+    y = kernels.masked_linear(x, weight, packed, torch.zeros(2, dtype=torch.int32))
+    torch.testing.assert_close(y, x @ weight.T)
+
+
+def test_masked_linear_rejects_bad_input():
+    weight = torch.randn(4, 16)
+    masks = torch.zeros(2, 4, 2, dtype=torch.uint8)
+    x = torch.randn(1, 16)
+    with pytest.raises(RuntimeError, match="row_lang\\[0\\] = 2 is outside"):
+        kernels.masked_linear(x, weight, masks, torch.tensor([2], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="masks must be"):
+        kernels.masked_linear(x, weight, masks[:, :, :1], torch.tensor([0], dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="x must be"):
+        kernels.masked_linear(x.bfloat16(), weight, masks, torch.tensor([0], dtype=torch.int32))
+    with pytest.raises(ValueError, match="unknown kernel path"):
+        kernels.set_kernel_path("neon")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("out,inp", SHAPES)
+def test_apply_mask_into(path, dtype, out, inp):
+    gen = torch.Generator().manual_seed(3)
+    bits, packed = random_masks(1, out, inp, gen)
+    weight = torch.randn(out, inp, generator=gen).to(dtype)
+    scratch = torch.full((out, inp), 7.0, dtype=dtype)
+    kernels.apply_mask_into(weight, packed[0], scratch)
+    assert torch.equal(scratch, weight * bits[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens", [3, 100])  # below and above both dtypes' GEMM thresholds
+def test_prefill_matches_reference(path, dtype, tokens):
+    gen = torch.Generator().manual_seed(4)
+    bits, packed = random_masks(1, 24, 40, gen)
+    weight = torch.randn(24, 40, generator=gen).to(dtype)
+    bias = torch.randn(24, generator=gen).to(dtype)
+    x = torch.randn(tokens, 40, generator=gen).to(dtype)
+    scratch = torch.empty(2000, dtype=dtype)
+    y = kernels.masked_linear_prefill(x, weight, packed[0], bias, scratch)
+    ref = reference(x, weight, bits, torch.zeros(tokens, dtype=torch.int32), bias)
+    torch.testing.assert_close(y.double(), ref, **tolerance(dtype))
+    dense = kernels.masked_linear_prefill(x, weight, None, bias, scratch)
+    torch.testing.assert_close(dense, torch.nn.functional.linear(x, weight, bias))
+    with pytest.raises(ValueError, match="scratch must be"):
+        kernels.masked_linear_prefill(x, weight, packed[0], bias, scratch[:10])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swap_masks_round_trips_bit_identically(path, dtype):
+    gen = torch.Generator().manual_seed(5)
+    out, inp = 37, 136
+    bits, packed = random_masks(4, out, inp, gen)
+    dense = torch.randn(out, inp, generator=gen).to(dtype)
+    weight = dense.clone()
+    ints = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    current = None  # dense
+    for _ in range(200):
+        nxt = int(torch.randint(-1, 4, (1,), generator=gen))
+        new = None if nxt < 0 else packed[nxt]
+        kernels.swap_masks_(weight, dense, None if current is None else packed[current], new)
+        current = None if nxt < 0 else nxt
+        expected = dense if current is None else torch.where(bits[current], dense, 0)
+        assert torch.equal(weight.view(ints), expected.view(ints))  # bit-identical, +0.0
+    kernels.swap_masks_(weight, dense, None if current is None else packed[current], None)
+    assert torch.equal(weight.view(ints), dense.view(ints))
+
+
+def test_swap_masks_writes_only_where_masks_differ(path):
+    dense = torch.ones(2, 16)
+    weight = torch.full((2, 16), 5.0)  # not dense*mask anywhere: shows which positions are written
+    old = torch.tensor([[0b00001111, 0], [0xFF, 0xFF]], dtype=torch.uint8)
+    new = torch.tensor([[0b00110011, 0], [0xFF, 0xFF]], dtype=torch.uint8)
+    kernels.swap_masks_(weight, dense, old, new)
+    assert weight[0, :8].tolist() == [5, 5, 0, 0, 1, 1, 5, 5]
+    assert (weight[0, 8:] == 5).all() and (weight[1] == 5).all()
+
+
+def test_results_do_not_depend_on_thread_count():
+    gen = torch.Generator().manual_seed(6)
+    _, packed = random_masks(4, 301, 136, gen)
+    weight = torch.randn(301, 136, generator=gen)
+    x = torch.randn(6, 136, generator=gen)
+    row_lang = torch.tensor([0, 1, -1, 2, 3, 0], dtype=torch.int32)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = kernels.masked_linear(x, weight, packed, row_lang)
+        torch.set_num_threads(2)
+        two = kernels.masked_linear(x, weight, packed, row_lang)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_env_var_forces_a_path():
+    code = "from submodel.server import kernels; print(kernels.kernel_path())"
+    env = dict(os.environ, SUBMODEL_KERNEL_PATH="generic")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == "generic", run.stderr
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(kernels, "_ext", None)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(kernels.KernelUnavailableError, match="need a C\\+\\+ compiler"):
+        kernels.kernel_path()
