@@ -1,8 +1,9 @@
 """Masked kernels vs torch dense over Qwen2.5-0.5B's Linear shapes (issue 7's kernel numbers).
 
-`python -m submodel.bench.kernels [--json PATH]`: one decode step = every prunable Linear of every
-layer applied once, with random weights and random 50% masks. Prints a Markdown table and writes
-the same numbers as JSON.
+`python -m submodel.bench.kernels [--json PATH]`: a decode step = every prunable Linear of every
+layer applied once, with random weights and random 50% masks (timing does not depend on values).
+Each case reports its best wall time and its best CPU time (all threads) over the repeats: on a
+shared machine the CPU time is the steadier of the two. Prints Markdown and writes JSON.
 """
 
 from __future__ import annotations
@@ -24,29 +25,30 @@ from submodel.server import kernels
 QWEN05_SHAPES = [(896, 896), (128, 896), (128, 896), (896, 896), (4864, 896), (4864, 896),
                  (896, 4864)]
 LANGUAGES = 4
-PREFILL_TOKENS = (2, 8, 16, 64, 256)
+PREFILL_TOKENS = (2, 8, 16, 32, 64, 256)
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    """Best seconds of `repeats` calls after one warm-up (the CPU is shared: best filters noise)."""
+def timed(fn: Callable[[], object], repeats: int) -> dict:
+    """Best wall and CPU milliseconds of `repeats` calls after one warm-up."""
     fn()
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        w0, c0 = time.perf_counter(), time.process_time()
         fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+        wall = min(wall, time.perf_counter() - w0)
+        cpu = min(cpu, time.process_time() - c0)
+    return {"ms": wall * 1e3, "cpu_ms": cpu * 1e3}
 
 
-def copy_bandwidth(gib: float = 1.0, repeats: int = 5) -> float:
+def copy_bandwidth(repeats: int, gib: float = 1.0) -> float:
     """Bytes moved (read + write) per second by a large tensor copy, with torch's threads."""
     src = torch.ones(int(gib * 2**30) // 4)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / timed(lambda: dst.copy_(src), repeats)
+    return 2 * src.numel() * 4 / (timed(lambda: dst.copy_(src), repeats)["ms"] / 1e3)
 
 
 def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list[tuple]:
-    """Per Linear: (weight, packed masks of LANGUAGES languages, x rows for batch 8)."""
+    """Per Linear: (weight, packed masks of LANGUAGES languages, 8 rows of x)."""
     layers = []
     for _ in range(n_layers):
         for out, inp in QWEN05_SHAPES:
@@ -58,10 +60,8 @@ def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list
     return layers
 
 
-def decode_rows(layers: list[tuple], dtype: torch.dtype, floor_s: float, repeats: int,
-                paths: list[str]) -> list[dict]:
-    """One decode step over all layers: torch dense vs the kernel on every path (slower paths
-    at batch 1 only, timed once)."""
+def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dict]:
+    """A decode step: torch dense vs the kernel (slower paths at batch 1 only, timed once)."""
     one = torch.zeros(1, dtype=torch.int32)
     eight_one = torch.zeros(8, dtype=torch.int32)
     eight_mixed = torch.arange(8, dtype=torch.int32) % LANGUAGES
@@ -69,36 +69,31 @@ def decode_rows(layers: list[tuple], dtype: torch.dtype, floor_s: float, repeats
     def step(f):
         return lambda: [f(w, m, x) for w, m, x in layers]
 
+    def masked(lang):
+        return step(lambda w, m, x: kernels.masked_linear(x[: len(lang)], w, m, lang))
+
     best = paths[-1]
-    cases: list[tuple[str, int, str, Callable]] = [
+    cases = [
         ("torch dense F.linear", 1, "-", step(lambda w, m, x: F.linear(x[:1], w))),
         ("torch dense F.linear", 8, "-", step(lambda w, m, x: F.linear(x, w))),
-        ("masked, 1 language", 1, best,
-         step(lambda w, m, x: kernels.masked_linear(x[:1], w, m, one))),
-        ("kernel, dense rows", 1, best,
-         step(lambda w, m, x: kernels.masked_linear(x[:1], w, m, one - 1))),
-        ("masked, 1 language", 8, best,
-         step(lambda w, m, x: kernels.masked_linear(x, w, m, eight_one))),
-        ("masked, 4 languages", 8, best,
-         step(lambda w, m, x: kernels.masked_linear(x, w, m, eight_mixed))),
-    ]
-    cases += [("masked, 1 language", 1, path,
-               step(lambda w, m, x: kernels.masked_linear(x[:1], w, m, one)))
-              for path in paths[:-1]]
+        ("masked, 1 language", 1, best, masked(one)),
+        ("kernel, dense rows", 1, best, masked(one - 1)),
+        ("masked, 1 language", 8, best, masked(eight_one)),
+        ("masked, 4 languages", 8, best, masked(eight_mixed)),
+    ] + [("masked, 1 language", 1, path, masked(one)) for path in paths[:-1]]
     rows = []
     for name, batch, path, fn in cases:
         kernels.set_kernel_path(None if path == "-" else path)
-        s = timed(fn, repeats if path in ("-", best) else 1)
-        rows.append({"case": name, "dtype": str(dtype).removeprefix("torch."), "batch": batch,
-                     "path": path, "ms": s * 1e3, "floor_fraction": floor_s / s})
+        t = timed(fn, repeats if path in ("-", best) else 1)
+        rows.append({"case": name, "batch": batch, "path": path, **t})
     kernels.set_kernel_path(None)
     return rows
 
 
-def swap_ms(layers: list[tuple], repeats: int) -> float:
-    """One language switch of every Linear in place (swap_masks_ from language 0 to 1 and back),
+def swap_row(layers: list[tuple], repeats: int) -> dict:
+    """One language switch of every Linear in place (swap_masks_ from language 0 to 1 and back)
     with the dense weights as the restore source."""
-    live = [(w * 1, w, m) for w, m, _ in layers]  # a second copy: the benchmark's own
+    live = [(w.clone(), w, m) for w, m, _ in layers]  # the benchmark's own second copy
     for weight, dense, masks in live:
         kernels.apply_mask_into(dense, masks[0], weight)
     state = {"lang": 0}
@@ -109,25 +104,25 @@ def swap_ms(layers: list[tuple], repeats: int) -> float:
             kernels.swap_masks_(weight, dense, masks[old], masks[new])
         state["lang"] = new
 
-    return timed(switch, repeats) * 1e3
+    return {"case": "swap_masks_, one switch", **timed(switch, repeats)}
 
 
-def prefill_rows(layers: list[tuple], dtype: torch.dtype, repeats: int) -> list[dict]:
+def prefill_rows(layers: list[tuple], repeats: int) -> list[dict]:
     """Prefill through one language's masks: blocked kernel vs W*M in scratch + torch GEMM."""
+    dtype = layers[0][0].dtype
     scratch = torch.empty(max(w.numel() for w, _, _ in layers), dtype=dtype)
-    lang = torch.zeros(max(PREFILL_TOKENS), dtype=torch.int32)
     rows = []
     for tokens in PREFILL_TOKENS:
         xs = [torch.randn(tokens, w.shape[1]).to(dtype) for w, _, _ in layers]
+        lang = torch.zeros(tokens, dtype=torch.int32)
 
-        def blocked(xs=xs, tokens=tokens):
+        def blocked(xs=xs, lang=lang):
             for (w, m, _), x in zip(layers, xs, strict=True):
-                kernels.masked_linear(x, w, m[:1], lang[:tokens])
+                kernels.masked_linear(x, w, m[:1], lang)
 
         def materialized(xs=xs):
             for (w, m, _), x in zip(layers, xs, strict=True):
-                buf = scratch[: w.numel()].view(w.shape)
-                F.linear(x, kernels.apply_mask_into(w, m[0], buf))
+                F.linear(x, kernels.apply_mask_into(w, m[0], scratch[: w.numel()].view(w.shape)))
 
         def dense(xs=xs):
             for (w, _, _), x in zip(layers, xs, strict=True):
@@ -135,50 +130,55 @@ def prefill_rows(layers: list[tuple], dtype: torch.dtype, repeats: int) -> list[
 
         for name, fn in (("blocked kernel", blocked), ("W*M scratch + GEMM", materialized),
                          ("torch dense F.linear", dense)):
-            rows.append({"case": name, "dtype": str(dtype).removeprefix("torch."),
-                         "tokens": tokens, "ms": timed(fn, repeats) * 1e3})
+            rows.append({"case": name, "tokens": tokens, **timed(fn, repeats)})
     return rows
-
-
-def markdown(result: dict) -> str:
-    lines = [
-        f"Masked kernels, {result['layers']} layers of Qwen2.5-0.5B Linear shapes, "
-        f"{result['threads']} threads, CPU features: {', '.join(result['cpu_features'])}",
-        f"Copy bandwidth {result['bandwidth_gbs']:.1f} GB/s (read + write); floor = weight "
-        "bytes / bandwidth",
-        "",
-        "| decode step | dtype | batch | path | ms | x faster than torch dense | floor fraction |",
-        "|---|---|---:|---|---:|---:|---:|",
-    ]
-    for r in result["decode"]:
-        dense = next(d["ms"] for d in result["decode"] if d["path"] == "-"
-                     and d["dtype"] == r["dtype"] and d["batch"] == r["batch"])
-        lines.append(f"| {r['case']} | {r['dtype']} | {r['batch']} | {r['path']} | "
-                     f"{r['ms']:.1f} | {dense / r['ms']:.2f} | {r['floor_fraction']:.0%} |")
-    lines += ["", "| mask switch, all Linears (swap_masks_) | dtype | ms |", "|---|---|---:|"]
-    lines += [f"| one switch | {dtype} | {ms:.1f} |" for dtype, ms in result["swap_ms"].items()]
-    lines += ["", "| prefill (1 language) | dtype | tokens | ms |", "|---|---|---:|---:|"]
-    for r in result["prefill"]:
-        lines.append(f"| {r['case']} | {r['dtype']} | {r['tokens']} | {r['ms']:.1f} |")
-    return "\n".join(lines)
 
 
 def run(layers: int, threads: int, repeats: int, prefill_layers: int) -> dict:
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
-    bandwidth = copy_bandwidth()
-    result = {"layers": layers, "threads": threads, "bandwidth_gbs": bandwidth / 1e9,
-              "cpu_features": kernels.cpu_features(), "paths": kernels.available_paths(),
-              "decode": [], "swap_ms": {}, "prefill": []}
+    bandwidth = copy_bandwidth(repeats)
+    result = {"layers": layers, "threads": threads, "load_average": os.getloadavg()[0],
+              "bandwidth_gbs": bandwidth / 1e9, "cpu_features": kernels.cpu_features(),
+              "paths": kernels.available_paths(), "dtypes": {}}
     for dtype in (torch.bfloat16, torch.float32):
         built = make_layers(layers, dtype, gen)
         weight_bytes = sum(w.numel() * w.element_size() for w, _, _ in built)
-        result["decode"] += decode_rows(built, dtype, weight_bytes / bandwidth, repeats,
-                                        result["paths"])
-        result["swap_ms"][str(dtype).removeprefix("torch.")] = swap_ms(built, repeats)
-        result["prefill"] += prefill_rows(built[: 7 * prefill_layers], dtype, repeats)
+        decode = decode_rows(built, repeats, result["paths"])
+        for row in decode:
+            row["floor_fraction"] = weight_bytes / bandwidth * 1e3 / row["ms"]
+        result["dtypes"][str(dtype).removeprefix("torch.")] = {
+            "weight_bytes": weight_bytes,
+            "decode": decode,
+            "swap": swap_row(built, repeats),
+            "prefill": prefill_rows(built[: 7 * prefill_layers], repeats),
+        }
         del built
     return result
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Masked kernels: {result['layers']} layers of Qwen2.5-0.5B Linear shapes, "
+        f"{result['threads']} threads, load average {result['load_average']:.1f}, "
+        f"CPU features {', '.join(result['cpu_features'])}.",
+        f"Copy bandwidth {result['bandwidth_gbs']:.1f} GB/s (read + write); floor = weight "
+        "bytes / that bandwidth. ms = best wall time, cpu = best CPU time of all threads.",
+        "",
+        "| decode step | dtype | batch | path | ms | cpu ms | vs torch dense (ms) | floor |",
+        "|---|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for dtype, d in result["dtypes"].items():
+        dense = {r["batch"]: r["ms"] for r in d["decode"] if r["path"] == "-"}
+        lines += [f"| {r['case']} | {dtype} | {r['batch']} | {r['path']} | {r['ms']:.1f} | "
+                  f"{r['cpu_ms']:.1f} | {dense[r['batch']] / r['ms']:.2f}x | "
+                  f"{r['floor_fraction']:.0%} |" for r in d["decode"]]
+    lines += ["", "| other | dtype | tokens | ms | cpu ms |", "|---|---|---:|---:|---:|"]
+    for dtype, d in result["dtypes"].items():
+        for r in [d["swap"], *d["prefill"]]:
+            lines.append(f"| {r['case']} | {dtype} | {r.get('tokens', '-')} | {r['ms']:.1f} | "
+                         f"{r['cpu_ms']:.1f} |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -168,7 +168,7 @@ def fill(store: Store, result: dict, todo: list[tuple[str, str]],
     """Measure the `todo` cells one mask at a time, saving `result` to `out` after each; return
     the dense probe's NLL before and after (equal, or BenchError)."""
     batches = -(-next(iter(windows.values())).shape[0] // batch_size)
-    model = store.load_hf_model(store.dtype)
+    model = store.load_hf_model(store.dtype).requires_grad_(False)
     params = prunable_params(model, store)
     probe = windows[result["columns"][0]][:batch_size]
     with torch.inference_mode(), tqdm(total=len(todo) * batches + 2, unit="batch",
@@ -240,10 +240,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("results/perplexity.json"),
                         help="JSON result, resumed if it exists; Markdown goes beside it "
                         "(default: results/perplexity.json)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, one per core; on a busy "
+                        "machine fewer threads than cores avoid OpenMP oversubscription)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.nsamples < 1 or args.seqlen < 2 or args.batch_size < 1:
         parser.error("--nsamples and --batch-size must be >= 1, --seqlen >= 2")
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
     languages = None
     if args.languages:
         languages = [corpora.canonical_language(x) for x in args.languages.split(",") if x]

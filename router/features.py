@@ -30,8 +30,9 @@ CODE = re.compile(
 # What survives of comment and docstring text: doc tags (@param, {@code, \brief, :returns), HTML
 # tags (javadoc's <p>) and doctest prompts.
 TAG = re.compile(r"(?<![\w@\\:])[@\\:][A-Za-z]\w*|\{@\w*|</?[A-Za-z]\w*(?=[\s>/])|^\s*>>>")
-COMMENT_MARKERS = frozenset(("//c", "#c", "/*c", "*c", '"""c', "`c"))
+COMMENT_MARKERS = frozenset(("//c", "///c", "#c", "/*c", "*c", '"""c', "`c"))
 NON_CODE = COMMENT_MARKERS | {'"""', "'''"}
+OPENERS = frozenset(("return", "yield", "print", "in", "else", "and", "or", "not"))
 MAX_STRING_WORD = 16  # a string literal this short also shows its content ('use strict')
 SPECIAL = frozenset("\"'`/#")
 BEFORE_LINE_COMMENT = frozenset((";", "{", "}", ","))  # `x // y` elsewhere is Python division
@@ -95,7 +96,7 @@ def _code(line: str, tokens: list[str]) -> str | None:
         elif tok[0] == "#":
             tokens += _comment("#c", tok)
         elif tok[:2] == "//" and (not tokens or tokens[-1] in BEFORE_LINE_COMMENT):
-            tokens += _comment("//c", tok)
+            tokens += _comment("///c" if tok[2:3] in "/!" and tok[2:3] else "//c", tok)
         elif tok[:2] == "//":
             tokens.append("//")
             return _code(tok[2:], tokens)
@@ -109,13 +110,13 @@ def tokenize(text: str) -> list[list[str]]:
     if len(text) > MAX_CHARS:
         half = MAX_CHARS // 2
         text = text[:half] + "\n" + text[-half:]
-    return [tokens for tokens in line_tokens(text) if tokens]
+    return [tokens for tokens in scan(text)[0] if tokens]
 
 
 def code_lines(text: str) -> list[bool]:
     """For each line of `text`: does it hold code (not only comment, docstring or blank)?"""
     return [any(t not in NON_CODE and not _is_tag(t) for t in tokens)
-            for tokens in line_tokens(text)]
+            for tokens in scan(text)[0]]
 
 
 def _is_tag(token: str) -> bool:
@@ -124,17 +125,45 @@ def _is_tag(token: str) -> bool:
                               and (token[1].isalpha() or token[1] in "@/"))
 
 
-def line_tokens(text: str) -> list[list[str]]:
-    """Tokens of every line of `text` (empty for a blank one).
+def _open_docstring(lines: list[str]) -> str | None:
+    """The quotes of a Python docstring that `lines` begin inside of, if they seem to.
+
+    Judged from the first line with an unbalanced triple quote: it closes a docstring if prose
+    stands before the quotes on that line (`the end.` then the quotes), or if the quotes stand alone and the
+    line before is neither absent nor a `def`/`class` header or an open bracket or assignment.
+    """
+    for i, line in enumerate(lines):
+        for quote in ('"""', "'''"):
+            if line.count(quote) % 2 == 0:
+                continue
+            before = line[: line.find(quote)].strip()
+            after = line[line.find(quote) + 3:].strip()
+            if before:
+                opening = before[-1] in "=([{,:+%" or before[-1].isalnum() and (
+                    line[line.find(quote) - 1].isalnum() or before.split()[-1] in OPENERS)
+                return None if opening else quote
+            if after:
+                return None
+            previous = next((p.strip() for p in reversed(lines[:i]) if p.strip()), "")
+            return None if not previous or previous[-1] in ":([{,=" else quote
+    return None
+
+
+def scan(text: str) -> tuple[list[list[str]], list[bool]]:
+    """Tokens of every line of `text` (empty for a blank one), and whether each line begins
+    inside a comment, docstring or string left open by an earlier line.
 
     Strings become one token each (`"s`, `'s`, `'c` for a character, `` `s ``; a short one
     `'s=content`), and a comment or docstring line one marker (`//c`, `#c`, `/*c`, `*c`, `\"\"\"c`,
     `` `c ``) plus its tags.
     """
-    lines = []
-    state: str | None = None  # the closing delimiter of an open comment or string
-    for line in text.splitlines():
+    lines, opened = [], []
+    text_lines = text.splitlines()
+    # the closing delimiter of an open comment or string
+    state = _open_docstring(text_lines) if ('"""' in text or "'''" in text) else None
+    for line in text_lines:
         tokens: list[str] = []
+        opened.append(state is not None)
         if state is None:
             stripped = line.lstrip()
             if stripped[:1] == "*" and stripped[1:2] in ("", " ", "\t", "/", "*"):
@@ -149,7 +178,7 @@ def line_tokens(text: str) -> list[list[str]]:
             line, state = line[end + len(state):], None
         state = _code(line, tokens)
         lines.append(tokens)
-    return lines
+    return lines, opened
 
 
 def features(text: str, keep: frozenset[str], cache: dict[str, str]) -> list[str]:
@@ -161,6 +190,12 @@ def features(text: str, keep: frozenset[str], cache: dict[str, str]) -> list[str
     out: list[str] = []
     prev2 = prev1 = "\n"
     for tokens in tokenize(text):
+        if tokens[0] in COMMENT_MARKERS and all(_is_tag(t) for t in tokens[1:]):
+            # a comment line: its marker and tags, no n-grams (comment layout is house style)
+            out += tokens
+            out.append("^" + tokens[0])
+            prev2 = prev1 = "\n"
+            continue
         first = True
         for tok in tokens:
             sym = cache.get(tok)

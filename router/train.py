@@ -27,13 +27,13 @@ from .snippets import SnippetSampler
 
 CLASSES = (*corpora.LANGUAGES, "other")
 LENGTHS = (1, 1, 1, 2, 2, 3, 4, 6, 8, 12, 20, 40)  # lines per training snippet, drawn uniformly
-PER_LANGUAGE = 8000  # training snippets per language; "other" gets twice as many
+PER_LANGUAGE = 16000  # training snippets per language; "other" gets twice as many
 KEEP_PER_CLASS = 150  # most common words per class that stay themselves in n-grams
 MIN_DF = 4  # a feature must occur in this many training snippets
 MAX_FEATURES = 14000
 SCALE = 100  # weights are stored as round(w * SCALE)
 # "other" kinds that look most like ours are drawn more often.
-OTHER_WEIGHT = {"c": 3.0, "typescript": 2.0, "go": 1.5, "rust": 1.5, "php": 1.5, "shell": 1.5}
+OTHER_WEIGHT = {"c": 2.0, "typescript": 2.0, "go": 1.5, "rust": 1.5, "php": 1.5, "shell": 1.5}
 
 
 def log(msg: str) -> None:
@@ -45,7 +45,8 @@ def draw_snippets(rng: random.Random, overrides: dict[str, str]):
     pairs = []
     for c, lang in enumerate(corpora.LANGUAGES):
         source = corpora.find_source(lang, overrides.get(lang))
-        sampler = SnippetSampler([d.text for d in corpora.documents(source, "calib")], rng)
+        sampler = SnippetSampler([d.text for d in corpora.documents(source, "calib")], rng,
+                                 whole_comments=True)
         log(f"{lang}: {source.description}")
         pairs += [(sampler.draw(rng.choice(LENGTHS)), c) for _ in range(PER_LANGUAGE)]
     by_kind: dict[str, list[str]] = {}
@@ -101,8 +102,8 @@ def restrict(cols, vals, starts, allowed: np.ndarray):
     return mapped[mask], vals[mask], new_starts
 
 
-L2 = 1e-5
-EPOCHS = 10
+L2 = 1e-6
+EPOCHS = 15
 
 
 def fit(cols, vals, starts, labels, n_features, seed, batch=256, lr=0.02):

@@ -5,6 +5,11 @@ from submodel.bench import engine as bench
 from submodel.pruning.store import open_store
 
 STRATEGIES = {"swap", "fused", "replicas"}
+CLOCKS = {"wall", "cpu"}
+
+
+def positive(value: dict) -> bool:
+    return set(value) == CLOCKS and all(v > 0 and math.isfinite(v) for v in value.values())
 
 
 def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
@@ -18,22 +23,28 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
     assert set(decode) == {(dt, st, lang) for dt in bench.DTYPES for st in STRATEGIES
                            for lang in ("dense", "python")}
     for d in decode.values():
-        assert d["tokens_per_s"] > 0 and d["hf_tokens_per_s"] > 0
-        assert math.isclose(d["vs_hf"], d["tokens_per_s"] / d["hf_tokens_per_s"])
+        assert positive(d["tokens_per_s"]) and positive(d["hf_tokens_per_s"])
+        assert math.isclose(d["vs_hf"]["wall"],
+                            d["tokens_per_s"]["wall"] / d["hf_tokens_per_s"]["wall"])
 
     assert {(s["dtype"], s["strategy"]) for s in r["steps"]} == {
         (dt, st) for dt in bench.DTYPES for st in STRATEGIES}
     for s in r["steps"]:
-        assert 0 < s["linears_ms"] < s["forward_ms"]
-        assert s["floor_ms"] > 0 and s["weight_bytes"] > 0
+        parts = s["parts_ms"]
+        assert all(positive(parts[p]) for p in ("forward", "linears", "lm_head",
+                                                 "torch_dense_forward", "engine_step"))
+        assert parts["linears"]["cpu"] < parts["forward"]["cpu"] + parts["lm_head"]["cpu"]
+        assert s["floor_ms"] > 0 and s["weight_bytes"] > 0 and positive(s["vs_torch_dense"])
 
     assert [s["dtype"] for s in r["switch"]] == list(bench.DTYPES)
-    assert all(len(s["switch_ms"]) == bench.QUICK.switches for s in r["switch"])
+    for s in r["switch"]:
+        assert len(s["switch_ms"]) == bench.QUICK.switches and positive(s["vs_step"])
 
     assert {ld["strategy"] for ld in r["load"]} == STRATEGIES
     for ld in r["load"]:
         n = bench.QUICK.concurrency * bench.QUICK.load_tokens
-        assert 0 < ld["mixed"]["tokens"] <= n and ld["mixed_vs_dense"] > 0
+        assert 0 < ld["mixed"]["runs"][0]["tokens"] <= n
+        assert positive(ld["mixed_vs_dense"]) and positive(ld["mixed_vs_one_language"])
 
     m = r["memory"]
     store = open_store(tiny_store)
@@ -47,7 +58,8 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
     assert kinds == {"decode tok/s vs HF generate", "masked step vs torch-dense step",
                      "fraction of bandwidth floor", "mask switch / decode step",
                      "mixed 4-lang / dense-only throughput", "mixed 4-lang / one-lang throughput",
-                     "RSS added by 4 masks / packed masks"}
+                     "RSS added by 4 masks / packed masks", "PSS added by 4 masks / packed masks"}
+    assert all(isinstance(t["met"], bool) for t in r["targets"])
     table = capsys.readouterr().out
     assert table.count("\n|") >= len(r["targets"])
 

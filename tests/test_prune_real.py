@@ -43,7 +43,7 @@ def test_masks_raise_heldout_perplexity(store_path, tmp_path):
     cells = result["cells"]
     for col in LANGS:
         dense = cells[DENSE][col]["ppl"]
-        assert 1 < dense < 8  # a code model on real library code
+        assert 1 < dense < 20  # measured ~6-7 on 128-token windows; a broken model: 100s+
         assert all(cells[lang][col]["ppl"] > dense for lang in LANGS)
 
 

@@ -228,13 +228,15 @@ def test_deadline_exceeded(served, client, long_seconds):
     """The client gets DEADLINE_EXCEEDED, and the engine stops working on the request."""
     before = served.value("submodel_requests_total", language="dense", route_source="hint",
                           status="deadline_exceeded")
-    steps = served.steps_when_idle()
+    tokens = served.value("submodel_generated_tokens_total", language="dense")
     with pytest.raises(grpc.RpcError) as e:
         client.generate(long_request(), timeout=long_seconds / 4)
     assert code(e.value) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert served.wait_value("submodel_requests_total", before + 1, language="dense",
                              route_source="hint", status="deadline_exceeded") == before + 1
-    assert served.steps_when_idle() - steps < LONG_TOKENS / 2
+    # cut at about a quarter (speed varies on a busy machine), far from running to the end
+    generated = served.value("submodel_generated_tokens_total", language="dense") - tokens
+    assert 0 < generated < LONG_TOKENS * 3 / 4
 
 
 def test_cancel_frees_the_slot(tiny_store, long_seconds):
@@ -249,7 +251,7 @@ def test_cancel_frees_the_slot(tiny_store, long_seconds):
             assert s.wait_value("submodel_requests_total", 1, language="dense",
                                 route_source="hint", status="cancelled") == 1
             steps = s.steps_when_idle()  # the engine stopped decoding the cancelled request
-            assert steps < LONG_TOKENS / 2
+            assert steps < LONG_TOKENS * 3 / 4
             r = c.generate(pb.GenerateRequest(prompt=PY, language="python", max_tokens=4))
             assert r.timings.queue_seconds < long_seconds / 4
             assert s.value("submodel_requests_total", language="python", route_source="hint",

@@ -300,11 +300,11 @@ def extract_cases(test_code: str, entry_point: str, seed: int) -> list[Case]:
     state = random.getstate()
     random.seed(seed)  # some tests draw random inputs: make them the same every load
     try:
-        exec(compile(tree, "<humaneval test>", "exec"), namespace)  # noqa: S102 - dataset code
+        exec(compile(tree, "<humaneval test>", "exec"), namespace)  # trusted: bundled dataset
         namespace["check"](candidate)
     except Untranslatable:
         raise
-    except Exception as e:  # noqa: BLE001 - any failure means the tests do not translate
+    except Exception as e:  # any failure means the tests do not translate
         raise Untranslatable(f"test code failed: {type(e).__name__}: {e}") from e
     finally:
         random.setstate(state)
@@ -366,14 +366,14 @@ def analyze(problem: dict, seed: int = 0) -> Spec:
 
 def _check_canonical(problem: dict, cases: tuple[Case, ...], returns: Ty) -> None:
     namespace: dict = {"__name__": "humaneval_solution"}
-    exec(problem["prompt"] + problem["canonical_solution"], namespace)  # noqa: S102 - dataset
+    exec(problem["prompt"] + problem["canonical_solution"], namespace)  # trusted: dataset
     solution = namespace[problem["entry_point"]]
     for case in cases:
         try:
             got = solution(*copy.deepcopy(case.args))
             ok = (abs(got - case.expected) < case.tol if case.tol is not None
                   else coerce(got, returns) == case.expected)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             raise Untranslatable(f"the canonical solution fails on typed values: {e}") from e
         if not ok:
             raise Untranslatable("the canonical solution fails once values are typed")

@@ -106,20 +106,23 @@ def _exec(cfg: dict, argv: list[str]) -> None:
 def _full(cfg: dict, argv: list[str]) -> None:
     _call(_libc.unshare(CLONE_NEWNS | CLONE_NEWNET | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS),
           "unshare")
+    # On SIGTERM (the harness's wall timeout) kill PID 1, which takes the whole namespace down,
+    # and exit only once it is gone: no process of the sample outlives this one.
+    child: list[int] = []
+    signal.signal(signal.SIGTERM, lambda *_: child and os.kill(child[0], signal.SIGKILL))
     pid = os.fork()
     if pid == 0:
         try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
             _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             _build_root(cfg)
             _set_limits(cfg["limits"])
             _drop_privileges(cfg["uid"], cfg["gid"])
             _exec(cfg, argv)
-        except BaseException as e:  # noqa: BLE001 - report any setup failure the same way
+        except BaseException as e:  # report any setup failure the same way
             os.write(2, f"sandbox: {e}\n".encode())
         os._exit(SETUP_FAILED)
-    # On SIGTERM (the harness's wall timeout) kill PID 1, which takes the whole namespace down,
-    # and exit only once it is gone: no process of the sample outlives this one.
-    signal.signal(signal.SIGTERM, lambda *_: os.kill(pid, signal.SIGKILL))
+    child.append(pid)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         os._exit(128 + os.WTERMSIG(status))
@@ -138,7 +141,7 @@ def main() -> None:
         cfg = json.loads(sys.argv[1])
         argv = sys.argv[sys.argv.index("--", 2) + 1:]
         (_full if cfg["mode"] == "full" else _basic)(cfg, argv)
-    except BaseException as e:  # noqa: BLE001
+    except BaseException as e:
         os.write(2, f"sandbox: {e}\n".encode())
     os._exit(SETUP_FAILED)
 

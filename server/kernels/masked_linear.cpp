@@ -4,12 +4,13 @@
 // masked_linear computes y[b] = x[b] @ (W * M[lang[b]])^T for a batch whose rows may each use a
 // different language (or none, lang = -1). Rows are grouped by language. A block of output rows
 // is fetched from memory once; each group re-reads it from cache under its own bits (AVX-512
-// masked loads fed straight from the packed bytes), so a mixed batch costs about what a
-// single-language batch costs. Work is split over output rows with at::parallel_for (torch's
-// intra-op pool), and everything accumulates in fp32.
+// masked loads fed straight from the packed bytes), so weights cross the memory bus once per
+// call whatever the mix. Work is split over output rows with at::parallel_for (torch's intra-op
+// pool), and everything accumulates in fp32.
 //
-// Paths, picked at run time (set_path forces one): generic (plain C++ the compiler vectorizes for
-// the baseline ISA), avx2 (the same C++ compiled for AVX2+FMA), avx512 (intrinsics, F/BW/VL/DQ).
+// Paths, picked at run time with __builtin_cpu_supports (set_path forces one): generic (scalar
+// C++, any CPU), avx2 (AVX2+FMA; mask bytes expanded to lanes by a table), avx512 (F/BW/VL/DQ).
+// Each is compiled with a per-function target attribute, so the build needs no -march flag.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
@@ -90,7 +91,8 @@ struct Group {
 };
 
 struct Gemv {
-  const float* x;  // [B, in]
+  const float* x;  // [B, x_stride]: see unpack_order_x for the AVX-512 bf16 layout
+  int64_t x_stride;
   const void* w;  // [out, in]: fp32 or bf16
   const float* bias;  // [out] or nullptr
   float* y;  // [B, out]
@@ -127,7 +129,7 @@ void gemv_generic(const Gemv& g, int64_t o0, int64_t o1) {
     for (const Group& grp : g.groups) {
       const uint8_t* m = grp.mask + o * grp.stride;
       for (int64_t b : grp.rows) {
-        const float* x = g.x + b * g.in;
+        const float* x = g.x + b * g.x_stride;
         float acc = 0.f;
         for (int64_t i = 0; i < g.in; ++i) {
           const uint32_t keep = 0u - ((m[i / 8] >> (i % 8)) & 1u);
@@ -179,7 +181,7 @@ inline void tile_setup(const Gemv& g, const Group& grp, const int64_t* rows, int
     w[r] = static_cast<const T*>(g.w) + (o + r) * g.in;
     m[r] = grp.mask + (o + r) * grp.stride;
   }
-  for (int b = 0; b < NB; ++b) x[b] = g.x + rows[b] * g.in;
+  for (int b = 0; b < NB; ++b) x[b] = g.x + rows[b] * g.x_stride;
 }
 
 // ---------------------------------------------------------------- avx2
@@ -254,27 +256,20 @@ struct Avx2 {
 };
 
 // ---------------------------------------------------------------- avx512
-// 16 columns of a weight row as fp32, zero where the mask bit is clear.
-AVX512 inline __m512 load16(const float* p, __mmask16 k) { return _mm512_maskz_loadu_ps(k, p); }
-AVX512 inline __m512 load16(const uint16_t* p, __mmask16 k) {
-  const __m256i h = _mm256_maskz_loadu_epi16(k, p);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-}
-
 struct Avx512 {
   static constexpr int rows(int nb) { return nb <= 4 ? 4 : 2; }
 
-  // n <= 16 columns from i; n is the constant 16 outside the tail, so the x loads are plain.
-  // Prefetches the same columns of the next tile's rows (`ahead` elements further on).
-  template <typename T, int R, int NB>
+  // fp32 weights: n <= 16 columns from i (n is the constant 16 outside the tail). Also
+  // prefetches the same columns of the next tile's rows (`ahead` elements further on).
+  template <int R, int NB>
   AVX512 __attribute__((always_inline)) static inline void step(
-      const T* const* w, const uint8_t* const* m, const float* const* x, __m512 (&acc)[R][NB],
-      int64_t i, int64_t n, int64_t ahead) {
+      const float* const* w, const uint8_t* const* m, const float* const* x,
+      __m512 (&acc)[R][NB], int64_t i, int64_t n, int64_t ahead) {
     __m512 wr[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
-      wr[r] = load16(w[r] + i, __mmask16(mask_bits(m[r], i, n)));
+      wr[r] = _mm512_maskz_loadu_ps(__mmask16(mask_bits(m[r], i, n)), w[r] + i);
     }
 #pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) {
@@ -285,8 +280,34 @@ struct Avx512 {
     }
   }
 
+  // bf16 weights: n <= 32 columns from i under one 32-bit mask. Interleaving with zeros widens
+  // bf16 to fp32 in one instruction per 16 values, in the order unpack_order_x gives x.
+  template <int R, int NB>
+  AVX512 __attribute__((always_inline)) static inline void step(
+      const uint16_t* const* w, const uint8_t* const* m, const float* const* x,
+      __m512 (&acc)[R][NB], int64_t i, int64_t n, int64_t ahead) {
+    __m512 lo[R], hi[R];
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
+      const __m512i v = _mm512_maskz_loadu_epi16(mask_bits(m[r], i, n), w[r] + i);
+      lo[r] = _mm512_castsi512_ps(_mm512_unpacklo_epi16(_mm512_setzero_si512(), v));
+      hi[r] = _mm512_castsi512_ps(_mm512_unpackhi_epi16(_mm512_setzero_si512(), v));
+    }
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) {
+      const __m512 xl = _mm512_loadu_ps(x[b] + i), xh = _mm512_loadu_ps(x[b] + i + 16);
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        acc[r][b] = _mm512_fmadd_ps(lo[r], xl, acc[r][b]);
+        acc[r][b] = _mm512_fmadd_ps(hi[r], xh, acc[r][b]);
+      }
+    }
+  }
+
   template <typename T, int R, int NB>
   AVX512 static void tile(const Gemv& g, const Group& grp, const int64_t* rows, int64_t o) {
+    constexpr int64_t kStep = 64 / sizeof(T);  // columns per step: one cache line of weights
     const T* w[R];
     const uint8_t* m[R];
     const float* x[NB];
@@ -299,8 +320,8 @@ struct Avx512 {
     }
     const int64_t ahead = R * g.in;
     int64_t i = 0;
-    for (; i + 16 <= g.in; i += 16) step<T, R, NB>(w, m, x, acc, i, 16, ahead);
-    if (i < g.in) step<T, R, NB>(w, m, x, acc, i, g.in - i, ahead);
+    for (; i + kStep <= g.in; i += kStep) step<R, NB>(w, m, x, acc, i, kStep, ahead);
+    if (i < g.in) step<R, NB>(w, m, x, acc, i, g.in - i, ahead);
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
 #pragma GCC unroll 8
@@ -340,7 +361,8 @@ inline uint32_t touch_bits(const MaskCopy& c, const uint8_t* keep, const uint8_t
   return touch;
 }
 
-// Branch-free per element (random mask bits defeat branch prediction); U is the element's bits.
+// Branch-free per element (random mask bits defeat branch prediction): inside a 32-column block
+// with anything to write, untouched elements are rewritten with their own value. U: element bits.
 template <typename U>
 __attribute__((always_inline)) inline void mask_copy_portable(const MaskCopy& c, int64_t r0,
                                                               int64_t r1) {
@@ -434,6 +456,24 @@ void check_weight_like(const torch::Tensor& t, const torch::Tensor& weight, cons
               weight.sizes(), ", got ", t.scalar_type(), " ", t.sizes());
 }
 
+// x as fp32 for the AVX-512 bf16 step: zero-padded to a multiple of 32 columns, and in each block
+// of 32 the order in which unpacklo/unpackhi widen the weights: per 128-bit lane L, values
+// 8L..8L+3 go to the first 16 slots, 8L+4..8L+7 to the last 16.
+torch::Tensor unpack_order_x(const torch::Tensor& x_in) {
+  const auto src = x_in.to(torch::kFloat32).contiguous();
+  const int64_t rows = src.size(0), in = src.size(1), padded = (in + 31) / 32 * 32;
+  auto x = torch::zeros({rows, padded}, src.options());
+  const float* s = src.data_ptr<float>();
+  float* d = x.data_ptr<float>();
+  for (int64_t b = 0; b < rows; ++b) {
+    for (int64_t i = 0; i < in; ++i) {
+      const int64_t j = i % 32, lane = j / 8, k = j % 8;
+      d[b * padded + i - j + (k < 4 ? 0 : 16) + lane * 4 + k % 4] = s[b * in + i];
+    }
+  }
+  return x;
+}
+
 torch::Tensor masked_linear(const torch::Tensor& x_in, const torch::Tensor& weight,
                             const torch::Tensor& masks, const torch::Tensor& row_lang,
                             const c10::optional<torch::Tensor>& bias) {
@@ -484,15 +524,17 @@ torch::Tensor masked_linear(const torch::Tensor& x_in, const torch::Tensor& weig
     g.groups[gi].rows.push_back(b);
   }
 
-  const auto x = x_in.to(torch::kFloat32).contiguous();
+  const bool bf16 = dtype == torch::kBFloat16;
+  const auto x = bf16 && g_path == kAvx512 ? unpack_order_x(x_in)
+                                           : x_in.to(torch::kFloat32).contiguous();
   auto y = torch::empty({B, out}, x_in.options().dtype(torch::kFloat32));
   g.x = x.data_ptr<float>();
+  g.x_stride = x.size(1);
   g.w = weight.data_ptr();
   g.bias = bias_f.defined() ? bias_f.data_ptr<float>() : nullptr;
   g.y = y.data_ptr<float>();
   g.in = in;
   g.out = out;
-  const bool bf16 = dtype == torch::kBFloat16;
   if (B > 0) {
     at::parallel_for(0, out, grain(in, weight.element_size()), [&](int64_t o0, int64_t o1) {
       bf16 ? gemv<uint16_t>(g, o0, o1) : gemv<float>(g, o0, o1);
