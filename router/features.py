@@ -34,6 +34,21 @@ COMMENT_MARKERS = frozenset(("//c", "///c", "#c", "/*c", "*c", '"""c', "`c"))
 NON_CODE = COMMENT_MARKERS | {'"""', "'''"}
 OPENERS = frozenset(("return", "yield", "print", "in", "else", "and", "or", "not"))
 MAX_STRING_WORD = 16  # a string literal this short also shows its content ('use strict')
+# Whole-text patterns that tokens see only in pieces; each match is one more feature `cue:NAME`
+# whose weight is learned like any other. A header without `.h` (or with `++`) is C++ only.
+CUES = tuple((name, re.compile(pattern, re.M)) for name, pattern in (
+    ("cxx_header", r"^\s*#\s*include\s*<(?:[\w/]+|[^>\n]*\+\+[^>\n]*)>"),
+    ("c_header", r"^\s*#\s*include\s*<[\w/]+\.h>"),
+    ("local_header", r'^\s*#\s*include\s*"[^"\n]+"'),
+    ("esm_import", r"^\s*import\s+(?:[\w$]+|\{[^}\n]*\}|\*\s+as\s+[\w$]+)"
+                   r"(?:\s*,\s*(?:\{[^}\n]*\}|[\w$]+))?\s+from\s+['\"]"),
+    ("esm_export", r"^\s*export\s+(?:default|const|let|var|function|class|async|\{)"),
+    ("py_def", r"^\s*(?:async\s+)?def\s+\w+\s*\(.*\)\s*(?:->\s*[^:]+)?:\s*$"),
+    ("py_block", r"^\s*(?:if|elif|else|for|while|try|except|finally|with)\b[^;{}]*:\s*$"),
+    ("shebang_python", r"\A#!.*\bpython"),
+    ("shebang_node", r"\A#!.*\bnode\b"),
+    ("shebang_shell", r"\A#!.*\b(?:ba|da|k|z)?sh\b"),
+))
 SPECIAL = frozenset("\"'`/#")
 BEFORE_LINE_COMMENT = frozenset((";", "{", "}", ","))  # `x // y` elsewhere is Python division
 MAX_CHARS = 4096  # longer texts: the first and last half of this many characters
@@ -130,7 +145,7 @@ def _open_docstring(lines: list[str]) -> str | None:
 
     Judged from the first line with an unbalanced triple quote: it closes a docstring if prose
     stands before the quotes on that line (`the end.` then the quotes), or if the quotes stand alone and the
-    line before is neither absent nor a `def`/`class` header or an open bracket or assignment.
+    line before (comments aside) is neither absent nor a `def`/`class` header or open bracket.
     """
     for i, line in enumerate(lines):
         for quote in ('"""', "'''"):
@@ -144,8 +159,9 @@ def _open_docstring(lines: list[str]) -> str | None:
                 return None if opening else quote
             if after:
                 return None
-            previous = next((p.strip() for p in reversed(lines[:i]) if p.strip()), "")
-            return None if not previous or previous[-1] in ":([{,=" else quote
+            previous = next((p for p in map(str.strip, reversed(lines[:i]))
+                             if p and not p.startswith("#")), "")
+            return None if not previous or previous[-1] in ":([{," else quote
     return None
 
 
@@ -164,11 +180,14 @@ def scan(text: str) -> tuple[list[list[str]], list[bool]]:
     for line in text_lines:
         tokens: list[str] = []
         opened.append(state is not None)
-        if state is None:
-            stripped = line.lstrip()
-            if stripped[:1] == "*" and stripped[1:2] in ("", " ", "\t", "/", "*"):
-                state = "*/"  # inside a block comment whose opening is not in the text
-        if state is not None:
+        stripped = line.lstrip()
+        if state is None and stripped[:1] == "*" and stripped[1:2] in ("", " ", "\t", "/"):
+            # `* text`: a line of a block comment whose opening is not in the text (just this
+            # line: in Python it may be `* factor)` continuing an expression)
+            end = line.find("*/")
+            tokens += _comment("*c", line if end < 0 else line[:end])
+            line = "" if end < 0 else line[end + 2:]
+        elif state is not None:
             end = line.find(state)
             marker = {"*/": "*c", "`": "`c"}.get(state, '"""c')
             tokens += _comment(marker, line if end < 0 else line[:end])
@@ -187,7 +206,10 @@ def features(text: str, keep: frozenset[str], cache: dict[str, str]) -> list[str
     `keep` is the set of words that stay themselves in n-grams; `cache` memoizes the abstract
     form of each token (pass the same dict on every call; it stops growing at 200,000 entries).
     """
-    out: list[str] = []
+    if len(text) > MAX_CHARS:
+        half = MAX_CHARS // 2
+        text = text[:half] + "\n" + text[-half:]
+    out = [f"cue:{name}" for name, pattern in CUES for _ in pattern.findall(text)]
     prev2 = prev1 = "\n"
     for tokens in tokenize(text):
         if tokens[0] in COMMENT_MARKERS and all(_is_tag(t) for t in tokens[1:]):

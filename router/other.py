@@ -19,6 +19,7 @@ from pathlib import Path
 
 MAX_FILES = 150  # per kind: enough variety, bounded training time
 MAX_BYTES = 400_000
+MAX_LINES = 300  # per file, so that no single big file stands for its kind
 HELDOUT_EVERY = 5  # one file in five is held out
 
 
@@ -115,6 +116,7 @@ def _clean(kind: str, text: str) -> str | None:
         text = html.unescape(TAG.sub("", RUST_LINE_NO.sub("", m.group(1))))
     if kind == "markdown":
         text = FENCE.sub("", text)  # code blocks may be Python/JS: not "other"
+    text = "\n".join(text.splitlines()[:MAX_LINES])
     return text if text.strip() else None
 
 

@@ -57,7 +57,7 @@ class TokenEvent:
 @dataclass(frozen=True)
 class FinishEvent:
     sample: int
-    finish_reason: str  # "stop" | "length" | "cancelled" | "deadline"
+    finish_reason: str  # "stop" | "length" | "cancelled" | "deadline" | "error"
     text: str  # the whole completion of this sample
     tokens: int  # generated tokens of this sample
 

@@ -254,7 +254,11 @@ class Engine:
         self._drop_abandoned(now)
         language = None if self.mixes_languages else self._pick_language(now)
         for handle in self._admit(language):
-            self._prefill(handle)
+            try:
+                self._prefill(handle)
+            except Exception:
+                log.exception("prefill failed; failing its request")
+                self._fail(handle)
         batch = [s for s in self.running
                  if language is None or s.language == language][: self.max_batch]
         if batch:
@@ -384,6 +388,20 @@ class Engine:
             handle._events.put(TokenEvent(seq.sample, tail, -1))
         handle._events.put(FinishEvent(seq.sample, reason, seq.assembler.text, seq.generated))
         handle.unfinished -= 1
+        if handle.unfinished == 0:
+            self._done(handle)
+
+    def _fail(self, handle: RequestHandle) -> None:
+        """End a request whose prefill raised: its started samples and the rest."""
+        started = [s for s in self.running if s.handle is handle]
+        with self.lock:
+            used = {s.slot for s in started}
+            self.free_slots.extend(slot for slot in handle.slots if slot not in used)
+        for seq in started:
+            self._finish(seq, "error")
+        for sample in range(len(started), handle.request.params.n):
+            handle._events.put(FinishEvent(sample, "error", "", 0))
+            handle.unfinished -= 1
         if handle.unfinished == 0:
             self._done(handle)
 

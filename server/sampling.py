@@ -16,7 +16,7 @@ def make_generator(params: SamplingParams, sample: int) -> torch.Generator | Non
     if params.seed is None:
         g.seed()
     else:
-        g.manual_seed(params.seed * 1_000_003 + sample)
+        g.manual_seed((params.seed * 1_000_003 + sample) % (2**63 - 1))  # any uint64 seed
     return g
 
 

@@ -231,3 +231,30 @@ def test_queue_full_cancel_and_deadline(store):
         assert len(engine.free_slots) == engine.cache.k.shape[1]
     finally:
         engine.stop()
+
+
+def test_a_failing_prefill_fails_only_its_request(store, monkeypatch):
+    engine = Engine(store, max_batch=2)
+    real = engine.model.forward
+
+    def broken_for_java(tokens, *args, prefill, **kwargs):
+        if prefill and engine.strategy.prefill_lang == "java":
+            raise RuntimeError("boom")
+        return real(tokens, *args, prefill=prefill, **kwargs)
+
+    monkeypatch.setattr(engine.model, "forward", broken_for_java)
+    engine.start()
+    try:
+        _, finishes, done = run(engine, language="java", params=SamplingParams(n=2))
+        assert [f.finish_reason for f in finishes.values()] == ["error", "error"]
+        assert done is not None
+        tokens, finishes, _ = run(engine, language="python")
+        assert finishes[0].finish_reason == "length" and len(tokens[0]) == 12
+        assert engine.drain(5.0) and len(engine.free_slots) == engine.cache.k.shape[1]
+    finally:
+        engine.stop()
+
+
+def test_any_uint64_seed_is_accepted(engine):
+    params = SamplingParams(max_tokens=4, temperature=1.0, seed=2**64 - 1)
+    assert run(engine, params=params)[0] == run(engine, params=params)[0]
