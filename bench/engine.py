@@ -103,6 +103,11 @@ def load_average() -> list[float]:
     return list(os.getloadavg())
 
 
+def progress(message: str) -> None:
+    print(f"[bench engine {time.strftime('%H:%M:%S')}, load {os.getloadavg()[0]:.1f}] {message}",
+          file=sys.stderr, flush=True)
+
+
 def hf_decode(model, prompt_ids: list[int], new_tokens: int) -> dict:
     """Decode tokens/s of transformers' greedy generate(), prefill excluded.
 
@@ -389,6 +394,7 @@ def dtype_phase(store: Store, dtype_name: str, s: Settings, bandwidth: float,
                         max_context=s.max_context)
         engine.start()
         try:
+            progress(f"{name} {dtype_name}")
             strategy_phase(engine, hf, prompt_ids, masked, s, bandwidth, result)
         finally:
             engine.stop()
@@ -467,6 +473,7 @@ def run(store_path: str, s: Settings) -> dict:
               "kernel_path": kernels.kernel_path(), "cpu_features": kernels.cpu_features(),
               "load_average_start": load_average(), "skipped": [], "decode": [], "steps": [],
               "switch": [], "load": []}
+    progress("memory probes")
     result["memory"] = memory(store, s)  # first: no engine of ours maps the store yet
     bandwidth = copy_bandwidth(repeats=5, gib=s.bandwidth_gib)
     result["bandwidth_gbs"] = bandwidth / 1e9

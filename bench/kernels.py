@@ -9,7 +9,6 @@ shared machine the CPU time is the steadier of the two. Prints Markdown and writ
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from submodel.bench.report import write_json
 from submodel.server import kernels
 
 # (out, in) of q, k, v, o, gate, up, down in one Qwen2.5-0.5B decoder layer.
@@ -202,10 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.json)
+    write_json(args.json, result)
     return 0
 
 

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from tqdm import tqdm
 
+from submodel.bench.report import write_json
 from submodel.pruning import corpora
 from submodel.pruning import masks as bits
 from submodel.pruning.store import Store, StoreError, open_store
@@ -114,13 +115,6 @@ def recipe(store: Store, nsamples: int, seqlen: int, sources: dict[str, str]) ->
             "nsamples": nsamples, "seqlen": seqlen, "seed": HELDOUT_SEED, "sources": sources}
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def load_previous(out: Path, want: dict) -> dict:
     """An earlier run's result with the same recipe (empty if none or if anything differs)."""
     try:
@@ -158,7 +152,7 @@ def run(store_path: str | os.PathLike, languages: list[str] | None = None, nsamp
             if col not in result["cells"].get(row, {})]
     if todo:
         result["dense_probe"] = fill(store, result, todo, windows, out, batch_size, progress)
-    write_json_atomic(out, result)
+    write_json(out, result)
     out.with_suffix(".md").write_text(markdown(result) + "\n")
     return result
 
@@ -185,7 +179,7 @@ def fill(store: Store, result: dict, todo: list[tuple[str, str]],
                 bar.set_description(f"{row} on {col}")
                 result["cells"].setdefault(row, {})[col] = measure_cell(
                     model, windows[col], batch_size, bar)
-                write_json_atomic(out, result)
+                write_json(out, result)
             if row != DENSE:
                 restore_dense(params, store)
         bar.set_description("dense probe")

@@ -2,19 +2,21 @@
 
 Snippets of 1-2, 5-15 and 30-60 lines are cut at random lines of each language's held-out files
 (`submodel.pruning.corpora`, split "heldout": never seen by the trainer) and routed by content
-alone (no hint, no file name). A window with fewer than 8 non-space characters (`}`, `else:`) is
-redrawn; a fallback to dense counts as a miss. "Other" snippets are cut the same way from the
-held-out "other" files (C, Go, Rust, TypeScript, shell, SQL, data formats, prose): there the
-number is how often one of our languages is claimed. HumanEval prompts in all four languages
-(our translations) are routed too: that is the pass@k bench's traffic. Latency is per `detect`
-call, in this process, one call at a time.
+alone (no hint, no file name); a fallback to dense counts as a miss. A window with fewer than 8
+non-space characters (`}`, `else:`) is redrawn. The main columns count windows that hold at
+least one line of code; the "any" columns also count windows of nothing but comment or docstring
+lines, which are prose and which the router is designed to send to dense when unsure.
+
+"Other" snippets (samples/4 per kind and length) are cut the same way from held-out "other"
+files (C, Go, Rust, TypeScript, shell, SQL, data formats, prose): there the number is how often
+one of our languages is claimed, and how often with confidence >= 0.9. HumanEval prompts in all
+four languages (our translations) are routed too: that is the pass@k bench's traffic. Latency is
+per `detect` call, in this process, one call at a time: wall clock and this thread's CPU time.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import random
 import sys
 import time
@@ -22,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..pruning import corpora
-from ..router import LANGUAGES, Router, other
-from ..router.snippets import SnippetSampler
+from submodel.bench.report import write_json
+from submodel.pruning import corpora
+from submodel.router import LANGUAGES, Router, other
+from submodel.router.snippets import SnippetSampler
 
 BUCKETS = {"1-2": (1, 2), "5-15": (5, 15), "30+": (30, 60)}
 TARGETS = {"1-2": 0.90, "5-15": 0.97, "30+": 0.97}
@@ -94,8 +97,8 @@ def other_rows(router: Router, samples: int, seed: int, latencies: dict) -> list
     return rows
 
 
-def humaneval_rows(router: Router, latencies: list[float]) -> list[dict]:
-    from .humaneval import load_problems
+def humaneval_rows(router: Router, latencies: list[tuple[float, float]]) -> list[dict]:
+    from submodel.bench.humaneval import load_problems
 
     rows = []
     for lang in LANGUAGES:
@@ -191,10 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(result))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.json.with_name(args.json.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.json)
+    write_json(args.json, result)
     return 0
 
 

@@ -4,8 +4,9 @@ A snippet becomes a bag of strings: raw tokens (identifiers, keywords, operators
 every identifier (snake_case, camelCase...), and bigrams/trigrams plus line-start and line-end
 tokens over an abstract alphabet in which only the model's `keep` words stay themselves and every
 other identifier becomes its shape. So `def parse_args(self):` yields `def ~snake`, `^def`, `$:`
-and `( self )` whatever the function is called; the syntactic cues (`public class`, `#include`,
-`std::`, `=>`, `console.log`, `self.`) are learned n-grams rather than hand-set rules.
+and `( self )` whatever the function is called. The syntactic cues (`public class`, `#include`,
+`std::`, `=>`, `console.log`, `self.`) are such n-grams, plus a few whole-line patterns (CUES);
+all their weights are learned, none is hand-set.
 
 String literals and comments are reduced to markers: their words are data and prose, alike in
 every language, and would only teach the detector the vocabulary of its training corpora.
@@ -87,7 +88,7 @@ def _code(line: str, tokens: list[str]) -> str | None:
     """Append the tokens of one code line; return the closing delimiter of a string or comment
     that the line leaves open, if any."""
     for tok in CODE.findall(line):
-        if tok[0] not in SPECIAL or len(tok) == 1:
+        if tok[0] not in SPECIAL or tok in ("/", "'", '"'):
             tokens.append(tok)
         elif tok[:3] in ('"""', "'''"):
             closed = len(tok) >= 6 and tok.endswith(tok[:3])
@@ -111,7 +112,7 @@ def _code(line: str, tokens: list[str]) -> str | None:
         elif tok[0] == "#":
             tokens += _comment("#c", tok)
         elif tok[:2] == "//" and (not tokens or tokens[-1] in BEFORE_LINE_COMMENT):
-            tokens += _comment("///c" if tok[2:3] in "/!" and tok[2:3] else "//c", tok)
+            tokens += _comment("///c" if tok[2:3] in ("/", "!") else "//c", tok)  # doc comment
         elif tok[:2] == "//":
             tokens.append("//")
             return _code(tok[2:], tokens)
@@ -120,12 +121,16 @@ def _code(line: str, tokens: list[str]) -> str | None:
     return None
 
 
+def _cap(text: str) -> str:
+    if len(text) <= MAX_CHARS:
+        return text
+    half = MAX_CHARS // 2
+    return text[:half] + "\n" + text[-half:]
+
+
 def tokenize(text: str) -> list[list[str]]:
     """Tokens per non-blank line of `text` (capped at MAX_CHARS characters)."""
-    if len(text) > MAX_CHARS:
-        half = MAX_CHARS // 2
-        text = text[:half] + "\n" + text[-half:]
-    return [tokens for tokens in scan(text)[0] if tokens]
+    return [tokens for tokens in scan(_cap(text))[0] if tokens]
 
 
 def code_lines(text: str) -> list[bool]:
@@ -140,28 +145,38 @@ def _is_tag(token: str) -> bool:
                               and (token[1].isalpha() or token[1] in "@/"))
 
 
-def _open_docstring(lines: list[str]) -> str | None:
-    """The quotes of a Python docstring that `lines` begin inside of, if they seem to.
+def _find_closing(line: str, delimiter: str) -> int:
+    """Where `delimiter` first occurs in `line` not escaped by a backslash, or -1."""
+    at = line.find(delimiter)
+    while at > 0 and line[at - 1] == "\\":
+        at = line.find(delimiter, at + 1)
+    return at
 
-    Judged from the first line with an unbalanced triple quote: it closes a docstring if prose
-    stands before the quotes on that line (`the end.` then the quotes), or if the quotes stand alone and the
-    line before (comments aside) is neither absent nor a `def`/`class` header or open bracket.
+
+def _open_at_start(lines: list[str]) -> str | None:
+    """The delimiter of a Python docstring or JavaScript template literal that `lines` begin
+    inside of, if they seem to: a window cut from a file may start in the middle of one.
+
+    Judged from the first line with an unbalanced triple quote or backtick: it closes one if
+    prose stands before it (`the end.` then the quotes), if code punctuation follows it (`),`),
+    or if it stands alone and the line before (comments aside) is neither absent nor a
+    `def`/`class` header, an open bracket or an assignment.
     """
     for i, line in enumerate(lines):
-        for quote in ('"""', "'''"):
-            if line.count(quote) % 2 == 0:
+        for quote in ('"""', "'''", "`"):
+            if (line.count(quote) - line.count("\\" + quote)) % 2 == 0:
                 continue
-            before = line[: line.find(quote)].strip()
-            after = line[line.find(quote) + 3:].strip()
+            at = _find_closing(line, quote)
+            before, after = line[:at].strip(), line[at + len(quote):].strip()
             if before:
-                opening = before[-1] in "=([{,:+%" or before[-1].isalnum() and (
-                    line[line.find(quote) - 1].isalnum() or before.split()[-1] in OPENERS)
+                opening = before[-1] in "=([{,:+%?" or before[-1].isalnum() and (
+                    line[at - 1].isalnum() or before.split()[-1] in OPENERS)
                 return None if opening else quote
             if after:
-                return None
+                return quote if after[0] in "),]};." else None
             previous = next((p for p in map(str.strip, reversed(lines[:i]))
-                             if p and not p.startswith("#")), "")
-            return None if not previous or previous[-1] in ":([{," else quote
+                             if p and not p.startswith(("#", "//"))), "")
+            return None if not previous or previous[-1] in ":([{,=" else quote
     return None
 
 
@@ -176,7 +191,7 @@ def scan(text: str) -> tuple[list[list[str]], list[bool]]:
     lines, opened = [], []
     text_lines = text.splitlines()
     # the closing delimiter of an open comment or string
-    state = _open_docstring(text_lines) if ('"""' in text or "'''" in text) else None
+    state = _open_at_start(text_lines) if ('"""' in text or "'''" in text or "`" in text) else None
     for line in text_lines:
         tokens: list[str] = []
         opened.append(state is not None)
@@ -188,7 +203,7 @@ def scan(text: str) -> tuple[list[list[str]], list[bool]]:
             tokens += _comment("*c", line if end < 0 else line[:end])
             line = "" if end < 0 else line[end + 2:]
         elif state is not None:
-            end = line.find(state)
+            end = _find_closing(line, state)
             marker = {"*/": "*c", "`": "`c"}.get(state, '"""c')
             tokens += _comment(marker, line if end < 0 else line[:end])
             if end < 0:
@@ -206,9 +221,7 @@ def features(text: str, keep: frozenset[str], cache: dict[str, str]) -> list[str
     `keep` is the set of words that stay themselves in n-grams; `cache` memoizes the abstract
     form of each token (pass the same dict on every call; it stops growing at 200,000 entries).
     """
-    if len(text) > MAX_CHARS:
-        half = MAX_CHARS // 2
-        text = text[:half] + "\n" + text[-half:]
+    text = _cap(text)
     out = [f"cue:{name}" for name, pattern in CUES for _ in pattern.findall(text)]
     prev2 = prev1 = "\n"
     for tokens in tokenize(text):

@@ -43,11 +43,12 @@ def normalize_language(name: str) -> str | None:
 
 @functools.lru_cache(maxsize=1)
 def _pygments_patterns() -> tuple[tuple[str, str], ...]:
-    """(file-name glob, language) for every Pygments lexer; ours where its aliases say so."""
+    """(file-name glob, language) for every built-in Pygments lexer (plugins would cost a slow
+    entry-point scan); ours where the lexer's aliases say so."""
     from pygments.lexers import get_all_lexers
 
     patterns = []
-    for _name, aliases, filenames, _mimetypes in get_all_lexers():
+    for _name, aliases, filenames, _mimetypes in get_all_lexers(plugins=False):
         ours = next((_ALIAS[a] for a in aliases if a in _ALIAS), None)
         patterns += [(glob, ours or OTHER) for glob in filenames]
     return tuple(patterns)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .features import count, tf
+from submodel.router.features import count, tf
 
 MODEL_PATH = Path(__file__).with_name("model.json")
 FORMAT = 1

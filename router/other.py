@@ -1,9 +1,9 @@
 """Text in languages we do not serve, found on this machine: the detector's "other" class.
 
-C headers, shell scripts, Go, Rust (the rustup docs' rendered sources), TypeScript declarations,
-SQL, Perl, PHP, YAML, JSON, Markdown, CSS, HTML/XML, CMake, Vim script and plain prose. Each kind
-is capped and its files split into calib/heldout by a hash of the path, so the bench measures
-files the trainer never saw. Whatever a machine lacks is simply absent.
+C sources and headers, shell scripts, Go, Rust (the rustup docs' rendered sources), TypeScript
+declarations, SQL, Perl, PHP, YAML, JSON, Markdown, CSS, HTML/XML, CMake, Vim script and plain
+prose. Each kind is capped, and its files are split into calib/heldout by a hash of the path, so
+the bench measures files the trainer never saw. Whatever a machine lacks is simply absent.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ def _roots() -> list[str]:
     site = str(Path(os.__file__).parent / "site-packages")
     rust = glob.glob(os.path.expanduser("~/.rustup/toolchains/*/share/doc/rust/html/src"))
     return [
-        "/usr/include", "/usr/share/doc", "/usr/share/nodejs", "/usr/share/postgresql",
+        "/usr/include", *glob.glob(str(Path(os.__file__).parents[2] / "include" / "python3*")),
+        "/usr/share/doc", "/usr/share/nodejs", "/usr/share/postgresql",
         "/usr/share/perl", "/usr/share/perl5", "/usr/share/vim", "/usr/share/common-licenses",
         *glob.glob("/usr/share/cmake*/Modules"), "/usr/bin", "/usr/sbin", "/usr/lib/git-core",
         "/etc", site, *rust[:1], "/usr/lib/google-cloud-sdk/platform", "/usr/lib/go/src",
@@ -42,7 +43,7 @@ def _roots() -> list[str]:
     ]
 
 
-# File name suffix -> kind; files without a suffix in bin directories are shell if a shebang says so.
+# File name suffix -> kind; suffix-less files in bin directories are shell if a shebang says so.
 SUFFIXES = {
     ".c": "c", ".sh": "shell", ".bash": "shell", ".go": "go", ".rs.html": "rust", ".rs": "rust",
     ".d.ts": "typescript", ".ts": "typescript", ".sql": "sql", ".pm": "perl", ".pl": "perl",
@@ -51,20 +52,19 @@ SUFFIXES = {
     ".txt": "prose",
 }
 BIN_DIRS = ("/usr/bin", "/usr/sbin", "/usr/lib/git-core")
-KINDS = ("c", "shell", "go", "rust", "typescript", "sql", "perl", "php", "yaml", "json",
+KINDS = ("c", "c_header", "shell", "go", "rust", "typescript", "sql", "perl", "php", "yaml", "json",
          "markdown", "css", "markup", "cmake", "vim", "prose")
 
 
 def kind_of(path: str) -> str | None:
     """Which "other" kind a file is by its name and place, or None."""
     name = os.path.basename(path)
-    if path.startswith("/usr/include/"):
-        return "c" if name.endswith(".h") and "/c++/" not in path else None
+    if name.endswith(".h") and "/include/" in path:
+        return "c_header" if "/c++/" not in path else None
     if "/rust/html/src/" in path:
         return "rust" if name.endswith(".rs.html") else None
-    if name in ("copyright", "LICENSE", "COPYING") or name.startswith("README") and "." not in name:
-        return "prose"
-    if path.startswith("/usr/share/common-licenses/"):
+    readme = name.startswith("README") and "." not in name
+    if readme or name in ("copyright", "LICENSE", "COPYING") or "/common-licenses/" in path:
         return "prose"
     for suffix in sorted(SUFFIXES, key=len, reverse=True):
         if name.endswith(suffix):
@@ -105,7 +105,7 @@ def _read(path: str) -> str | None:
 
 def _clean(kind: str, text: str) -> str | None:
     """Keep only the part of a file that really is `kind`, or None to skip the file."""
-    if kind == "c" and CXX_MARKERS.search(text):
+    if kind in ("c", "c_header") and CXX_MARKERS.search(text):
         return None  # a C++ header living among the C ones
     if kind == "shell" and not SHEBANG_SH.match(text) and not text.startswith("# "):
         return None

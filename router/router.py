@@ -5,8 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .languages import DENSE, LANGUAGES, OTHER, language_of_filename, normalize_language
-from .model import ContentModel
+from submodel.router.languages import (
+    DENSE,
+    LANGUAGES,
+    OTHER,
+    language_of_filename,
+    normalize_language,
+)
+from submodel.router.model import ContentModel
 
 SOURCES = ("hint", "filename", "content", "fallback")
 DEFAULT_THRESHOLD = 0.5

@@ -8,7 +8,7 @@ import itertools
 import random
 from collections.abc import Sequence
 
-from .features import code_lines, scan
+from submodel.router.features import code_lines, scan
 
 MIN_NONSPACE = 8  # a window with fewer non-space characters (`}`, `else:`) is redrawn
 

@@ -19,11 +19,12 @@ from collections import Counter
 
 import numpy as np
 
-from ..pruning import corpora
+from submodel.pruning import corpora
+from submodel.router.features import count, tf, tokenize
+from submodel.router.model import FORMAT, MODEL_PATH
+from submodel.router.snippets import SnippetSampler
+
 from . import other
-from .features import count, tf, tokenize
-from .model import FORMAT, MODEL_PATH
-from .snippets import SnippetSampler
 
 CLASSES = (*corpora.LANGUAGES, "other")
 LENGTHS = (1, 1, 1, 2, 2, 3, 4, 6, 8, 12, 20, 40)  # lines per training snippet, drawn uniformly

@@ -118,6 +118,7 @@ class Engine:
         state = store.load_state_dict(self.dtype)
         names = [weight_name(i) for i in range(7 * self.args.n_layers)]
         weights = [state.pop(n) for n in names]
+        other_bytes = sum(t.numel() * t.element_size() for t in state.values())
         masks = {}
         for lang in self.languages:
             loaded = store.load_mask(lang)
@@ -129,7 +130,9 @@ class Engine:
         slots = max_batch if self.mixes_languages else 2 * max_batch  # room for paused ones
         self.cache = KVCache(self.args, slots, self.max_context, self.dtype, device)
         self.free_slots = list(range(slots))
-        for kind, nbytes in self.strategy.resident_bytes().items():
+        sizes = self.strategy.resident_bytes()
+        sizes["dense"] += other_bytes  # embeddings, lm_head, norms, biases
+        for kind, nbytes in sizes.items():
             self.observer.weight_bytes(kind, nbytes)
 
         self.waiting: dict[str, deque[RequestHandle]] = {

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import platformdirs
 
-from .problems import LANGUAGES, Problem
-from .sandbox import Completed, Limits, Sandbox, SandboxError
+from submodel.bench.humaneval.problems import LANGUAGES, Problem
+from submodel.bench.humaneval.sandbox import Completed, Limits, Sandbox, SandboxError
 
 STATUSES = ("passed", "failed", "timeout", "error", "compile_error")
 DETAIL_CHARS = 2000

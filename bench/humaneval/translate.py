@@ -18,7 +18,7 @@ import ast
 import json
 import re
 
-from .analyze import Spec, Ty, Untranslatable, coerce
+from submodel.bench.humaneval.analyze import Spec, Ty, Untranslatable, coerce
 
 INT64 = 2**63
 JS_SAFE = 2**53
