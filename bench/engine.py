@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from submodel.bench.kernels import copy_bandwidth
+from submodel.bench.report import write_json
 from submodel.pruning.store import Store, StoreError, open_store
 from submodel.server import kernels
 from submodel.server.api import DENSE, DoneEvent, FinishEvent, GenerationRequest, SamplingParams
@@ -256,7 +257,7 @@ def step_profile(engine: Engine, language: str, steps: int) -> dict:
 
     logits = []
 
-    def decode(linear) -> dict:
+    def decode(linear) -> list[tuple[float, float]]:
         times = []
         for k in range(steps):
             pos = torch.tensor([[len(prompt) + k]])
@@ -264,14 +265,15 @@ def step_profile(engine: Engine, language: str, steps: int) -> dict:
             logits[:] = model.forward(torch.tensor([[prompt[-1]]]), pos, cache, slots, linear,
                                       prefill=False)
             times.append(since(start))
-        return both(times, scale=1e3)
+        return times
 
-    parts = {"forward": decode(ours)}
-    decode(timed_linear)
+    parts = {"forward": both(decode(ours), scale=1e3)}
+    timed = decode(timed_linear)  # the rest = this run's forward minus its Linears
     for k, (wall, cpu) in spent.items():
         parts[k] = {"wall": wall / steps * 1e3, "cpu": cpu / steps * 1e3}
-    parts["rest_of_forward"] = {c: parts["forward"][c] - parts["linears"][c] - parts["lm_head"][c]
-                                for c in ("wall", "cpu")}
+    parts["rest_of_forward"] = {
+        c: sum(t[j] for t in timed) / steps * 1e3 - parts["linears"][c] - parts["lm_head"][c]
+        for j, c in enumerate(("wall", "cpu"))}
     parts["sampling"] = median_ms(lambda: choose_token(logits[0], SamplingParams(), None), steps)
     ids = [int(t) for t in torch.randint(0, 1000, (64,))]
 
@@ -281,7 +283,7 @@ def step_profile(engine: Engine, language: str, steps: int) -> dict:
             asm.add(t)
 
     parts["text_per_token"] = {c: v / len(ids) for c, v in median_ms(assemble, 3).items()}
-    parts["torch_dense_forward"] = decode(torch_dense)
+    parts["torch_dense_forward"] = both(decode(torch_dense), scale=1e3)
     return parts
 
 
@@ -500,12 +502,14 @@ def targets(r: dict) -> list[dict]:
         rows.append({"figure": figure, "value": wall, "cpu": cpu, "op": op, "target": target,
                      "met": met(wall), "cpu_met": met(cpu)})
 
+    fp32 = [d["hf_tokens_per_s"] for d in r["decode"] if d["dtype"] == "float32"]
+    hf_fp32 = best(fp32) if fp32 else None  # the fastest generate() seen: the hardest bar
     for d in r["decode"]:
         add(f"decode tok/s vs HF generate, {d['strategy']} {d['language']} {d['dtype']}",
             d["vs_hf"], ">=", 1.5)
-        if d["strategy"] == "fused" and d["dtype"] == "float32":
-            add(f"decode tok/s vs HF generate, fused {d['language']} float32 (issue 7)",
-                d["vs_hf"], ">=", 3.0)
+        if d["strategy"] == "fused" and hf_fp32:  # issue 7: ours vs generate() in fp32
+            add(f"decode tok/s vs HF generate float32, fused {d['language']} {d['dtype']} "
+                "(issue 7)", ratio(d["tokens_per_s"], hf_fp32), ">=", 3.0)
     for st in r["steps"]:
         if st["strategy"] == "fused":
             add(f"masked step vs torch-dense step, fused {st['dtype']}",
@@ -594,13 +598,6 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m submodel.bench.engine",
                                      description=__doc__.splitlines()[0])
@@ -624,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
     given = sys.argv[1:] if argv is None else argv
     result["command"] = " ".join(["python -m submodel.bench.engine", *given])
     print(markdown(result))
-    write_json_atomic(args.out, result)
+    write_json(args.out, result)
     return 0
 
 

@@ -55,7 +55,8 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
     assert all("added_rss_vs_masks" in p for p in m["probes"][1:])
 
     kinds = {t["figure"].split(",")[0] for t in r["targets"]}
-    assert kinds == {"decode tok/s vs HF generate", "masked step vs torch-dense step",
+    assert kinds == {"decode tok/s vs HF generate", "decode tok/s vs HF generate float32",
+                     "masked step vs torch-dense step",
                      "fraction of bandwidth floor", "mask switch / decode step",
                      "mixed 4-lang / dense-only throughput", "mixed 4-lang / one-lang throughput",
                      "RSS added by 4 masks / packed masks", "PSS added by 4 masks / packed masks"}
