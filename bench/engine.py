@@ -109,6 +109,13 @@ def progress(message: str) -> None:
           file=sys.stderr, flush=True)
 
 
+def hf_generate(model, prompt_ids: list[int], new_tokens: int, streamer=None) -> None:
+    ids = torch.tensor([prompt_ids])
+    model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=new_tokens,
+                   min_new_tokens=new_tokens, do_sample=False, streamer=streamer,
+                   pad_token_id=model.config.eos_token_id)
+
+
 def hf_decode(model, prompt_ids: list[int], new_tokens: int) -> dict:
     """Decode tokens/s of transformers' greedy generate(), prefill excluded.
 
@@ -129,18 +136,11 @@ def hf_decode(model, prompt_ids: list[int], new_tokens: int) -> dict:
 
         def end(self) -> None: ...
 
-    ids = torch.tensor([prompt_ids])
-
-    def generate(n: int, streamer=None) -> None:
-        model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n,
-                       min_new_tokens=n, do_sample=False, streamer=streamer,
-                       pad_token_id=model.config.eos_token_id)
-
     stamps = Stamps()
     c0 = time.process_time()
-    generate(1)
+    hf_generate(model, prompt_ids, 1)
     c1 = time.process_time()
-    generate(new_tokens, stamps)
+    hf_generate(model, prompt_ids, new_tokens, stamps)
     c2 = time.process_time()
     steps = len(stamps.times) - 1
     return {"wall": steps / (stamps.times[-1] - stamps.times[0]),
@@ -156,20 +156,23 @@ def decode_cpu(c0: float, c1: float, c2: float, who: str) -> float:
     return seconds
 
 
+def engine_request(engine: Engine, language: str, max_tokens: int) -> list:
+    """Every event of one greedy request of PROMPT."""
+    return list(engine.submit(GenerationRequest(PROMPT, language, SamplingParams(max_tokens))))
+
+
 def engine_decode(engine: Engine, language: str, new_tokens: int) -> dict:
-    """Decode tokens/s of one greedy request alone in the engine, prefill excluded.
+    """Decode tokens/s of one greedy request alone in the engine, prefill excluded, and its
+    prefill (time to first token, wall ms).
 
     Wall: DoneEvent's total minus time to first token. CPU: the request minus a 1-token one
     (after an untimed 1-token request, so that neither pays for a mask switch).
     """
-    def request(n: int) -> list:
-        return list(engine.submit(GenerationRequest(PROMPT, language, SamplingParams(n))))
-
-    request(1)
+    engine_request(engine, language, 1)
     c0 = time.process_time()
-    request(1)
+    engine_request(engine, language, 1)
     c1 = time.process_time()
-    events = request(new_tokens)
+    events = engine_request(engine, language, new_tokens)
     c2 = time.process_time()
     finish = next(e for e in events if isinstance(e, FinishEvent))
     done = events[-1]
@@ -177,8 +180,9 @@ def engine_decode(engine: Engine, language: str, new_tokens: int) -> dict:
     if steps < 1:
         raise BenchError(f"the {language} request ended after its first token; "
                          "nothing to time (change PROMPT)")
-    return {"wall": steps / (done.total_seconds - done.ttft_seconds),
-            "cpu": steps / decode_cpu(c0, c1, c2, f"engine {language}")}
+    return {"tokens_per_s": {"wall": steps / (done.total_seconds - done.ttft_seconds),
+                             "cpu": steps / decode_cpu(c0, c1, c2, f"engine {language}")},
+            "prefill_ms": done.ttft_seconds * 1e3}
 
 
 def switch_times(engine: Engine, count: int) -> list[tuple[float, float]]:
@@ -287,6 +291,32 @@ def step_profile(engine: Engine, language: str, steps: int) -> dict:
     return parts
 
 
+def batch_profile(engine: Engine, masked: str, steps: int, batch: int) -> dict:
+    """Forward ms of a decode step of `batch` rows: all dense, all `masked`, 4 languages mixed
+    (a strategy that mixes languages in one step; engine idle). The three are interleaved."""
+    model, strategy, cache = engine.model, engine.strategy, engine.cache
+    prompt = engine.tokenizer.encode(PROMPT)
+    strategy.prepare([DENSE])
+    model.forward(torch.tensor([prompt]), torch.arange(len(prompt))[None], cache,
+                  torch.tensor([0]), lambda x, i, b: strategy.linear(x, i, b, True), prefill=True)
+    for slot in range(1, batch):
+        cache.copy_slot(0, slot, len(prompt))
+    langs = engine.languages
+    mixes = {"dense": [DENSE] * batch, "one_language": [masked] * batch,
+             "mixed": [langs[i % len(langs)] for i in range(batch)]}
+    times: dict[str, list] = {k: [] for k in mixes}
+    tokens, slots = torch.full((batch, 1), prompt[-1]), torch.arange(batch)
+    for k in range(steps):
+        pos = torch.full((batch, 1), len(prompt) + k)
+        for name, rows in mixes.items():
+            strategy.prepare(rows)
+            start = clock()
+            model.forward(tokens, pos, cache, slots,
+                          lambda x, i, b: strategy.linear(x, i, b, False), prefill=False)
+            times[name].append(since(start))
+    return {name: both(t, scale=1e3) for name, t in times.items()}
+
+
 def weight_bytes_per_step(engine: Engine, language: str) -> int:
     """Bytes a batch-1 decode step must read: prunable weights, one mask (if any), lm_head."""
     strategy = engine.strategy
@@ -333,7 +363,7 @@ def memory_probe(store_path: str, strategy: str, threads: int, max_context: int)
                     max_context=max_context)
     engine.start()
     for lang in [*store.languages, DENSE] if store.languages else [DENSE] * 5:
-        list(engine.submit(GenerationRequest(PROMPT, lang, SamplingParams(8))))
+        engine_request(engine, lang, 8)
     engine.stop()  # the engine thread ends; the weights, masks and caches stay referenced
     gc.collect()
     ctypes.CDLL("libc.so.6").malloc_trim(0)  # freed heap back to the OS, same for every probe
@@ -376,14 +406,13 @@ def mem_available() -> int:
     return 0
 
 
-def dtype_phase(store: Store, dtype_name: str, s: Settings, bandwidth: float,
-                result: dict) -> None:
+def dtype_phase(store: Store, dtype_name: str, s: Settings, result: dict) -> None:
     """Every figure of one dtype: transformers and each strategy's engine, interleaved."""
     dtype = getattr(torch, dtype_name)
     masked = MASKED if MASKED in store.languages else store.languages[0]
     hf = store.load_hf_model(dtype)
     prompt_ids = store.load_tokenizer().encode(PROMPT)
-    hf_decode(hf, prompt_ids, 4)  # warm-up
+    hf_generate(hf, prompt_ids, 4)  # warm-up
     for name in STRATEGIES:
         if name == "replicas":
             need = 1.2 * len(store.languages) * sum(
@@ -397,7 +426,7 @@ def dtype_phase(store: Store, dtype_name: str, s: Settings, bandwidth: float,
         engine.start()
         try:
             progress(f"{name} {dtype_name}")
-            strategy_phase(engine, hf, prompt_ids, masked, s, bandwidth, result)
+            strategy_phase(engine, hf, prompt_ids, masked, s, result)
         finally:
             engine.stop()
             del engine
@@ -407,10 +436,10 @@ def dtype_phase(store: Store, dtype_name: str, s: Settings, bandwidth: float,
 
 
 def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Settings,
-                   bandwidth: float, result: dict) -> None:
+                   result: dict) -> None:
     name, dtype_name = engine.strategy.name, str(engine.dtype).removeprefix("torch.")
     for lang in (DENSE, masked):
-        engine_decode(engine, lang, 4)  # warm-up (and swap's first switch)
+        engine_request(engine, lang, 4)  # warm-up (and swap's first switch)
     runs: dict[str, list[dict]] = {"hf": [], DENSE: [], masked: []}
     for _ in range(s.repeats):
         runs["hf"].append(hf_decode(hf, prompt_ids, s.new_tokens))
@@ -418,13 +447,15 @@ def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Se
             runs[lang].append(engine_decode(engine, lang, s.new_tokens))
     hf_best = best(runs["hf"])
     for lang in (DENSE, masked):
-        tps = best(runs[lang])
+        tps = best([r["tokens_per_s"] for r in runs[lang]])
         result["decode"].append({
             "dtype": dtype_name, "strategy": name, "language": lang, "tokens_per_s": tps,
             "step_ms": {k: 1e3 / v for k, v in tps.items()}, "hf_tokens_per_s": hf_best,
-            "vs_hf": ratio(tps, hf_best)})
+            "vs_hf": ratio(tps, hf_best),
+            "prefill_ms": min(r["prefill_ms"] for r in runs[lang])})
     step_ms = result["decode"][-1]["step_ms"]  # masked, end to end
 
+    bandwidth = copy_bandwidth(repeats=3, gib=s.bandwidth_gib)  # now: the load changes
     parts = step_profile(engine, masked, s.profile_steps)
     parts["engine_step"] = step_ms
     parts["engine_overhead"] = {c: step_ms[c] - parts["forward"][c] - parts["sampling"][c]
@@ -433,9 +464,12 @@ def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Se
     floor_ms = nbytes / bandwidth * 1e3
     result["steps"].append({
         "dtype": dtype_name, "strategy": name, "language": masked, "parts_ms": parts,
-        "weight_bytes": nbytes, "floor_ms": floor_ms,
+        "weight_bytes": nbytes, "bandwidth_gbs": bandwidth / 1e9, "floor_ms": floor_ms,
         "floor_fraction": floor_ms / step_ms["wall"],
         "vs_torch_dense": ratio(parts["torch_dense_forward"], parts["forward"])})
+    if engine.mixes_languages:
+        result["steps"][-1]["batch_forward_ms"] = batch_profile(
+            engine, masked, s.profile_steps, min(s.concurrency, engine.max_batch))
 
     if name == "swap":
         times = switch_times(engine, s.switches)
@@ -477,10 +511,9 @@ def run(store_path: str, s: Settings) -> dict:
               "switch": [], "load": []}
     progress("memory probes")
     result["memory"] = memory(store, s)  # first: no engine of ours maps the store yet
-    bandwidth = copy_bandwidth(repeats=5, gib=s.bandwidth_gib)
-    result["bandwidth_gbs"] = bandwidth / 1e9
+    result["bandwidth_gbs"] = copy_bandwidth(repeats=5, gib=s.bandwidth_gib) / 1e9
     for dtype_name in DTYPES:
-        dtype_phase(store, dtype_name, s, bandwidth, result)
+        dtype_phase(store, dtype_name, s, result)
     result["load_average_end"] = load_average()
     result["targets"] = targets(result)
     return result
@@ -516,6 +549,10 @@ def targets(r: dict) -> list[dict]:
                 st["vs_torch_dense"], ">=", 1.5)
             add(f"fraction of bandwidth floor, fused {st['dtype']}",
                 st["floor_fraction"], ">=", 0.6)
+        if "batch_forward_ms" in st:
+            b = st["batch_forward_ms"]
+            add(f"batch decode step throughput mixed 4-lang / one-lang, {st['strategy']} "
+                f"{st['dtype']}", ratio(b["one_language"], b["mixed"]), ">=", 0.95)
     for sw in r["switch"]:
         add(f"mask switch / decode step, swap {sw['dtype']}", sw["vs_step"], "<=", 1.0)
     for ld in r["load"]:
@@ -541,7 +578,7 @@ def markdown(r: dict) -> str:
     yes = {True: "yes", False: "NO", None: "-"}
     lines = [
         f"Engine benchmark: {r['model']} ({r['store']}), {r['settings']['threads']} threads, "
-        f"kernel path {r['kernel_path']}, copy bandwidth {r['bandwidth_gbs']:.1f} GB/s, "
+        f"kernel path {r['kernel_path']}, copy bandwidth at start {r['bandwidth_gbs']:.1f} GB/s, "
         f"load average {la0[0]:.2f} at start, {la1[0]:.2f} at end. Timed figures: wall / CPU "
         "(process CPU time: robust to other processes; compare at equal threads).",
         "", "| figure | measured (wall) | measured (CPU) | target | wall/target | met (wall) "
@@ -550,12 +587,13 @@ def markdown(r: dict) -> str:
         cpu = "-" if t["cpu"] is None else f"{t['cpu']:.2f}"
         lines.append(f"| {t['figure']} | {t['value']:.2f} | {cpu} | {t['op']} {t['target']:g} | "
                      f"{t['value'] / t['target']:.2f} | {yes[t['met']]} | {yes[t['cpu_met']]} |")
-    lines += ["", "| decode (batch 1) | dtype | language | tok/s | ms/step | HF tok/s | vs HF |",
-              "|---|---|---|---:|---:|---:|---:|"]
+    lines += ["", "| decode (batch 1), wall / CPU | dtype | language | tok/s | ms/step | HF tok/s "
+              "| vs HF | prefill ms (wall) |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for d in r["decode"]:
         lines.append(f"| {d['strategy']} | {d['dtype']} | {d['language']} | "
                      f"{_wc(d['tokens_per_s'])} | {_wc(d['step_ms'])} | "
-                     f"{_wc(d['hf_tokens_per_s'])} | {_wc(d['vs_hf'], '.2f')} |")
+                     f"{_wc(d['hf_tokens_per_s'])} | {_wc(d['vs_hf'], '.2f')} | "
+                     f"{d['prefill_ms']:.0f} |")
     parts = ("engine_step", "forward", "linears", "lm_head", "rest_of_forward", "sampling",
              "text_per_token", "engine_overhead", "torch_dense_forward")
     for clk in ("wall", "cpu"):
@@ -568,6 +606,17 @@ def markdown(r: dict) -> str:
             cells = " | ".join(f"{st['parts_ms'][p][clk]:.2f}" for p in parts)
             lines.append(f"| {st['strategy']} | {st['dtype']} | {cells} | {st['floor_ms']:.1f} | "
                          f"{st['floor_fraction']:.0%} |")
+    lines.append("\nfloor = weight bytes per step / copy bandwidth measured just before each "
+                 "profile: " + ", ".join(f"{st['strategy']} {st['dtype']} "
+                                         f"{st['bandwidth_gbs']:.1f} GB/s" for st in r["steps"]))
+    for st in r["steps"]:
+        if "batch_forward_ms" in st:
+            b = st["batch_forward_ms"]
+            lines.append(f"\n{st['strategy']} {st['dtype']}, forward of a decode step of "
+                         f"{r['settings']['concurrency']} rows, wall / CPU ms: dense "
+                         f"{_wc(b['dense'])}, one language {_wc(b['one_language'])}, 4 languages "
+                         f"mixed {_wc(b['mixed'])} (mixed/one step time "
+                         f"{_wc(ratio(b['mixed'], b['one_language']), '.2f')})")
     for sw in r["switch"]:
         walls = [t["wall"] for t in sw["switch_ms"]]
         lines.append(f"\nMask switch (swap, {sw['dtype']}), wall / CPU ms: median "

@@ -24,6 +24,7 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
                            for lang in ("dense", "python")}
     for d in decode.values():
         assert positive(d["tokens_per_s"]) and positive(d["hf_tokens_per_s"])
+        assert d["prefill_ms"] > 0
         assert math.isclose(d["vs_hf"]["wall"],
                             d["tokens_per_s"]["wall"] / d["hf_tokens_per_s"]["wall"])
 
@@ -35,6 +36,9 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
                                                  "torch_dense_forward", "engine_step"))
         assert parts["linears"]["cpu"] < parts["forward"]["cpu"] + parts["lm_head"]["cpu"]
         assert s["floor_ms"] > 0 and s["weight_bytes"] > 0 and positive(s["vs_torch_dense"])
+        batch = s.get("batch_forward_ms")  # only a strategy that mixes languages in one step
+        assert (batch is not None) == (s["strategy"] == "fused")
+        assert batch is None or all(positive(batch[k]) for k in ("dense", "one_language", "mixed"))
 
     assert [s["dtype"] for s in r["switch"]] == list(bench.DTYPES)
     for s in r["switch"]:
@@ -58,6 +62,7 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
     assert kinds == {"decode tok/s vs HF generate", "decode tok/s vs HF generate float32",
                      "masked step vs torch-dense step",
                      "fraction of bandwidth floor", "mask switch / decode step",
+                     "batch decode step throughput mixed 4-lang / one-lang",
                      "mixed 4-lang / dense-only throughput", "mixed 4-lang / one-lang throughput",
                      "RSS added by 4 masks / packed masks", "PSS added by 4 masks / packed masks"}
     assert all(isinstance(t["met"], bool) for t in r["targets"])
