@@ -62,14 +62,14 @@ class Settings:
     repeats: int = 3  # best of
     load_tokens: int = 32  # max_tokens of each request in the load runs
     concurrency: int = 8
-    switches: int = 12
+    switches: int = 15  # cycles through the languages and dense
     profile_steps: int = 16
     threads: int = 2
     max_context: int = 512
     bandwidth_gib: float = 1.0  # size of the copy that measures memory bandwidth
 
 
-QUICK = Settings(new_tokens=16, repeats=1, load_tokens=8, switches=4, profile_steps=4,
+QUICK = Settings(new_tokens=16, repeats=1, load_tokens=8, switches=5, profile_steps=4,
                  bandwidth_gib=0.25)
 
 
@@ -185,18 +185,38 @@ def engine_decode(engine: Engine, language: str, new_tokens: int) -> dict:
             "prefill_ms": done.ttft_seconds * 1e3}
 
 
-def switch_times(engine: Engine, count: int) -> list[tuple[float, float]]:
-    """(wall, CPU) seconds of `count` swap switches cycling through the languages (engine idle)."""
-    langs = engine.languages
+def switch_times(engine: Engine, count: int) -> list[dict]:
+    """`count` swap switches cycling through the languages and dense (engine idle), each with
+    its wall and CPU ms and the fraction of prunable weights whose kept bit differs."""
     strategy = engine.strategy
-    strategy.switch(langs[0])  # warm: maps the dense file, fills the page cache
-    times = []
+    order = [*engine.languages, DENSE]
+    strategy.switch(order[0])  # warm: the dense file into the page cache
+    rows = []
     for i in range(count):
+        old, new = order[i % len(order)], order[(i + 1) % len(order)]
         start = clock()
-        strategy.switch(langs[(i + 1) % len(langs)])
-        times.append(since(start))
+        strategy.switch(new)
+        wall, cpu = since(start)
+        rows.append({"from": old, "to": new, "wall": wall * 1e3, "cpu": cpu * 1e3,
+                     "changed": changed_fraction(strategy, old, new)})
     strategy.switch(DENSE)
-    return times
+    return rows
+
+
+def changed_fraction(strategy, a: str, b: str) -> float:
+    """Fraction of prunable weights kept by exactly one of languages a and b (dense keeps all)."""
+    ones = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+    changed = total = 0
+    for i, w in enumerate(strategy.weights):
+        total += w.numel()
+        if DENSE in (a, b):
+            lang = b if a == DENSE else a
+            changed += 0 if lang == DENSE else w.numel() - int(
+                ones[strategy.masks[lang][i].long()].sum())
+        else:
+            xor = torch.bitwise_xor(strategy.masks[a][i], strategy.masks[b][i])
+            changed += int(ones[xor.long()].sum())
+    return changed / total
 
 
 def load_run(engine: Engine, languages: list[str], max_tokens: int) -> dict:
@@ -472,11 +492,18 @@ def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Se
             engine, masked, s.profile_steps, min(s.concurrency, engine.max_batch))
 
     if name == "swap":
-        times = switch_times(engine, s.switches)
-        median = both(times, scale=1e3)
-        result["switch"].append({
-            "dtype": dtype_name, "switch_ms": [both([t], scale=1e3) for t in times],
-            "median_ms": median, "step_ms": step_ms, "vs_step": ratio(median, step_ms)})
+        rows = switch_times(engine, s.switches)
+        entry = {"dtype": dtype_name, "switches": rows, "step_ms": step_ms}
+        for kind, dense_involved in (("language", False), ("dense", True)):
+            some = [(r["wall"], r["cpu"]) for r in rows if (DENSE in (r["from"], r["to"]))
+                    == dense_involved]
+            median = both(some)
+            entry[kind] = {"count": len(some), "median_ms": median,
+                           "vs_step": ratio(median, step_ms),
+                           "changed": statistics.median(
+                               r["changed"] for r in rows
+                               if (DENSE in (r["from"], r["to"])) == dense_involved)}
+        result["switch"].append(entry)
     if engine.dtype == engine.store.dtype:
         result["load"].append({"strategy": name, **load_mixes(engine, s)})
 
@@ -554,7 +581,10 @@ def targets(r: dict) -> list[dict]:
             add(f"batch decode step throughput mixed 4-lang / one-lang, {st['strategy']} "
                 f"{st['dtype']}", ratio(b["one_language"], b["mixed"]), ">=", 0.95)
     for sw in r["switch"]:
-        add(f"mask switch / decode step, swap {sw['dtype']}", sw["vs_step"], "<=", 1.0)
+        add(f"mask switch / decode step, swap language->language {sw['dtype']}",
+            sw["language"]["vs_step"], "<=", 1.0)
+        add(f"mask switch / decode step, swap dense<->language {sw['dtype']}",
+            sw["dense"]["vs_step"], "<=", 1.0)
     for ld in r["load"]:
         add(f"mixed 4-lang / dense-only throughput, {ld['strategy']}",
             ld["mixed_vs_dense"], ">=", 0.95)
@@ -618,11 +648,12 @@ def markdown(r: dict) -> str:
                          f"mixed {_wc(b['mixed'])} (mixed/one step time "
                          f"{_wc(ratio(b['mixed'], b['one_language']), '.2f')})")
     for sw in r["switch"]:
-        walls = [t["wall"] for t in sw["switch_ms"]]
-        lines.append(f"\nMask switch (swap, {sw['dtype']}), wall / CPU ms: median "
-                     f"{_wc(sw['median_ms'])} over {len(walls)} switches (wall min "
-                     f"{min(walls):.1f}, max {max(walls):.1f}); a decode step is "
-                     f"{_wc(sw['step_ms'])}")
+        for kind, label in (("language", "language -> language"), ("dense", "dense <-> language")):
+            k = sw[kind]
+            lines.append(f"\nMask switch (swap, {sw['dtype']}), {label}: median "
+                         f"{_wc(k['median_ms'])} ms wall / CPU over {k['count']} switches, "
+                         f"{k['changed']:.1%} of prunable weights change; a decode step is "
+                         f"{_wc(sw['step_ms'])}")
     lines += ["", f"| load ({r['settings']['concurrency']} concurrent, "
               f"{r['settings']['load_tokens']} tokens each), tok/s wall / CPU | dense | "
               "one language | mixed 4 languages | mixed/dense | mixed/one |",

@@ -42,7 +42,10 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
 
     assert [s["dtype"] for s in r["switch"]] == list(bench.DTYPES)
     for s in r["switch"]:
-        assert len(s["switch_ms"]) == bench.QUICK.switches and positive(s["vs_step"])
+        assert len(s["switches"]) == bench.QUICK.switches
+        assert s["language"]["count"] == 3 and s["dense"]["count"] == 2
+        assert positive(s["language"]["vs_step"]) and positive(s["dense"]["vs_step"])
+        assert 0 <= s["language"]["changed"] < s["dense"]["changed"] <= 1
 
     assert {ld["strategy"] for ld in r["load"]} == STRATEGIES
     for ld in r["load"]:
