@@ -1,14 +1,17 @@
-"""The store's dense weights, read back one tensor at a time into a reused buffer.
+"""Read-only views of the store's dense weights through the OS page cache.
 
 The swap strategy restores pruned values from here instead of keeping a second copy in
-memory. Plain reads (not a memory map) from the page cache: a map would fault in every page on
-each switch and count the whole file toward the process's RSS while mapped.
+memory. The file is mapped only while a switch runs: once unmapped, its pages stay in the page
+cache (shared, reclaimable) and stop counting toward the process's RSS.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -23,30 +26,22 @@ def read_header(path: Path) -> tuple[int, dict]:
         return 8 + size, json.loads(f.read(size))
 
 
-class DenseReader:
-    """`read(name)` returns a tensor that stays valid until the next read."""
-
-    def __init__(self, path: Path, names: list[str]) -> None:
-        self.path = path
-        offset, header = read_header(path)
-        self.entries = {}
+@contextmanager
+def mapped_tensors(path: Path, names: list[str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Zero-copy tensors over the mapped file for `names`; invalid after the block exits."""
+    offset, header = read_header(path)
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # private: never written back
+    tensors = {}
+    try:
         for name in names:
             meta = header[name]
+            dtype = _DTYPES[meta["dtype"]]
             start, end = meta["data_offsets"]
-            self.entries[name] = (offset + start, end - start, _DTYPES[meta["dtype"]],
-                                  meta["shape"])
-        self.buffer = torch.empty(max(n for _, n, _, _ in self.entries.values()),
-                                  dtype=torch.uint8)
-
-    def read(self, file, name: str) -> torch.Tensor:
-        """Read `name` from `file` (opened on self.path, unbuffered)."""
-        start, nbytes, dtype, shape = self.entries[name]
-        view = memoryview(self.buffer.numpy())[:nbytes]
-        file.seek(start)
-        got = 0
-        while got < nbytes:
-            n = file.readinto(view[got:])
-            if not n:
-                raise OSError(f"{self.path}: truncated while reading {name}")
-            got += n
-        return self.buffer[:nbytes].view(dtype).view(shape)
+            count = (end - start) // dtype.itemsize
+            tensors[name] = torch.frombuffer(mm, dtype=dtype, count=count,
+                                             offset=offset + start).view(meta["shape"])
+        yield tensors
+    finally:
+        tensors.clear()
+        mm.close()

@@ -1,7 +1,7 @@
 """How a language's mask reaches the matmuls. Three strategies, one interface:
 
 - swap:     the live weights carry the active language's mask; a switch restores the values
-            the old mask zeroed (read back from the store's dense file) and zeroes
+            the old mask zeroed (from the store's dense file, via the page cache) and zeroes
             the new mask's, touching only positions where the two differ. One language per
             batch.
 - fused:    the kernel reads each weight tile once with every row's own mask bits, so one
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from submodel.server import kernels
 from submodel.server.api import DENSE
-from submodel.server.dense_source import DenseReader
+from submodel.server.dense_source import mapped_tensors
 from submodel.server.model import LM_HEAD
 
 STRATEGIES = ("swap", "fused", "replicas")
@@ -93,7 +93,6 @@ class SwapStrategy(MaskStrategy):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.active = DENSE
-        self.reader = DenseReader(self.dense_file, self.names)
 
     def prepare(self, row_languages: list[str]) -> float:
         assert len(set(row_languages)) == 1, "swap serves one language per batch"
@@ -106,11 +105,14 @@ class SwapStrategy(MaskStrategy):
         started = time.perf_counter()
         old = self.masks.get(self.active)
         new = self.masks.get(language)
-        with open(self.dense_file, "rb", buffering=0) as f:
+        with mapped_tensors(self.dense_file, self.names) as source:
             for i, weight in enumerate(self.weights):
-                src = self.reader.read(f, self.names[i]).to(weight.dtype)
+                src = source[self.names[i]]
+                if src.dtype != weight.dtype:
+                    src = src.to(weight.dtype)
                 kernels.swap_masks_(weight, src, None if old is None else old[i],
                                     None if new is None else new[i])
+                del src
         self.active = language
         return time.perf_counter() - started
 
