@@ -97,10 +97,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(default 0)")
     p.add_argument("--concurrency", type=int, default=4,
                    help="requests in flight, so the server batches them (default 4)")
-    p.add_argument("--max-batch", type=int, default=8,
+    p.add_argument("--max-batch", type=int, default=10,
                    help="samples per request (GenerateRequest.n; more are split across "
-                        "requests) and, with --store, the server's --max-batch (default 8); "
-                        "with --server keep it <= that server's --max-batch")
+                        "requests; default 10); with --store the server decodes up to "
+                        "--max-batch x --concurrency sequences together; with --server keep "
+                        "it <= that server's --max-batch")
     p.add_argument("--strategy", choices=STRATEGIES[:3], default="fused",
                    help="with --store: how the server applies masks (default fused)")
     p.add_argument("--device", default="cpu", help="with --store: torch device (default cpu)")
@@ -256,7 +257,8 @@ def run_passk(args: argparse.Namespace) -> int:
             try:
                 server = stack.enter_context(ServerProcess(
                     args.store, out / "server.log", strategy=args.strategy,
-                    max_batch=args.max_batch, max_queue=max(64, 2 * args.concurrency),
+                    max_batch=args.max_batch * args.concurrency,
+                    max_queue=max(64, 2 * args.concurrency),
                     device=args.device, dtype=args.dtype, metrics=False))
             except ServerError as e:
                 raise CLIError(str(e)) from None

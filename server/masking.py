@@ -72,8 +72,11 @@ class MaskStrategy:
     @staticmethod
     def dense_gemv(x: torch.Tensor, weight: torch.Tensor, no_masks: torch.Tensor,
                    bias: torch.Tensor | None) -> torch.Tensor:
-        """The masked kernel with every row dense: faster than torch's GEMV at decode sizes."""
+        """The masked kernel with every row dense: faster than torch's GEMV at decode sizes,
+        slower than torch's GEMM once a batch has enough rows."""
         rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] >= kernels.gemm_min_rows(weight.dtype):
+            return F.linear(x, weight, bias)
         dense_rows = torch.full((rows.shape[0],), -1, dtype=torch.int32)
         out = kernels.masked_linear(rows, weight, no_masks, dense_rows, bias)
         return out.view(*x.shape[:-1], -1)
@@ -125,33 +128,54 @@ class FusedStrategy(MaskStrategy):
         super().__init__(*args, **kwargs)
         # index -> [L, out, ceil(in/8)]: every language's bits of one weight, side by side
         self.stacked = [torch.stack([self.masks[lang][i] for lang in self.languages])
-                        for i in range(len(self.weights))]
+                        if self.languages else _no_masks(w) for i, w in enumerate(self.weights)]
         self.masks = {lang: [s[k] for s in self.stacked]  # views: no second copy
                       for k, lang in enumerate(self.languages)}
+        self.gemm_groups: list[tuple[int, torch.Tensor]] = []
+        self.gemv_rows = torch.empty(0, dtype=torch.long)
+
+    def prepare(self, row_languages):
+        """Plans the decode step: a language with enough rows goes through W*M and torch's GEMM
+        (compute-bound batches), the other rows through one call of the masked GEMV kernel
+        (which reads each weight once for all of them)."""
+        super().prepare(row_languages)
+        dtype = self.weights[0].dtype if self.weights else torch.float32
+        langs, counts = torch.unique(self.row_lang, return_counts=True)
+        big = langs[counts >= kernels.gemm_min_rows(dtype)]
+        self.gemm_groups = [(int(lang), torch.nonzero(self.row_lang == lang).flatten())
+                            for lang in big]
+        self.gemv_rows = torch.nonzero(~torch.isin(self.row_lang, big)).flatten()
+        return 0.0
 
     def linear(self, x, index, bias, prefill):
         if index == LM_HEAD:
             return super().linear(x, index, bias, prefill)
-        weight = self.weights[index]
-        if prefill:
-            lang = self._index(self.prefill_lang)
-            mask = None if lang < 0 else self.stacked[index][lang]
-            if self.scratch is None or self.scratch.numel() < weight.numel():
-                self.scratch = torch.empty(max(w.numel() for w in self.weights),
-                                           dtype=weight.dtype)
-            rows = x.reshape(-1, x.shape[-1])
-            out = kernels.masked_linear_prefill(rows, weight, mask, bias, self.scratch)
-            return out.view(*x.shape[:-1], -1)
         rows = x.reshape(-1, x.shape[-1])
-        out = kernels.masked_linear(rows, weight, self.stacked[index], self.row_lang, bias)
+        if prefill:
+            out = self.one_language(rows, index, self._index(self.prefill_lang), bias)
+        elif not self.gemm_groups:
+            out = kernels.masked_linear(rows, self.weights[index], self.stacked[index],
+                                        self.row_lang, bias)
+        elif len(self.gemm_groups) == 1 and not len(self.gemv_rows):
+            out = self.one_language(rows, index, self.gemm_groups[0][0], bias)
+        else:
+            out = rows.new_empty(rows.shape[0], self.weights[index].shape[0])
+            for lang, picked in self.gemm_groups:
+                out[picked] = self.one_language(rows[picked], index, lang, bias)
+            if len(self.gemv_rows):
+                out[self.gemv_rows] = kernels.masked_linear(
+                    rows[self.gemv_rows], self.weights[index], self.stacked[index],
+                    self.row_lang[self.gemv_rows], bias)
         return out.view(*x.shape[:-1], -1)
 
-    def resident_bytes(self):
-        sizes = super().resident_bytes()
-        if self.scratch is not None:
-            sizes["extra"] = self.scratch.numel() * self.scratch.element_size()
-        return sizes
-
+    def one_language(self, rows: torch.Tensor, index: int, lang: int,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+        """rows [T, in] all of language `lang` (-1 = dense) through weight `index`."""
+        weight = self.weights[index]
+        if self.scratch is None:
+            self.scratch = torch.empty(max(w.numel() for w in self.weights), dtype=weight.dtype)
+        mask = None if lang < 0 else self.stacked[index][lang]
+        return kernels.masked_linear_prefill(rows, weight, mask, bias, self.scratch)
 
 class ReplicaStrategy(MaskStrategy):
     name = "replicas"

@@ -196,3 +196,31 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     with pytest.raises(kernels.KernelUnavailableError, match="need a C\\+\\+ compiler"):
         kernels.kernel_path()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_decode_plan_matches_reference(dtype):
+    """A decode batch where one language has enough rows for the GEMM route, others go through
+    the GEMV kernel, and the LM head too: every row still gets its own language's weights."""
+    from submodel.server.masking import make_strategy
+    from submodel.server.model import LM_HEAD
+
+    gen = torch.Generator().manual_seed(5)
+    out, inp, langs = 24, 40, ["cpp", "java", "python"]
+    bits, packed = random_masks(3, out, inp, gen)
+    weight = torch.randn(out, inp, generator=gen).to(dtype)
+    lm_head = torch.randn(30, inp, generator=gen).to(dtype)
+    masks = {lang: [packed[k]] for k, lang in enumerate(langs)}
+    strategy = make_strategy("fused", [weight], ["w"], masks, None, lm_head)
+    many = kernels.gemm_min_rows(dtype)
+    for rows in (["java"] * many + ["cpp", "dense", "python"], ["python"] * many,
+                 ["dense"] * many + ["java"] * many, ["cpp", "dense"]):
+        strategy.prepare(rows)
+        x = torch.randn(len(rows), 1, inp, generator=gen).to(dtype)
+        y = strategy.linear(x, 0, None, prefill=False)
+        row_lang = torch.tensor([langs.index(r) if r != "dense" else -1 for r in rows])
+        ref = reference(x[:, 0], weight, bits, row_lang, None)
+        torch.testing.assert_close(y[:, 0].double(), ref, **tolerance(dtype))
+        head = strategy.linear(x, LM_HEAD, None, prefill=False)
+        torch.testing.assert_close(head[:, 0].double(), x[:, 0].double() @ lm_head.double().T,
+                                   **tolerance(dtype))

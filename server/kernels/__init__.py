@@ -26,6 +26,7 @@ ENV_PATH = "SUBMODEL_KERNEL_PATH"
 # From this many tokens on, prefill writes W*M into a scratch buffer and calls torch's GEMM;
 # below it, the masked kernel blocked over tokens is faster (measured on a Xeon with AVX-512 and
 # AMX, see `python -m submodel.bench.kernels`: torch's bf16 GEMM pulls ahead much sooner).
+# The same holds for a decode batch of one language (rows = tokens).
 PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 16, torch.float32: 48}
 
 _SOURCE = Path(__file__).with_name("masked_linear.cpp")
@@ -151,6 +152,11 @@ def swap_masks_(
     _load().swap_masks_(weight, dense_source, old_mask, new_mask)
 
 
+def gemm_min_rows(dtype: torch.dtype) -> int:
+    """From this many rows of one language on, W*M and torch's GEMM beat the masked kernel."""
+    return PREFILL_GEMM_MIN_TOKENS.get(dtype, 1)
+
+
 def masked_linear_prefill(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -170,7 +176,7 @@ def masked_linear_prefill(
             f"scratch must be a {weight.dtype} buffer of at least {weight.numel()} elements, "
             f"got {scratch.dtype} with {scratch.numel()}"
         )
-    if x.shape[0] < PREFILL_GEMM_MIN_TOKENS.get(weight.dtype, 0):
+    if x.shape[0] < gemm_min_rows(weight.dtype):
         lang = torch.zeros(x.shape[0], dtype=torch.int32)
         return masked_linear(x, weight, mask.unsqueeze(0), lang, bias)
     w = scratch.view(-1)[: weight.numel()].view(weight.shape)
