@@ -1,0 +1,45 @@
+"""Token choice: the nucleus (top-p) and top-k sets are exact, whatever the vocabulary size."""
+
+import pytest
+import torch
+
+from submodel.server import sampling
+from submodel.server.api import SamplingParams
+
+
+def frequencies(logits, params, draws=4000):
+    gen = torch.Generator().manual_seed(3)
+    counts = torch.zeros(logits.numel())
+    for _ in range(draws):
+        counts[sampling.choose_token(logits, params, gen)] += 1
+    return counts / draws
+
+
+def nucleus(logits, temperature, top_p, top_k=0):
+    """The reference distribution by a full sort."""
+    logits = logits / temperature
+    if top_k:
+        logits = logits.masked_fill(logits < torch.topk(logits, top_k).values[-1], float("-inf"))
+    probs = torch.softmax(logits, -1)
+    ordered, order = torch.sort(probs, descending=True)
+    ordered[torch.cumsum(ordered, -1) - ordered >= top_p] = 0
+    out = torch.zeros_like(probs)
+    out[order] = ordered
+    return out / out.sum()
+
+
+@pytest.mark.parametrize("top_p,top_k", [(0.8, 0), (0.95, 0), (1.0, 3), (0.7, 4), (1.0, 0)])
+def test_sampling_follows_the_nucleus(monkeypatch, top_p, top_k):
+    # a tiny first candidate window, so widening (and the full fallback) are exercised
+    monkeypatch.setattr(sampling, "CANDIDATES", (2, 4))
+    logits = torch.tensor([2.0, 1.5, 1.0, 0.6, 0.3, 0.0, -0.4, -1.0, -2.0, -3.0])
+    params = SamplingParams(temperature=0.9, top_p=top_p, top_k=top_k)
+    expected = nucleus(logits, 0.9, top_p, top_k)
+    got = frequencies(logits, params)
+    assert torch.all(got[expected == 0] == 0)
+    torch.testing.assert_close(got, expected, atol=0.03, rtol=0)
+
+
+def test_greedy_is_the_argmax():
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    assert sampling.choose_token(logits, SamplingParams(temperature=0), None) == logits.argmax()
