@@ -5,7 +5,7 @@ cached under the user cache dir, keyed by a hash of the source, torch and Python
 edit rebuilds and an unchanged tree loads in well under a second. Masks use the store's layout:
 uint8 [out, ceil(in/8)], little-endian bits per row, 1 = kept.
 
-`SUBMODEL_KERNEL_PATH=generic|avx2|avx512` (or `set_kernel_path`) forces a code path.
+`SUBMODEL_KERNEL_PATH=generic|avx2|avx512|avx512bf16` (or `set_kernel_path`) forces a code path.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from types import ModuleType
 import torch
 import torch.nn.functional as F
 
-PATHS = ("generic", "avx2", "avx512")
+PATHS = ("generic", "avx2", "avx512", "avx512bf16")
 ENV_PATH = "SUBMODEL_KERNEL_PATH"
 # From this many tokens on, prefill writes W*M into a scratch buffer and calls torch's GEMM;
 # below it, the masked kernel blocked over tokens is faster (measured on a Xeon with AVX-512 and
@@ -81,7 +81,7 @@ def _build() -> ModuleType:
         )
     except Exception as e:  # the compiler output is in the message: keep its first error
         lines = str(e).strip().splitlines() or [type(e).__name__]
-        first = next((ln for ln in lines if "error" in ln.lower()), lines[-1])
+        first = next((ln for ln in lines if "error:" in ln), lines[-1])  # the compiler's
         raise KernelUnavailableError(
             f"building the masked kernels failed: {first.strip()} (build dir: {root})"
         ) from e
@@ -98,7 +98,7 @@ def _force(ext: ModuleType, path: str | None, what: str) -> None:
 
 
 def set_kernel_path(path: str | None) -> None:
-    """Force a code path (`generic`, `avx2`, `avx512`); None picks the best one."""
+    """Force a code path (`generic`, `avx2`, `avx512`, `avx512bf16`); None picks the best one."""
     _force(_load(), path, "set_kernel_path")
 
 
