@@ -9,7 +9,8 @@
 - replicas: one materialized masked copy per language (the naive baseline; bench only).
 
 All three route decode-time matmuls through the same GEMV kernel, so they differ only in
-how masks are applied.
+how masks are applied. A batch is memory-bound up to about kernels.gemm_min_rows rows; past that,
+one language's rows go through W*M in a reused scratch buffer and torch's GEMM.
 """
 
 from __future__ import annotations
@@ -176,6 +177,13 @@ class FusedStrategy(MaskStrategy):
             self.scratch = torch.empty(max(w.numel() for w in self.weights), dtype=weight.dtype)
         mask = None if lang < 0 else self.stacked[index][lang]
         return kernels.masked_linear_prefill(rows, weight, mask, bias, self.scratch)
+
+    def resident_bytes(self):
+        sizes = super().resident_bytes()
+        if self.scratch is not None:
+            sizes["extra"] = self.scratch.numel() * self.scratch.element_size()
+        return sizes
+
 
 class ReplicaStrategy(MaskStrategy):
     name = "replicas"
