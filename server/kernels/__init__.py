@@ -27,7 +27,7 @@ ENV_PATH = "SUBMODEL_KERNEL_PATH"
 # below it, the masked kernel blocked over tokens is faster (measured on a Xeon with AVX-512 and
 # AMX, see `python -m submodel.bench.kernels`: torch's bf16 GEMM pulls ahead much sooner).
 # The same holds for a decode batch of one language (rows = tokens).
-PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 16, torch.float32: 48}
+PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 20, torch.float32: 48}
 
 _SOURCE = Path(__file__).with_name("masked_linear.cpp")
 _lock = threading.Lock()
