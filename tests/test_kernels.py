@@ -224,3 +224,16 @@ def test_fused_decode_plan_matches_reference(dtype):
         head = strategy.linear(x, LM_HEAD, None, prefill=False)
         torch.testing.assert_close(head[:, 0].double(), x[:, 0].double() @ lm_head.double().T,
                                    **tolerance(dtype))
+
+
+def test_fused_strategy_without_languages_serves_dense():
+    from submodel.server.masking import make_strategy
+
+    gen = torch.Generator().manual_seed(6)
+    weight = torch.randn(24, 40, generator=gen)
+    strategy = make_strategy("fused", [weight], ["w"], {}, None, torch.randn(30, 40))
+    for rows in (1, 60):  # the GEMV kernel and the GEMM route
+        strategy.prepare(["dense"] * rows)
+        x = torch.randn(rows, 1, 40, generator=gen)
+        y = strategy.linear(x, 0, None, prefill=False)
+        torch.testing.assert_close(y, torch.nn.functional.linear(x, weight), atol=1e-4, rtol=1e-4)
