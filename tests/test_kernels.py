@@ -237,3 +237,17 @@ def test_fused_strategy_without_languages_serves_dense():
         x = torch.randn(rows, 1, 40, generator=gen)
         y = strategy.linear(x, 0, None, prefill=False)
         torch.testing.assert_close(y, torch.nn.functional.linear(x, weight), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("row_lang", [[0, 1] * 8, [-1, 2] * 4, [0, 1, 2, 3] * 2, [3, -1, 1]])
+def test_masked_linear_group_shapes(path, dtype, row_lang):
+    """Few large language groups and many small ones take different routes through the kernel."""
+    gen = torch.Generator().manual_seed(7)
+    bits, packed = random_masks(4, 37, 70, gen)
+    weight = torch.randn(37, 70, generator=gen).to(dtype)
+    row_lang = torch.tensor(row_lang, dtype=torch.int32)
+    x = torch.randn(len(row_lang), 70, generator=gen).to(dtype)
+    y = kernels.masked_linear(x, weight, packed, row_lang)
+    torch.testing.assert_close(y.double(), reference(x, weight, bits, row_lang, None),
+                               **tolerance(dtype))
