@@ -278,6 +278,44 @@ struct Avx2 {
 };
 
 // ---------------------------------------------------------------- avx512
+template <int R, int NB>
+AVX512 __attribute__((always_inline)) inline void zero_acc(__m512 (&acc)[R][NB]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
+  }
+}
+
+// y[rows[b], o + r] from the lanes of acc[r][b].
+template <int R, int NB>
+AVX512 __attribute__((always_inline)) inline void store_acc(const Gemv& g, const int64_t* rows,
+                                                            int64_t o, __m512 (&acc)[R][NB]) {
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 8
+    for (int b = 0; b < NB; ++b) store(g, rows[b], o + r, _mm512_reduce_add_ps(acc[r][b]));
+  }
+}
+
+// The R x NB tile of both AVX-512 paths: Isa::step takes kStep columns at a time (the last step
+// fewer); X is the element type x is read in (fp32, or bf16 bits for VDPBF16PS).
+template <typename Isa, typename T, typename X, int64_t kStep, int R, int NB>
+AVX512 __attribute__((always_inline)) inline void avx512_tile(const Gemv& g, const Group& grp,
+                                                              const int64_t* rows, int64_t o) {
+  const T* w[R];
+  const uint8_t* m[R];
+  const X* x[NB];
+  tile_setup<T, R, NB, X>(g, grp, rows, o, w, m, x);
+  __m512 acc[R][NB];
+  zero_acc(acc);
+  const int64_t ahead = R * g.in;
+  int64_t i = 0;
+  for (; i + kStep <= g.in; i += kStep) Isa::template step<R, NB>(w, m, x, acc, i, kStep, ahead);
+  if (i < g.in) Isa::template step<R, NB>(w, m, x, acc, i, g.in - i, ahead);
+  store_acc(g, rows, o, acc);
+}
+
 struct Avx512 {
   static constexpr int rows(int nb) { return nb <= 4 ? 4 : 2; }
 
@@ -327,28 +365,10 @@ struct Avx512 {
     }
   }
 
+  // Columns per step: one cache line of weights.
   template <typename T, int R, int NB>
   AVX512 static void tile(const Gemv& g, const Group& grp, const int64_t* rows, int64_t o) {
-    constexpr int64_t kStep = 64 / sizeof(T);  // columns per step: one cache line of weights
-    const T* w[R];
-    const uint8_t* m[R];
-    const float* x[NB];
-    tile_setup<T, R, NB>(g, grp, rows, o, w, m, x);
-    __m512 acc[R][NB];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
-    }
-    const int64_t ahead = R * g.in;
-    int64_t i = 0;
-    for (; i + kStep <= g.in; i += kStep) step<R, NB>(w, m, x, acc, i, kStep, ahead);
-    if (i < g.in) step<R, NB>(w, m, x, acc, i, g.in - i, ahead);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-      for (int b = 0; b < NB; ++b) store(g, rows[b], o + r, _mm512_reduce_add_ps(acc[r][b]));
-    }
+    avx512_tile<Avx512, T, float, 64 / sizeof(T), R, NB>(g, grp, rows, o);
   }
 };
 
@@ -382,25 +402,7 @@ struct Avx512Bf16 {
   template <typename T, int R, int NB>
   AVX512 static void tile(const Gemv& g, const Group& grp, const int64_t* rows, int64_t o) {
     static_assert(std::is_same_v<T, uint16_t>, "avx512bf16 tiles take bf16 weights");
-    const uint16_t* w[R];
-    const uint8_t* m[R];
-    const uint16_t* x[NB];
-    tile_setup<uint16_t, R, NB, uint16_t>(g, grp, rows, o, w, m, x);
-    __m512 acc[R][NB];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-      for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
-    }
-    const int64_t ahead = R * g.in;
-    int64_t i = 0;
-    for (; i + 32 <= g.in; i += 32) step<R, NB>(w, m, x, acc, i, 32, ahead);
-    if (i < g.in) step<R, NB>(w, m, x, acc, i, g.in - i, ahead);
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-      for (int b = 0; b < NB; ++b) store(g, rows[b], o + r, _mm512_reduce_add_ps(acc[r][b]));
-    }
+    avx512_tile<Avx512Bf16, uint16_t, uint16_t, 32, R, NB>(g, grp, rows, o);
   }
 };
 
@@ -417,17 +419,15 @@ AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
   const uint16_t* w[R];
   const uint16_t* x[NB];
   const uint8_t* m[R][NB];
+  int64_t ids[NB];
   for (int r = 0; r < R; ++r) w[r] = static_cast<const uint16_t*>(g.w) + (o + r) * g.in;
   for (int b = 0; b < NB; ++b) {
-    x[b] = g.xh + rows[b].row * g.in;
+    ids[b] = rows[b].row;
+    x[b] = g.xh + ids[b] * g.in;
     for (int r = 0; r < R; ++r) m[r][b] = rows[b].mask + (o + r) * rows[b].stride;
   }
   __m512 acc[R][NB];
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
-  }
+  zero_acc(acc);
   const int64_t ahead = R * g.in;
   for (int64_t i = 0; i < g.in; i += 32) {
     const int64_t n = std::min<int64_t>(32, g.in - i);
@@ -448,11 +448,7 @@ AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
       }
     }
   }
-#pragma GCC unroll 8
-  for (int r = 0; r < R; ++r) {
-#pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) store(g, rows[b].row, o + r, _mm512_reduce_add_ps(acc[r][b]));
-  }
+  store_acc(g, ids, o, acc);
 }
 
 template <int NB>
