@@ -43,6 +43,7 @@ from submodel.server.api import DENSE, DoneEvent, FinishEvent, GenerationRequest
 from submodel.server.dense_source import read_header
 from submodel.server.engine import Engine
 from submodel.server.model import LM_HEAD
+from submodel.server.omp import release_team
 from submodel.server.sampling import TextAssembler, choose_token
 
 STRATEGIES = ("swap", "fused", "replicas")
@@ -241,6 +242,16 @@ def load_run(engine: Engine, languages: list[str], max_tokens: int) -> dict:
     tokens = sum(d.generated_tokens for d in done)
     return {"tokens": tokens, "seconds": wall, "cpu_seconds": cpu,
             "tokens_per_s": {"wall": tokens / wall, "cpu": tokens / cpu}}
+
+
+def on_this_thread(engine: Engine, fn, *args, **kwargs):
+    """fn's torch work on this thread while the engine's thread is parked, then this thread's
+    OpenMP team released: one team at a time, as in serving (see submodel.server.omp)."""
+    engine.wait_parked()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        release_team()
 
 
 def median_ms(fn, repeats: int) -> dict:
@@ -462,7 +473,7 @@ def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Se
         engine_request(engine, lang, 4)  # warm-up (and swap's first switch)
     runs: dict[str, list[dict]] = {"hf": [], DENSE: [], masked: []}
     for _ in range(s.repeats):
-        runs["hf"].append(hf_decode(hf, prompt_ids, s.new_tokens))
+        runs["hf"].append(on_this_thread(engine, hf_decode, hf, prompt_ids, s.new_tokens))
         for lang in (DENSE, masked):
             runs[lang].append(engine_decode(engine, lang, s.new_tokens))
     hf_best = best(runs["hf"])
@@ -475,8 +486,9 @@ def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Se
             "prefill_ms": min(r["prefill_ms"] for r in runs[lang])})
     step_ms = result["decode"][-1]["step_ms"]  # masked, end to end
 
-    bandwidth = copy_bandwidth(repeats=3, gib=s.bandwidth_gib)  # now: the load changes
-    parts = step_profile(engine, masked, s.profile_steps)
+    # now: the load changes
+    bandwidth = on_this_thread(engine, copy_bandwidth, repeats=3, gib=s.bandwidth_gib)
+    parts = on_this_thread(engine, step_profile, engine, masked, s.profile_steps)
     parts["engine_step"] = step_ms
     parts["engine_overhead"] = {c: step_ms[c] - parts["forward"][c] - parts["sampling"][c]
                                 for c in ("wall", "cpu")}
@@ -488,8 +500,9 @@ def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Se
         "floor_fraction": floor_ms / step_ms["wall"],
         "vs_torch_dense": ratio(parts["torch_dense_forward"], parts["forward"])})
     if engine.mixes_languages:
-        result["steps"][-1]["batch_forward_ms"] = batch_profile(
-            engine, masked, s.profile_steps, min(s.concurrency, engine.max_batch))
+        result["steps"][-1]["batch_forward_ms"] = on_this_thread(
+            engine, batch_profile, engine, masked, s.profile_steps,
+            min(s.concurrency, engine.max_batch))
 
     if name == "swap":
         rows = switch_times(engine, s.switches)

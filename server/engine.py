@@ -35,6 +35,7 @@ from submodel.server.api import (
 )
 from submodel.server.masking import make_strategy
 from submodel.server.model import KVCache, ModelArgs, Transformer, weight_name
+from submodel.server.omp import release_team
 from submodel.server.sampling import TextAssembler, choose_token, make_generator
 
 log = logging.getLogger("submodel.engine")
@@ -143,11 +144,13 @@ class Engine:
         self.lock = threading.Condition()
         self.accepting = True
         self.stopping = False
+        self.parked = True  # the engine thread is idle and holds no OpenMP team (see omp.py)
         self.thread: threading.Thread | None = None
 
     # ---- caller side (any thread) ----
 
     def start(self) -> None:
+        release_team()  # the loading thread's: from now on the engine thread runs the model
         self.thread = threading.Thread(target=self._loop, name="submodel-engine", daemon=True)
         self.thread.start()
 
@@ -174,6 +177,13 @@ class Engine:
         with self.lock:
             self.accepting = False
             return self.lock.wait_for(self._idle, timeout)
+
+    def wait_parked(self, timeout: float | None = None) -> bool:
+        """Wait until the engine thread is idle and has released its OpenMP team. A caller about
+        to run torch work on its own thread (a benchmark) calls this first: two live teams slow
+        both down (see omp.py). True unless the timeout passed."""
+        with self.lock:
+            return self.lock.wait_for(lambda: self.parked, timeout)
 
     def stop(self) -> None:
         with self.lock:
@@ -229,7 +239,12 @@ class Engine:
         torch.set_grad_enabled(False)
         while True:
             with self.lock:
+                if self._idle() and not self.parked:
+                    release_team()
+                    self.parked = True
+                    self.lock.notify_all()  # wait_parked()
                 self.lock.wait_for(lambda: self.stopping or not self._idle())
+                self.parked = False
                 if self.stopping:
                     break
             try:

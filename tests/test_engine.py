@@ -1,3 +1,4 @@
+import os
 import random
 import threading
 import time
@@ -7,6 +8,7 @@ import torch
 
 from submodel.pruning import masks as bits
 from submodel.pruning.store import open_store
+from submodel.server import omp
 from submodel.server.api import (
     DENSE,
     DoneEvent,
@@ -258,3 +260,36 @@ def test_a_failing_prefill_fails_only_its_request(store, monkeypatch):
 def test_any_uint64_seed_is_accepted(engine):
     params = SamplingParams(max_tokens=4, temperature=1.0, seed=2**64 - 1)
     assert run(engine, params=params)[0] == run(engine, params=params)[0]
+
+
+def test_release_team_frees_the_calling_threads_omp_workers():
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread: no OpenMP workers to release")
+    tasks = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
+
+    def work() -> None:
+        torch.ones(1 << 24).sum()  # big enough to open a parallel region
+        with_team = tasks()
+        assert omp.release_team(), "no OpenMP runtime with omp_pause_resource_all was found"
+        counts.append(with_team - tasks())
+
+    counts: list[int] = []
+    worker = threading.Thread(target=work)
+    worker.start()
+    worker.join()
+    assert counts == [torch.get_num_threads() - 1]
+
+
+def test_engine_thread_releases_its_team_when_idle(store, monkeypatch):
+    released = []
+    monkeypatch.setattr("submodel.server.engine.release_team",
+                        lambda: released.append(threading.current_thread().name))
+    engine = Engine(store, strategy="fused", max_batch=2)
+    engine.start()
+    try:
+        assert released == [threading.current_thread().name]  # the loading thread's team
+        run(engine, params=SamplingParams(max_tokens=3))
+        assert engine.wait_parked(timeout=30)
+        assert released[1:] == ["submodel-engine"]
+    finally:
+        engine.stop()
