@@ -240,7 +240,9 @@ def test_fused_strategy_without_languages_serves_dense():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("row_lang", [[0, 1] * 8, [-1, 2] * 4, [0, 1, 2, 3] * 2, [3, -1, 1]])
+@pytest.mark.parametrize("row_lang", [[0, 1] * 8, [-1, 2] * 4, [0, 1, 2, 3] * 2, [3, -1, 1],
+                                     [0, 1, 2, 3, -1] * 2, [2, 2, -1, -1, 0, 0],
+                                     [0, 1, 1, 2, 2, 2, 3]])
 def test_masked_linear_group_shapes(path, dtype, row_lang):
     """Few large language groups and many small ones take different routes through the kernel."""
     gen = torch.Generator().manual_seed(7)

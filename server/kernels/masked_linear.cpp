@@ -406,25 +406,29 @@ struct Avx512Bf16 {
   }
 };
 
-// Batches mixing languages: one pass loads each weight vector once, and every batch row applies
-// its own language's bits in registers (a zero-masking move) before VDPBF16PS.
+// Batches mixing languages: one pass loads each weight vector once, and each language's bits are
+// applied to it in registers (a zero-masking move) before VDPBF16PS. Rows come group by group;
+// GS consecutive rows of a tile share a language, so each masked vector serves GS of them.
 struct MixRow {
   int64_t row;
   const uint8_t* mask;
   int64_t stride;
 };
 
-template <int R, int NB>
+template <int R, int NB, int GS>
 AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
+  constexpr int NG = NB / GS;
   const uint16_t* w[R];
   const uint16_t* x[NB];
-  const uint8_t* m[R][NB];
+  const uint8_t* m[R][NG];
   int64_t ids[NB];
   for (int r = 0; r < R; ++r) w[r] = static_cast<const uint16_t*>(g.w) + (o + r) * g.in;
   for (int b = 0; b < NB; ++b) {
     ids[b] = rows[b].row;
     x[b] = g.xh + ids[b] * g.in;
-    for (int r = 0; r < R; ++r) m[r][b] = rows[b].mask + (o + r) * rows[b].stride;
+  }
+  for (int k = 0; k < NG; ++k) {
+    for (int r = 0; r < R; ++r) m[r][k] = rows[k * GS].mask + (o + r) * rows[k * GS].stride;
   }
   __m512 acc[R][NB];
   zero_acc(acc);
@@ -439,44 +443,57 @@ AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
       wr[r] = _mm512_maskz_loadu_epi16(cols, w[r] + i);
     }
 #pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) {
-      const __m512i xb = _mm512_maskz_loadu_epi16(cols, x[b] + i);
+    for (int k = 0; k < NG; ++k) {
+      __m512i wm[R];
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        const __m512i wm = _mm512_maskz_mov_epi16(mask_bits(m[r][b], i, n), wr[r]);
-        acc[r][b] = _mm512_dpbf16_ps(acc[r][b], (__m512bh)wm, (__m512bh)xb);
+      for (int r = 0; r < R; ++r) wm[r] = _mm512_maskz_mov_epi16(mask_bits(m[r][k], i, n), wr[r]);
+#pragma GCC unroll 8
+      for (int b = k * GS; b < (k + 1) * GS; ++b) {
+        const __m512i xb = _mm512_maskz_loadu_epi16(cols, x[b] + i);
+#pragma GCC unroll 8
+        for (int r = 0; r < R; ++r) {
+          acc[r][b] = _mm512_dpbf16_ps(acc[r][b], (__m512bh)wm[r], (__m512bh)xb);
+        }
       }
     }
   }
   store_acc(g, ids, o, acc);
 }
 
-template <int NB>
+template <int GS, int NB>
 void mix_rows(const Gemv& g, const MixRow* rows, int64_t o0, int64_t o1) {
   constexpr int R = NB <= 4 ? 4 : 2;
   int64_t o = o0;
-  for (; o + R <= o1; o += R) mix_tile<R, NB>(g, rows, o);
-  for (; o < o1; ++o) mix_tile<1, NB>(g, rows, o);
+  for (; o + R <= o1; o += R) mix_tile<R, NB, GS>(g, rows, o);
+  for (; o < o1; ++o) mix_tile<1, NB, GS>(g, rows, o);
 }
 
-template <int... NB>
-constexpr auto mix_table(std::integer_sequence<int, NB...>) {
-  return std::array{&mix_rows<NB + 1>...};
+// Tiles of GS, 2 GS, ... kMaxRows rows.
+template <int GS, int... K>
+constexpr auto mix_table(std::integer_sequence<int, K...>) {
+  return std::array{&mix_rows<GS, (K + 1) * GS>...};
 }
 
-void gemv_mixed(const Gemv& g, int64_t o0, int64_t o1) {
-  constexpr auto by_nb = mix_table(std::make_integer_sequence<int, kMaxRows>{});
-  std::vector<MixRow> rows;
-  for (const Group& grp : g.groups) {
-    for (int64_t b : grp.rows) rows.push_back({b, grp.mask, grp.stride});
-  }
+template <int GS>
+void mix_pass(const Gemv& g, const std::vector<MixRow>& rows, int64_t o0, int64_t o1) {
+  constexpr auto by_nb = mix_table<GS>(std::make_integer_sequence<int, kMaxRows / GS>{});
   const int64_t size = int64_t(rows.size());
   for (int64_t o = o0; o < o1; o += kRowBlock) {
     const int64_t o_end = std::min<int64_t>(o + kRowBlock, o1);
     for (int64_t b = 0; b < size; b += kMaxRows) {
-      by_nb[std::min<int64_t>(kMaxRows, size - b) - 1](g, rows.data() + b, o, o_end);
+      by_nb[std::min<int64_t>(kMaxRows, size - b) / GS - 1](g, rows.data() + b, o, o_end);
     }
   }
+}
+
+void gemv_mixed(const Gemv& g, int64_t o0, int64_t o1) {
+  std::vector<MixRow> rows;
+  bool pairs = true;  // every group an even number of rows: each masked vector serves two
+  for (const Group& grp : g.groups) {
+    for (int64_t b : grp.rows) rows.push_back({b, grp.mask, grp.stride});
+    pairs = pairs && grp.rows.size() % 2 == 0;
+  }
+  pairs ? mix_pass<2>(g, rows, o0, o1) : mix_pass<1>(g, rows, o0, o1);
 }
 #endif  // SUBMODEL_X86
 
