@@ -407,7 +407,7 @@ struct Avx512Bf16 {
 };
 
 // Batches mixing languages: one pass loads each weight vector once, and each language's bits are
-// applied to it in registers (a zero-masking move) before VDPBF16PS. Rows come group by group;
+// applied to it in registers (a zero-masking move) before the multiply. Rows come group by group;
 // GS consecutive rows of a tile share a language, so each masked vector serves GS of them.
 struct MixRow {
   int64_t row;
@@ -415,17 +415,43 @@ struct MixRow {
   int64_t stride;
 };
 
-template <int R, int NB, int GS>
+// bf16 weights and x into VDPBF16PS, 32 columns a step.
+struct MixBf16 {
+  using T = uint16_t;
+  using V = __m512i;
+  static constexpr int64_t kStep = 32;
+  AVX512 static const T* x_row(const Gemv& g, int64_t b) { return g.xh + b * g.in; }
+  AVX512 static V load(uint32_t cols, const T* p) { return _mm512_maskz_loadu_epi16(cols, p); }
+  AVX512 static V keep(uint32_t bits, V w) { return _mm512_maskz_mov_epi16(bits, w); }
+  AVX512 static __m512 dot(__m512 acc, V w, V x) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
+  }
+};
+
+// fp32 weights and x into FMAs, 16 columns a step.
+struct MixFp32 {
+  using T = float;
+  using V = __m512;
+  static constexpr int64_t kStep = 16;
+  AVX512 static const T* x_row(const Gemv& g, int64_t b) { return g.x + b * g.x_stride; }
+  AVX512 static V load(uint32_t cols, const T* p) { return _mm512_maskz_loadu_ps(cols, p); }
+  AVX512 static V keep(uint32_t bits, V w) { return _mm512_maskz_mov_ps(bits, w); }
+  AVX512 static __m512 dot(__m512 acc, V w, V x) { return _mm512_fmadd_ps(w, x, acc); }
+};
+
+template <typename Mix, int R, int NB, int GS>
 AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
+  using T = typename Mix::T;
+  using V = typename Mix::V;
   constexpr int NG = NB / GS;
-  const uint16_t* w[R];
-  const uint16_t* x[NB];
+  const T* w[R];
+  const T* x[NB];
   const uint8_t* m[R][NG];
   int64_t ids[NB];
-  for (int r = 0; r < R; ++r) w[r] = static_cast<const uint16_t*>(g.w) + (o + r) * g.in;
+  for (int r = 0; r < R; ++r) w[r] = static_cast<const T*>(g.w) + (o + r) * g.in;
   for (int b = 0; b < NB; ++b) {
     ids[b] = rows[b].row;
-    x[b] = g.xh + ids[b] * g.in;
+    x[b] = Mix::x_row(g, ids[b]);
   }
   for (int k = 0; k < NG; ++k) {
     for (int r = 0; r < R; ++r) m[r][k] = rows[k * GS].mask + (o + r) * rows[k * GS].stride;
@@ -433,50 +459,48 @@ AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
   __m512 acc[R][NB];
   zero_acc(acc);
   const int64_t ahead = R * g.in;
-  for (int64_t i = 0; i < g.in; i += 32) {
-    const int64_t n = std::min<int64_t>(32, g.in - i);
-    const __mmask32 cols = n == 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1);
-    __m512i wr[R];
+  for (int64_t i = 0; i < g.in; i += Mix::kStep) {
+    const int64_t n = std::min<int64_t>(Mix::kStep, g.in - i);
+    const uint32_t cols = n == 32 ? ~0u : (1u << n) - 1;
+    V wr[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
-      wr[r] = _mm512_maskz_loadu_epi16(cols, w[r] + i);
+      wr[r] = Mix::load(cols, w[r] + i);
     }
 #pragma GCC unroll 8
     for (int k = 0; k < NG; ++k) {
-      __m512i wm[R];
+      V wm[R];
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) wm[r] = _mm512_maskz_mov_epi16(mask_bits(m[r][k], i, n), wr[r]);
+      for (int r = 0; r < R; ++r) wm[r] = Mix::keep(mask_bits(m[r][k], i, n), wr[r]);
 #pragma GCC unroll 8
       for (int b = k * GS; b < (k + 1) * GS; ++b) {
-        const __m512i xb = _mm512_maskz_loadu_epi16(cols, x[b] + i);
+        const V xb = Mix::load(cols, x[b] + i);
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) {
-          acc[r][b] = _mm512_dpbf16_ps(acc[r][b], (__m512bh)wm[r], (__m512bh)xb);
-        }
+        for (int r = 0; r < R; ++r) acc[r][b] = Mix::dot(acc[r][b], wm[r], xb);
       }
     }
   }
   store_acc(g, ids, o, acc);
 }
 
-template <int GS, int NB>
+template <typename Mix, int GS, int NB>
 void mix_rows(const Gemv& g, const MixRow* rows, int64_t o0, int64_t o1) {
   constexpr int R = NB <= 4 ? 4 : 2;
   int64_t o = o0;
-  for (; o + R <= o1; o += R) mix_tile<R, NB, GS>(g, rows, o);
-  for (; o < o1; ++o) mix_tile<1, NB, GS>(g, rows, o);
+  for (; o + R <= o1; o += R) mix_tile<Mix, R, NB, GS>(g, rows, o);
+  for (; o < o1; ++o) mix_tile<Mix, 1, NB, GS>(g, rows, o);
 }
 
 // Tiles of GS, 2 GS, ... kMaxRows rows.
-template <int GS, int... K>
+template <typename Mix, int GS, int... K>
 constexpr auto mix_table(std::integer_sequence<int, K...>) {
-  return std::array{&mix_rows<GS, (K + 1) * GS>...};
+  return std::array{&mix_rows<Mix, GS, (K + 1) * GS>...};
 }
 
-template <int GS>
+template <typename Mix, int GS>
 void mix_pass(const Gemv& g, const std::vector<MixRow>& rows, int64_t o0, int64_t o1) {
-  constexpr auto by_nb = mix_table<GS>(std::make_integer_sequence<int, kMaxRows / GS>{});
+  constexpr auto by_nb = mix_table<Mix, GS>(std::make_integer_sequence<int, kMaxRows / GS>{});
   const int64_t size = int64_t(rows.size());
   for (int64_t o = o0; o < o1; o += kRowBlock) {
     const int64_t o_end = std::min<int64_t>(o + kRowBlock, o1);
@@ -486,6 +510,7 @@ void mix_pass(const Gemv& g, const std::vector<MixRow>& rows, int64_t o0, int64_
   }
 }
 
+template <typename Mix>
 void gemv_mixed(const Gemv& g, int64_t o0, int64_t o1) {
   std::vector<MixRow> rows;
   bool pairs = true;  // every group an even number of rows: each masked vector serves two
@@ -493,20 +518,21 @@ void gemv_mixed(const Gemv& g, int64_t o0, int64_t o1) {
     for (int64_t b : grp.rows) rows.push_back({b, grp.mask, grp.stride});
     pairs = pairs && grp.rows.size() % 2 == 0;
   }
-  pairs ? mix_pass<2>(g, rows, o0, o1) : mix_pass<1>(g, rows, o0, o1);
+  pairs ? mix_pass<Mix, 2>(g, rows, o0, o1) : mix_pass<Mix, 1>(g, rows, o0, o1);
 }
 #endif  // SUBMODEL_X86
 
 template <typename T>
 void gemv(const Gemv& g, int64_t o0, int64_t o1) {
 #ifdef SUBMODEL_X86
+  // Small groups: one pass beats a pass per group (measured: 4 languages x 2 rows 0.80x of
+  // one language against 0.67x); groups of 4+ rows keep their own, fuller tiles.
+  const bool small_groups = g.groups.size() > 1 && g.rows < 3 * int64_t(g.groups.size());
   if constexpr (std::is_same_v<T, uint16_t>) {
-    // Small groups: one pass beats a pass per group (measured: 4 languages x 2 rows 0.80x of
-    // one language against 0.67x); groups of 4+ rows keep their own, fuller tiles.
-    if (g_path == kAvx512Bf16 && g.groups.size() > 1 && g.rows < 3 * int64_t(g.groups.size())) {
-      return gemv_mixed(g, o0, o1);
-    }
+    if (g_path == kAvx512Bf16 && small_groups) return gemv_mixed<MixBf16>(g, o0, o1);
     if (g_path == kAvx512Bf16) return gemv_tiled<Avx512Bf16, T>(g, o0, o1);
+  } else {
+    if (g_path >= kAvx512 && small_groups) return gemv_mixed<MixFp32>(g, o0, o1);
   }
   if (g_path >= kAvx512) return gemv_tiled<Avx512, T>(g, o0, o1);
   if (g_path == kAvx2) return gemv_tiled<Avx2, T>(g, o0, o1);
