@@ -34,7 +34,8 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
         parts = s["parts_ms"]
         assert all(positive(parts[p]) for p in ("forward", "linears", "lm_head",
                                                  "torch_dense_forward", "engine_step"))
-        assert parts["linears"]["cpu"] < parts["forward"]["cpu"] + parts["lm_head"]["cpu"]
+        # the timed Linears nest inside the forward they were timed in
+        assert parts["rest_of_forward"]["wall"] >= 0 and parts["rest_of_forward"]["cpu"] >= 0
         assert s["floor_ms"] > 0 and s["weight_bytes"] > 0 and positive(s["vs_torch_dense"])
         batch = s.get("batch_forward_ms")  # only a strategy that mixes languages in one step
         assert (batch is not None) == (s["strategy"] == "fused")

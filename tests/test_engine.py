@@ -265,19 +265,19 @@ def test_any_uint64_seed_is_accepted(engine):
 def test_release_team_frees_the_calling_threads_omp_workers():
     if torch.get_num_threads() < 2:
         pytest.skip("one torch thread: no OpenMP workers to release")
-    tasks = lambda: len(os.listdir("/proc/self/task"))  # noqa: E731
+    tasks = lambda: set(os.listdir("/proc/self/task"))  # noqa: E731
 
     def work() -> None:
         torch.ones(1 << 24).sum()  # big enough to open a parallel region
         with_team = tasks()
         assert omp.release_team(), "no OpenMP runtime with omp_pause_resource_all was found"
-        counts.append(with_team - tasks())
+        gone.extend(with_team - tasks())
 
-    counts: list[int] = []
+    gone: list[str] = []  # threads that ended when the team was released
     worker = threading.Thread(target=work)
     worker.start()
     worker.join()
-    assert counts == [torch.get_num_threads() - 1]
+    assert len(gone) >= torch.get_num_threads() - 1
 
 
 def test_engine_thread_releases_its_team_when_idle(store, monkeypatch):
