@@ -70,6 +70,11 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
                      "mixed 4-lang / dense-only throughput", "mixed 4-lang / one-lang throughput",
                      "RSS added by 4 masks / packed masks", "PSS added by 4 masks / packed masks"}
     assert all(isinstance(t["met"], bool) for t in r["targets"])
+    for t in r["targets"]:  # the floor bounds the ratios that compare our step with a baseline
+        has_bound = t["figure"].startswith(("masked step vs torch-dense", "decode tok/s vs HF "
+                                            "generate float32, fused python"))
+        assert (t["bound"] is not None) == has_bound, t["figure"]
+        assert t["bound"] is None or t["bound"] > 0
     table = capsys.readouterr().out
     assert table.count("\n|") >= len(r["targets"])
 
