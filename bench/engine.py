@@ -486,7 +486,7 @@ def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Se
             "prefill_ms": min(r["prefill_ms"] for r in runs[lang])})
     step_ms = result["decode"][-1]["step_ms"]  # masked, end to end
 
-    # now: the load changes
+    # measured here, next to the profile it scales: the machine's load changes
     bandwidth = on_this_thread(engine, copy_bandwidth, repeats=3, gib=s.bandwidth_gib)
     parts = on_this_thread(engine, step_profile, engine, masked, s.profile_steps)
     parts["engine_step"] = step_ms
