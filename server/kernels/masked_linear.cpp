@@ -298,6 +298,52 @@ AVX512 __attribute__((always_inline)) inline void store_acc(const Gemv& g, const
   }
 }
 
+// Multiply-accumulate in 512-bit registers when weights and x share an element type: fp32 into
+// FMAs, 16 columns a step; bf16 into VDPBF16PS, 32 columns a step (pairs added into fp32 lanes).
+struct Fp32Fma {
+  using T = float;
+  using V = __m512;
+  static constexpr int64_t kStep = 16;
+  AVX512 static const T* x_row(const Gemv& g, int64_t b) { return g.x + b * g.x_stride; }
+  AVX512 static V load(uint32_t cols, const T* p) { return _mm512_maskz_loadu_ps(cols, p); }
+  AVX512 static V keep(uint32_t bits, V w) { return _mm512_maskz_mov_ps(bits, w); }
+  AVX512 static __m512 dot(__m512 acc, V w, V x) { return _mm512_fmadd_ps(w, x, acc); }
+};
+
+struct Bf16Dot {
+  using T = uint16_t;
+  using V = __m512i;
+  static constexpr int64_t kStep = 32;
+  AVX512 static const T* x_row(const Gemv& g, int64_t b) { return g.xh + b * g.in; }
+  AVX512 static V load(uint32_t cols, const T* p) { return _mm512_maskz_loadu_epi16(cols, p); }
+  AVX512 static V keep(uint32_t bits, V w) { return _mm512_maskz_mov_epi16(bits, w); }
+  AVX512 static __m512 dot(__m512 acc, V w, V x) {
+    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
+  }
+};
+
+// n <= Ops::kStep columns from i of an R x NB tile: the weights come in under their mask bits
+// (a zero-masked load); also prefetches the same columns of the next tile's rows (`ahead`
+// elements further on).
+template <typename Ops, int R, int NB>
+AVX512 __attribute__((always_inline)) inline void masked_step(
+    const typename Ops::T* const* w, const uint8_t* const* m, const typename Ops::T* const* x,
+    __m512 (&acc)[R][NB], int64_t i, int64_t n, int64_t ahead) {
+  typename Ops::V wr[R];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
+    wr[r] = Ops::load(mask_bits(m[r], i, n), w[r] + i);
+  }
+  const uint32_t cols = n == 32 ? ~0u : (1u << n) - 1;
+#pragma GCC unroll 8
+  for (int b = 0; b < NB; ++b) {
+    const typename Ops::V xb = Ops::load(cols, x[b] + i);
+#pragma GCC unroll 8
+    for (int r = 0; r < R; ++r) acc[r][b] = Ops::dot(acc[r][b], wr[r], xb);
+  }
+}
+
 // The R x NB tile of both AVX-512 paths: Isa::step takes kStep columns at a time (the last step
 // fewer); X is the element type x is read in (fp32, or bf16 bits for VDPBF16PS).
 template <typename Isa, typename T, typename X, int64_t kStep, int R, int NB>
@@ -319,25 +365,12 @@ AVX512 __attribute__((always_inline)) inline void avx512_tile(const Gemv& g, con
 struct Avx512 {
   static constexpr int rows(int nb) { return nb <= 4 ? 4 : 2; }
 
-  // fp32 weights: n <= 16 columns from i (n is the constant 16 outside the tail). Also
-  // prefetches the same columns of the next tile's rows (`ahead` elements further on).
+  // fp32 weights: n <= 16 columns from i.
   template <int R, int NB>
   AVX512 __attribute__((always_inline)) static inline void step(
       const float* const* w, const uint8_t* const* m, const float* const* x,
       __m512 (&acc)[R][NB], int64_t i, int64_t n, int64_t ahead) {
-    __m512 wr[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
-      wr[r] = _mm512_maskz_loadu_ps(__mmask16(mask_bits(m[r], i, n)), w[r] + i);
-    }
-#pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) {
-      const __m512 xb = n == 16 ? _mm512_loadu_ps(x[b] + i)
-                                : _mm512_maskz_loadu_ps(__mmask16((1u << n) - 1), x[b] + i);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) acc[r][b] = _mm512_fmadd_ps(wr[r], xb, acc[r][b]);
-    }
+    masked_step<Fp32Fma, R, NB>(w, m, x, acc, i, n, ahead);
   }
 
   // bf16 weights: n <= 32 columns from i under one 32-bit mask. Interleaving with zeros widens
@@ -382,21 +415,7 @@ struct Avx512Bf16 {
   AVX512 __attribute__((always_inline)) static inline void step(
       const uint16_t* const* w, const uint8_t* const* m, const uint16_t* const* x,
       __m512 (&acc)[R][NB], int64_t i, int64_t n, int64_t ahead) {
-    __m512i wr[R];
-#pragma GCC unroll 8
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
-      wr[r] = _mm512_maskz_loadu_epi16(mask_bits(m[r], i, n), w[r] + i);
-    }
-    const __mmask32 cols = n == 32 ? ~__mmask32(0) : __mmask32((1u << n) - 1);
-#pragma GCC unroll 8
-    for (int b = 0; b < NB; ++b) {
-      const __m512i xb = _mm512_maskz_loadu_epi16(cols, x[b] + i);
-#pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) {
-        acc[r][b] = _mm512_dpbf16_ps(acc[r][b], (__m512bh)wr[r], (__m512bh)xb);
-      }
-    }
+    masked_step<Bf16Dot, R, NB>(w, m, x, acc, i, n, ahead);
   }
 
   template <typename T, int R, int NB>
@@ -415,34 +434,10 @@ struct MixRow {
   int64_t stride;
 };
 
-// bf16 weights and x into VDPBF16PS, 32 columns a step.
-struct MixBf16 {
-  using T = uint16_t;
-  using V = __m512i;
-  static constexpr int64_t kStep = 32;
-  AVX512 static const T* x_row(const Gemv& g, int64_t b) { return g.xh + b * g.in; }
-  AVX512 static V load(uint32_t cols, const T* p) { return _mm512_maskz_loadu_epi16(cols, p); }
-  AVX512 static V keep(uint32_t bits, V w) { return _mm512_maskz_mov_epi16(bits, w); }
-  AVX512 static __m512 dot(__m512 acc, V w, V x) {
-    return _mm512_dpbf16_ps(acc, (__m512bh)w, (__m512bh)x);
-  }
-};
-
-// fp32 weights and x into FMAs, 16 columns a step.
-struct MixFp32 {
-  using T = float;
-  using V = __m512;
-  static constexpr int64_t kStep = 16;
-  AVX512 static const T* x_row(const Gemv& g, int64_t b) { return g.x + b * g.x_stride; }
-  AVX512 static V load(uint32_t cols, const T* p) { return _mm512_maskz_loadu_ps(cols, p); }
-  AVX512 static V keep(uint32_t bits, V w) { return _mm512_maskz_mov_ps(bits, w); }
-  AVX512 static __m512 dot(__m512 acc, V w, V x) { return _mm512_fmadd_ps(w, x, acc); }
-};
-
-template <typename Mix, int R, int NB, int GS>
+template <typename Ops, int R, int NB, int GS>
 AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
-  using T = typename Mix::T;
-  using V = typename Mix::V;
+  using T = typename Ops::T;
+  using V = typename Ops::V;
   constexpr int NG = NB / GS;
   const T* w[R];
   const T* x[NB];
@@ -451,7 +446,7 @@ AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
   for (int r = 0; r < R; ++r) w[r] = static_cast<const T*>(g.w) + (o + r) * g.in;
   for (int b = 0; b < NB; ++b) {
     ids[b] = rows[b].row;
-    x[b] = Mix::x_row(g, ids[b]);
+    x[b] = Ops::x_row(g, ids[b]);
   }
   for (int k = 0; k < NG; ++k) {
     for (int r = 0; r < R; ++r) m[r][k] = rows[k * GS].mask + (o + r) * rows[k * GS].stride;
@@ -459,48 +454,48 @@ AVX512 void mix_tile(const Gemv& g, const MixRow* rows, int64_t o) {
   __m512 acc[R][NB];
   zero_acc(acc);
   const int64_t ahead = R * g.in;
-  for (int64_t i = 0; i < g.in; i += Mix::kStep) {
-    const int64_t n = std::min<int64_t>(Mix::kStep, g.in - i);
+  for (int64_t i = 0; i < g.in; i += Ops::kStep) {
+    const int64_t n = std::min<int64_t>(Ops::kStep, g.in - i);
     const uint32_t cols = n == 32 ? ~0u : (1u << n) - 1;
     V wr[R];
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
-      wr[r] = Mix::load(cols, w[r] + i);
+      wr[r] = Ops::load(cols, w[r] + i);
     }
 #pragma GCC unroll 8
     for (int k = 0; k < NG; ++k) {
       V wm[R];
 #pragma GCC unroll 8
-      for (int r = 0; r < R; ++r) wm[r] = Mix::keep(mask_bits(m[r][k], i, n), wr[r]);
+      for (int r = 0; r < R; ++r) wm[r] = Ops::keep(mask_bits(m[r][k], i, n), wr[r]);
 #pragma GCC unroll 8
       for (int b = k * GS; b < (k + 1) * GS; ++b) {
-        const V xb = Mix::load(cols, x[b] + i);
+        const V xb = Ops::load(cols, x[b] + i);
 #pragma GCC unroll 8
-        for (int r = 0; r < R; ++r) acc[r][b] = Mix::dot(acc[r][b], wm[r], xb);
+        for (int r = 0; r < R; ++r) acc[r][b] = Ops::dot(acc[r][b], wm[r], xb);
       }
     }
   }
   store_acc(g, ids, o, acc);
 }
 
-template <typename Mix, int GS, int NB>
+template <typename Ops, int GS, int NB>
 void mix_rows(const Gemv& g, const MixRow* rows, int64_t o0, int64_t o1) {
   constexpr int R = NB <= 4 ? 4 : 2;
   int64_t o = o0;
-  for (; o + R <= o1; o += R) mix_tile<Mix, R, NB, GS>(g, rows, o);
-  for (; o < o1; ++o) mix_tile<Mix, 1, NB, GS>(g, rows, o);
+  for (; o + R <= o1; o += R) mix_tile<Ops, R, NB, GS>(g, rows, o);
+  for (; o < o1; ++o) mix_tile<Ops, 1, NB, GS>(g, rows, o);
 }
 
 // Tiles of GS, 2 GS, ... kMaxRows rows.
-template <typename Mix, int GS, int... K>
+template <typename Ops, int GS, int... K>
 constexpr auto mix_table(std::integer_sequence<int, K...>) {
-  return std::array{&mix_rows<Mix, GS, (K + 1) * GS>...};
+  return std::array{&mix_rows<Ops, GS, (K + 1) * GS>...};
 }
 
-template <typename Mix, int GS>
+template <typename Ops, int GS>
 void mix_pass(const Gemv& g, const std::vector<MixRow>& rows, int64_t o0, int64_t o1) {
-  constexpr auto by_nb = mix_table<Mix, GS>(std::make_integer_sequence<int, kMaxRows / GS>{});
+  constexpr auto by_nb = mix_table<Ops, GS>(std::make_integer_sequence<int, kMaxRows / GS>{});
   const int64_t size = int64_t(rows.size());
   for (int64_t o = o0; o < o1; o += kRowBlock) {
     const int64_t o_end = std::min<int64_t>(o + kRowBlock, o1);
@@ -510,7 +505,7 @@ void mix_pass(const Gemv& g, const std::vector<MixRow>& rows, int64_t o0, int64_
   }
 }
 
-template <typename Mix>
+template <typename Ops>
 void gemv_mixed(const Gemv& g, int64_t o0, int64_t o1) {
   std::vector<MixRow> rows;
   bool pairs = true;  // every group an even number of rows: each masked vector serves two
@@ -518,7 +513,7 @@ void gemv_mixed(const Gemv& g, int64_t o0, int64_t o1) {
     for (int64_t b : grp.rows) rows.push_back({b, grp.mask, grp.stride});
     pairs = pairs && grp.rows.size() % 2 == 0;
   }
-  pairs ? mix_pass<Mix, 2>(g, rows, o0, o1) : mix_pass<Mix, 1>(g, rows, o0, o1);
+  pairs ? mix_pass<Ops, 2>(g, rows, o0, o1) : mix_pass<Ops, 1>(g, rows, o0, o1);
 }
 #endif  // SUBMODEL_X86
 
@@ -529,10 +524,10 @@ void gemv(const Gemv& g, int64_t o0, int64_t o1) {
   // one language against 0.67x); groups of 4+ rows keep their own, fuller tiles.
   const bool small_groups = g.groups.size() > 1 && g.rows < 3 * int64_t(g.groups.size());
   if constexpr (std::is_same_v<T, uint16_t>) {
-    if (g_path == kAvx512Bf16 && small_groups) return gemv_mixed<MixBf16>(g, o0, o1);
+    if (g_path == kAvx512Bf16 && small_groups) return gemv_mixed<Bf16Dot>(g, o0, o1);
     if (g_path == kAvx512Bf16) return gemv_tiled<Avx512Bf16, T>(g, o0, o1);
   } else {
-    if (g_path >= kAvx512 && small_groups) return gemv_mixed<MixFp32>(g, o0, o1);
+    if (g_path >= kAvx512 && small_groups) return gemv_mixed<Fp32Fma>(g, o0, o1);
   }
   if (g_path >= kAvx512) return gemv_tiled<Avx512, T>(g, o0, o1);
   if (g_path == kAvx2) return gemv_tiled<Avx2, T>(g, o0, o1);
