@@ -77,6 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="problems per language: a seeded subset (same tasks across languages "
                         "where they translate; a larger limit keeps a smaller one's); "
                         "default all")
+    p.add_argument("--greedy", action="store_true",
+                   help="the decision metric for mask recipes: one greedy sample per problem "
+                        "(--n 1 --k 1 --temperature 0 --max-batch 1), 32 requests in flight "
+                        "unless --concurrency says otherwise; the report adds paired bootstrap "
+                        "intervals (own mask vs dense, vs the best other mask)")
     p.add_argument("--n", type=int, default=10, help="samples per problem (default 10)")
     p.add_argument("--k", type=_ks, default=(1, 10),
                    help="pass@k values, comma-separated (default 1,10; k > n is left out)")
@@ -95,8 +100,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the problem subset and of the per-problem sampling seeds "
                         "(default 0)")
-    p.add_argument("--concurrency", type=int, default=4,
-                   help="requests in flight, so the server batches them (default 4)")
+    p.add_argument("--concurrency", type=int,
+                   help="requests in flight, so the server batches them (default 4; 32 with "
+                        "--greedy)")
     p.add_argument("--max-batch", type=int, default=10,
                    help="samples per request (GenerateRequest.n; more are split across "
                         "requests; default 10); with --store the server decodes up to "
@@ -142,6 +148,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ---- passk ------------------------------------------------------------------------------------
 
 def _check_passk(args: argparse.Namespace) -> tuple[str, ...]:
+    if args.greedy:
+        args.n, args.k, args.temperature, args.top_p, args.max_batch = 1, (1,), 0.0, 1.0, 1
+    if args.concurrency is None:
+        args.concurrency = 32 if args.greedy else 4
     for flag, low in (("n", 1), ("concurrency", 1), ("max_batch", 1), ("max_tokens", 1)):
         if getattr(args, flag) < low:
             raise CLIError(f"--{flag.replace('_', '-')} must be at least {low}")

@@ -4,9 +4,10 @@ where the router sent the unhinted requests."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
-from submodel.bench.humaneval.passk import aggregate
+from submodel.bench.humaneval.passk import aggregate, pass_at_k
 from submodel.bench.humaneval.problems import LANGUAGES
 from submodel.bench.passk_run import DENSE, ROUTED, Outcome
 
@@ -41,9 +42,49 @@ def cell(outcome: Outcome, row: str, language: str, ks: tuple[int, ...]) -> dict
     }
 
 
+BOOTSTRAP_RESAMPLES = 2000
+
+
+def problem_scores(cell_: dict, k: int) -> dict[str, float]:
+    """Each problem's own pass@k estimate, from a cell's per-problem [passed, samples]."""
+    return {t: pass_at_k(n, c, k) for t, (c, n) in cell_["per_problem"].items() if n >= k}
+
+
+def paired_bootstrap(a: dict[str, float], b: dict[str, float], seed: int = 0,
+                     resamples: int = BOOTSTRAP_RESAMPLES) -> dict | None:
+    """95% intervals for mean(a) - mean(b) and mean(a) / mean(b) over the problems both have,
+    resampling problems with replacement (the same draw for both: the pairing removes the
+    problem-difficulty variance that dominates at a few hundred problems)."""
+    tasks = sorted(set(a) & set(b))
+    if not tasks:
+        return None
+    pairs = [(a[t], b[t]) for t in tasks]
+    rng = random.Random(seed)
+    diffs, ratios = [], []
+    for _ in range(resamples):
+        draw = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        sa, sb = sum(x for x, _ in draw), sum(y for _, y in draw)
+        diffs.append((sa - sb) / len(draw))
+        if sb:
+            ratios.append(sa / sb)
+    diffs.sort()
+    ratios.sort()
+
+    def interval(values: list[float]) -> list[float] | None:
+        if not values:
+            return None
+        return [values[int(0.025 * (len(values) - 1))], values[int(0.975 * (len(values) - 1))]]
+
+    mean_a, mean_b = sum(x for x, _ in pairs) / len(pairs), sum(y for _, y in pairs) / len(pairs)
+    return {"problems": len(pairs), "difference": mean_a - mean_b,
+            "difference_95": interval(diffs),
+            "ratio": mean_a / mean_b if mean_b else None, "ratio_95": interval(ratios)}
+
+
 def retention(cells: dict, rows: tuple[str, ...], columns: list[str], k: int | None) -> dict:
     """For each language with its own mask and dense both run: mask / dense pass@k there, and
-    whether the mask beats every other mask on that language."""
+    whether the mask beats every other mask on that language, each with a paired bootstrap
+    interval over problems (own vs dense, own vs the best other mask)."""
     out = {}
     if k is None or DENSE not in rows:
         return out
@@ -56,12 +97,16 @@ def retention(cells: dict, rows: tuple[str, ...], columns: list[str], k: int | N
         others = {m: cells[m][lang][key] for m in masks if m != lang
                   and cells[m][lang][key] is not None}
         best = max(others, key=others.get) if others else None
+        own_scores = problem_scores(cells[lang][lang], k)
         out[lang] = {
             "k": k, "mask": own, "dense": dense,
             "retention": own / dense if own is not None and dense else None,
             "beats_other_masks": (own is not None and all(own > v for v in others.values()))
             if others else None,
             "best_other_mask": best, "best_other": others.get(best) if best else None,
+            "vs_dense": paired_bootstrap(own_scores, problem_scores(cells[DENSE][lang], k)),
+            "vs_best_other": paired_bootstrap(own_scores, problem_scores(cells[best][lang], k))
+            if best else None,
         }
     return out
 

@@ -137,10 +137,22 @@ def _retention_md(results: dict) -> list[str]:
         beats = {True: "yes", False: "no", None: "–"}[r["beats_other_masks"]]
         other = (f"{r['best_other_mask']} {_pct(r['best_other'])}" if r["best_other_mask"]
                  else "–")
-        body.append([lang, _pct(r["mask"]), _pct(r["dense"]), _pct(r["retention"]), beats,
-                     other])
-    return lines + _table(["language", "own mask", "dense", "retention", "beats other masks",
-                           "best other mask"], body) + [""]
+        body.append([lang, _pct(r["mask"]), _pct(r["dense"]), _pct(r["retention"]),
+                     _interval(r.get("vs_dense"), "ratio_95"), beats, other,
+                     _interval(r.get("vs_best_other"), "difference_95", points=True)])
+    return lines + _table(["language", "own mask", "dense", "retention", "retention 95%",
+                           "beats other masks", "best other mask", "own − best other 95%"],
+                          body) + ["", "Intervals: paired bootstrap over problems "
+                                   "(2,000 resamples).", ""]
+
+
+def _interval(boot: dict | None, key: str, points: bool = False) -> str:
+    if not boot or not boot.get(key):
+        return "–"
+    lo, hi = boot[key]
+    if points:
+        return f"[{100 * lo:+.1f}, {100 * hi:+.1f}] pts"
+    return f"[{lo:.0%}, {hi:.0%}]"
 
 
 def _routing_md(results: dict) -> list[str]:

@@ -214,3 +214,36 @@ def test_dense_traffic_names_dense_and_ratios_use_it():
     assert runs[0]["vs_dense"]["extra_rss_bytes"] == 150
     assert runs[0]["vs_dense"]["extra_rss_over_mask_bytes"] == pytest.approx(1.5)
     assert runs[1]["vs_dense"]["rss_peak"] == 1.0
+
+
+def test_paired_bootstrap_brackets_the_difference_and_pairs_problems():
+    from submodel.bench.matrix import paired_bootstrap
+
+    own = {f"t{i}": float(i % 2) for i in range(40)}  # passes half
+    dense = {f"t{i}": 1.0 for i in range(40)}  # passes all
+    b = paired_bootstrap(own, dense, seed=1)
+    assert b["problems"] == 40 and b["difference"] == pytest.approx(-0.5)
+    lo, hi = b["difference_95"]
+    assert lo <= -0.5 <= hi and hi < 0  # clearly worse than dense
+    assert b["ratio_95"][0] <= 0.5 <= b["ratio_95"][1]
+    # identical rows: every resample has difference 0, so the interval collapses
+    same = paired_bootstrap(dense, dense)
+    assert same["difference_95"] == [0.0, 0.0] and same["ratio_95"] == [1.0, 1.0]
+    # only problems both have count; deterministic under a seed
+    assert paired_bootstrap(own, {"t1": 1.0, "zz": 0.0})["problems"] == 1
+    assert paired_bootstrap(own, dense, seed=3) == paired_bootstrap(own, dense, seed=3)
+    assert paired_bootstrap({}, dense) is None
+
+
+def test_greedy_run_is_one_temperature_zero_sample_with_intervals(long_store, tmp_path):
+    out = tmp_path / "greedy"
+    assert passk("--store", str(long_store), "--greedy", "--limit", "2", "--concurrency", "2",
+                 "--languages", "python", "--submodels", "dense,python,java",
+                 "--out", str(out)) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert r["n"] == 1 and r["ks"] == [1]
+    assert r["sampling"]["temperature"] == 0.0 and r["sampling"]["per_request"] == 1
+    ret = r["retention"]["python"]
+    assert ret["vs_dense"]["problems"] == 2 and ret["best_other_mask"] == "java"
+    assert ret["vs_best_other"]["problems"] == 2
+    assert "retention 95%" in (out / "report.md").read_text()
