@@ -1,4 +1,5 @@
-"""`submodel bench passk` (HumanEval pass@k matrix) and `submodel bench load` (load and memory)."""
+"""`submodel bench passk` (HumanEval pass@k matrix), `proxy` (fast mask-quality proxy) and `load`
+(load and memory)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,13 @@ Samples and sandbox results are cached (JSONL under --cache, default OUT/cache),
 sub-model, problem, sample index, sampling settings and the model's identity: rerun the same
 command after an interruption and it resumes; a larger --limit or --n reuses what a smaller run
 generated. Writes OUT/results.json, report.md, matrix.png and retention.png."""
+
+PROXY_HELP = """\
+A fast, HumanEval-free proxy of mask quality for choosing recipes. Per language, documented
+functions from other projects than the calibration source (signature + docstring) are posed as
+tasks; the dense model's greedy body is the target. Each mask is fed prompt + target and scored
+by top-1 agreement with dense on the target tokens and by KL(dense || mask). Tasks sharing a
+13-gram with HumanEval are dropped. Writes OUT/proxy.json and proxy.md; resumes per cell."""
 
 LOAD_HELP = """\
 Mixed-language traffic through gRPC at a fixed concurrency, one fresh `submodel serve` process
@@ -124,6 +132,23 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "OUT/cache); share it between runs to reuse samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run_passk)
+
+    px = kinds.add_parser("proxy", help="fast mask-quality proxy: agreement with dense on "
+                          "tuning tasks (no HumanEval)", description=PROXY_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    px.add_argument("--store", required=True, help="store directory written by `submodel prune`")
+    px.add_argument("--languages", type=_csv(), default=("python", "java"),
+                    help="tuning-set languages = columns (default python,java)")
+    px.add_argument("--submodels", type=_csv(), help="masks to score = rows (default: all the "
+                                                     "store's)")
+    px.add_argument("--tasks", type=int, default=32, help="tasks per language (default 32)")
+    px.add_argument("--tuning", action="append", default=[], metavar="LANG=PATH",
+                    help="tuning code for LANG (directory, glob, zip or JSONL): other projects "
+                         "than its calibration source (repeatable)")
+    px.add_argument("--out", default="results/proxy", help="output directory (default "
+                                                            "results/proxy)")
+    px.add_argument("--no-progress", action="store_true", help="no progress bars")
+    px.set_defaults(func=run_proxy)
 
     lo = kinds.add_parser("load", help="throughput, latency and memory per engine strategy",
                           description=LOAD_HELP,
@@ -305,6 +330,33 @@ def run_passk(args: argparse.Namespace) -> int:
 
 def _pct(x: float | None) -> str:
     return "–" if x is None else f"{100 * x:.1f}%"
+
+
+# ---- proxy ------------------------------------------------------------------------------------
+
+def run_proxy(args: argparse.Namespace) -> int:
+    from submodel.bench.proxy import ProxyError, run
+    from submodel.pruning.corpora import CorpusError, parse_calib_flags
+    from submodel.pruning.store import StoreError, open_store
+
+    if args.tasks < 1:
+        raise CLIError("--tasks must be at least 1")
+    try:
+        tuning = parse_calib_flags(args.tuning)
+        store = open_store(args.store)
+        rows = list(args.submodels or store.languages)
+        unknown = [r for r in rows if r not in store.languages]
+        if unknown:
+            raise CLIError(f"the store has no mask {', '.join(unknown)} (it has "
+                           f"{', '.join(store.languages)})")
+        result = run(store, list(args.languages), rows, args.tasks, Path(args.out), tuning,
+                     progress=not args.no_progress)
+    except (ProxyError, CorpusError, StoreError) as e:
+        raise CLIError(str(e).replace("--calib", "--tuning")) from None
+    for key, cell in sorted(result["cells"].items()):
+        print(f"{key}: agreement {cell['agreement']:.1%}, KL {cell['kl']:.4f}")
+    print(f"wrote {Path(args.out) / 'proxy.json'}, {Path(args.out) / 'proxy.md'}")
+    return 0
 
 
 # ---- load -------------------------------------------------------------------------------------

@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calib", action="append", default=[], metavar="LANG=PATH",
                    help="calibration code for LANG: a directory, a glob, or a JSONL file with "
                    "a 'text' field (repeatable; default: sources found on this machine)")
+    p.add_argument("--calib-kind", default="raw", choices=("raw", "selfgen", "task", "mixed"),
+                   help="raw: random windows of the source files; selfgen: the dense model "
+                   "continues real file prefixes; task: documented functions of the source "
+                   "(signature + docstring) followed by the dense model's body; mixed: a third "
+                   "of each. Generated sets are cached in the user cache dir")
     p.add_argument("--nsamples", type=int, default=128, help="calibration windows per language")
     p.add_argument("--seqlen", type=int, default=None,
                    help="tokens per window (default 512 on CPU, 2048 on CUDA)")
@@ -65,7 +70,7 @@ def run_prune(args: argparse.Namespace) -> int:
         calib = corpora.parse_calib_flags(args.calib)
         cfg = PruneConfig(
             model=args.model, out=args.out, languages=languages, calib=calib,
-            nsamples=args.nsamples,
+            calib_kind=args.calib_kind, nsamples=args.nsamples,
             seqlen=args.seqlen or (2048 if args.device.startswith("cuda") else 512),
             seed=args.seed, sparsity=args.sparsity, pattern=args.pattern, method=args.method,
             dtype=args.dtype, device=args.device, batch_size=args.batch_size, force=args.force,

@@ -350,9 +350,9 @@ def _override_source(language: str, spec: str) -> Source:
         raise CorpusError(f"{flag}: file suffixes of {language} are unknown: pass a glob "
                           f"(--calib '{language}=DIR/**/*.EXT') or a JSONL file")
     if path.is_dir():
-        names = _walk(path, exts)
+        names = walk_files(path, exts)
     elif path.suffix == ".zip":
-        return _zip_source(language, path, exts, modules=None, what="zip")
+        return zip_source(language, path, exts, modules=None, what="zip")
     else:
         path, names = path.parent, (path.name,)
     if not names:
@@ -367,7 +367,7 @@ def _glob_root(spec: str) -> Path:
     return Path(*fixed) if fixed else Path(".")
 
 
-def _walk(base: Path, exts: tuple[str, ...], skip_dirs: frozenset[str] = frozenset(),
+def walk_files(base: Path, exts: tuple[str, ...], skip_dirs: frozenset[str] = frozenset(),
           root: Path | None = None) -> tuple[str, ...]:
     """Files under `root` (default `base`) with one of `exts`, as paths relative to `base`."""
     names = []
@@ -379,7 +379,7 @@ def _walk(base: Path, exts: tuple[str, ...], skip_dirs: frozenset[str] = frozens
     return tuple(sorted(names))
 
 
-def _zip_source(language: str, path: Path, exts: tuple[str, ...], modules: tuple[str, ...] | None,
+def zip_source(language: str, path: Path, exts: tuple[str, ...], modules: tuple[str, ...] | None,
                 what: str) -> Source:
     with zipfile.ZipFile(path) as z:
         names = [n for n in z.namelist() if n.endswith(exts)]
@@ -395,7 +395,7 @@ def _python_source() -> Source | None:
     if not root.is_dir():
         return None
     skip = frozenset(PY_SKIP_DIRS) | {d.name for d in root.glob("config-*")}
-    names = _walk(root, EXTENSIONS["python"], skip)
+    names = walk_files(root, EXTENSIONS["python"], skip)
     version = "{}.{}".format(*sys.version_info[:2])
     return Source("python", f"CPython {version} standard library {root} ({len(names)} files)",
                   "files", root, names)
@@ -411,21 +411,21 @@ def _java_source() -> Source | None:
     candidates += sorted(glob.glob("/usr/lib/jvm/*/lib/src.zip"), reverse=True)
     for c in candidates:
         if os.path.isfile(c):  # Debian's src.zip links dangle without openjdk-17-source
-            return _zip_source("java", Path(c).resolve(), EXTENSIONS["java"], JAVA_MODULES,
+            return zip_source("java", Path(c).resolve(), EXTENSIONS["java"], JAVA_MODULES,
                                "JDK sources")
     return None
 
 
 def _cpp_source() -> Source | None:
     doc = Path("/usr/share/doc")
-    trees = [_newest(doc.glob(pattern)) for pattern in CPP_EXAMPLE_TREES]
+    trees = [newest_dir(doc.glob(pattern)) for pattern in CPP_EXAMPLE_TREES]
     trees = [t for t in trees if t is not None]
-    names = tuple(sorted(n for t in trees for n in _walk(doc, EXTENSIONS["cpp"], root=t)))
+    names = tuple(sorted(n for t in trees for n in walk_files(doc, EXTENSIONS["cpp"], root=t)))
     if names:
         where = " + ".join(str(t) for t in trees)
         return Source("cpp", f"C++ example programs {where} ({len(names)} files)", "files",
                       doc, names)
-    include = _newest(Path("/usr/include/c++").glob("[0-9]*"))
+    include = newest_dir(Path("/usr/include/c++").glob("[0-9]*"))
     if include is None:
         return None
     names = tuple(sorted(os.path.relpath(p, include) for p in include.rglob("*")
@@ -434,7 +434,7 @@ def _cpp_source() -> Source | None:
                   "library internals, not application code)", "files", include, names)
 
 
-def _newest(paths) -> Path | None:
+def newest_dir(paths) -> Path | None:
     """The path whose name holds the highest version number (1.81 > 1.74, 12 > 9)."""
     def version(p: Path) -> tuple[int, ...]:
         return tuple(int(n) for n in re.findall(r"\d+", str(p)))
@@ -456,7 +456,7 @@ def _javascript_source() -> Source | None:
         if (npm_dir / "package.json").is_file():
             # npm from nodejs.org bundles its dependencies; Debian's npm has them beside it
             root = npm_dir if (npm_dir / "node_modules").is_dir() else npm_dir.parent
-            names = _walk(root, EXTENSIONS["javascript"])
+            names = walk_files(root, EXTENSIONS["javascript"])
             return Source("javascript", f"npm's package tree {root} ({len(names)} files)",
                           "files", root, names)
     return None
