@@ -82,11 +82,13 @@ def prunable_params(model, store: Store) -> dict[str, torch.Tensor]:
     return {n: params[n] for n in store.prunable}
 
 
+@torch.no_grad()
 def apply_mask(params: dict[str, torch.Tensor], packed: dict[str, torch.Tensor]) -> None:
     for name, w in params.items():
         w.masked_fill_(~bits.unpack(packed[name], w.shape[1]), 0)
 
 
+@torch.no_grad()
 def restore_dense(params: dict[str, torch.Tensor], store: Store) -> None:
     """Copy the stored dense values back into the prunable weights (read via the page cache)."""
     with safe_open(str(store.dense_file), framework="pt") as f:
