@@ -90,6 +90,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(--n 1 --k 1 --temperature 0 --max-batch 1), 32 requests in flight "
                         "unless --concurrency says otherwise; the report adds paired bootstrap "
                         "intervals (own mask vs dense, vs the best other mask)")
+    p.add_argument("--format", choices=("completion", "chat"), default="completion",
+                   help="completion: the model continues the bare prompt (default); chat: the "
+                        "Instruct model's chat template asks for the function and the answer's "
+                        "code block is started with the prompt (needs --store)")
     p.add_argument("--n", type=int, default=10, help="samples per problem (default 10)")
     p.add_argument("--k", type=_ks, default=(1, 10),
                    help="pass@k values, comma-separated (default 1,10; k > n is left out)")
@@ -231,6 +235,20 @@ def load_columns(args: argparse.Namespace) -> tuple[dict, dict]:
     return problems, coverage
 
 
+def chat_problems(problems: dict, store: str | None) -> dict:
+    """The problems posed through the store tokenizer's chat template."""
+    from submodel.bench.humaneval.problems import chat_problem
+    from submodel.pruning.store import load_tokenizer
+
+    if store is None:
+        raise CLIError("--format chat renders the store's chat template: use --store")
+    tokenizer = load_tokenizer(Path(store) / "base")
+    if not getattr(tokenizer, "chat_template", None):
+        raise CLIError(f"{store}: the model's tokenizer has no chat template; use --format "
+                       "completion")
+    return {lang: [chat_problem(p, tokenizer) for p in ps] for lang, ps in problems.items()}
+
+
 def model_info(client, store: str | None, target: str, strategy: str | None,
                dtype: str | None) -> dict:
     """What was served, and an identity for the cache keys: the store's manifest hash (with
@@ -260,7 +278,8 @@ def _passk_command(args: argparse.Namespace, rows: tuple[str, ...]) -> str:
              ",".join(map(str, args.k)), "--languages", ",".join(args.languages),
              "--submodels", ",".join(rows), "--temperature", str(args.temperature),
              "--top-p", str(args.top_p), "--max-tokens", str(args.max_tokens),
-             "--seed", str(args.seed), "--max-batch", str(args.max_batch)]
+             "--seed", str(args.seed), "--max-batch", str(args.max_batch),
+             "--format", args.format]
     if args.limit is not None:
         parts += ["--limit", str(args.limit)]
     if args.store:
@@ -283,6 +302,8 @@ def run_passk(args: argparse.Namespace) -> int:
 
     rows = _check_passk(args)
     problems, coverage = load_columns(args)
+    if args.format == "chat":
+        problems = chat_problems(problems, args.store)
     out = Path(args.out)
     cache = Path(args.cache) if args.cache else out / "cache"
     with contextlib.ExitStack() as stack:
@@ -317,7 +338,7 @@ def run_passk(args: argparse.Namespace) -> int:
             outcome = run_matrix(client, plan, cache, progress=not args.no_progress)
         except BenchError as e:
             raise CLIError(str(e)) from None
-    meta = {"model": model, "command": _passk_command(args, rows)}
+    meta = {"model": model, "command": _passk_command(args, rows), "format": args.format}
     results = summarize(outcome, args.k, coverage, meta)
     paths = write_passk(results, out)
     k = headline_k(results)

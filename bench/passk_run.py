@@ -95,7 +95,7 @@ def chunk_seed(problem: Problem, start: int, seed: int) -> int:
 
 
 def prompt_sha(problem: Problem) -> str:
-    return digest(problem.prompt, list(problem.stop))
+    return digest(problem.model_input, list(problem.stop))
 
 
 def sample_key(plan: Plan, row: str, problem: Problem, index: int) -> str:
@@ -136,7 +136,7 @@ def _runs(indexes: list[int], most: int) -> list[tuple[int, int]]:
 def request_for(plan: Plan, chunk: Chunk) -> pb.GenerateRequest:
     s = plan.sampling
     fields = {} if chunk.row == ROUTED else {"language": chunk.row}
-    return pb.GenerateRequest(prompt=chunk.problem.prompt, stop=list(chunk.problem.stop),
+    return pb.GenerateRequest(prompt=chunk.problem.model_input, stop=list(chunk.problem.stop),
                               max_tokens=s.max_tokens, temperature=s.temperature, top_p=s.top_p,
                               n=chunk.count, seed=chunk.seed, **fields)
 

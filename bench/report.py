@@ -92,7 +92,8 @@ def passk_markdown(results: dict, figures: list[str]) -> str:
         f" served from {m['source']}; identity `{m['identity']}`.",
         f"{results['n']} samples per problem at temperature {s['temperature']}, top_p "
         f"{s['top_p']}, up to {s['max_tokens']} tokens, seed {s['seed']}; pass@k by the "
-        "unbiased estimator (mean over problems).",
+        "unbiased estimator (mean over problems). Prompt format: "
+        f"{results.get('format', 'completion')}.",
         "Rows are sub-models: forced rows send `language=<row>` with every request (the pure "
         "sub-model); the `routed` row sends no hint, so the router picks the sub-model from the "
         "prompt. Columns are the problems' languages.", "",

@@ -136,3 +136,22 @@ def test_multipl_e_java_runs_with_asserts_and_javatuples(tmp_path):
     ok, bad = run_samples("java", p, [right, right.replace("m *= x", "m += x")])
     assert ok.passed, ok.detail
     assert bad.status == "failed" and "AssertionError" in bad.detail
+
+
+def test_chat_format_wraps_the_prompt_and_keeps_the_program():
+    from tiny import tiny_tokenizer
+
+    from submodel.bench.humaneval.problems import chat_problem, humaneval, python_problem
+
+    tok = tiny_tokenizer()
+    tok.chat_template = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}"
+                         "<|im_start|>assistant\n{% endif %}")
+    plain = python_problem(humaneval()[0])
+    chat = chat_problem(plain, tok)
+    assert plain.model_input == plain.prompt
+    assert chat.model_input.startswith("<|im_start|>user\nComplete the following Python")
+    assert chat.model_input.endswith("<|im_start|>assistant\n```python\n" + plain.prompt)
+    assert chat.stop == (*plain.stop, "\n```")
+    body = "    return 1\n```\nThis function returns one."
+    assert chat.program(body) == plain.prompt + "    return 1" + plain.tests

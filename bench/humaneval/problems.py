@@ -3,6 +3,7 @@ C++ and JavaScript from our translator (translate.py), or MultiPL-E / HumanEval-
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import json
@@ -29,10 +30,35 @@ class Problem:
     entry_point: str  # the function's name in this language
     stop: tuple[str, ...]
     canonical_solution: str | None = None
+    chat: str | None = None  # chat format: the rendered conversation the model continues
+
+    @property
+    def model_input(self) -> str:
+        """The text sent to the model: the chat rendering, or the prompt to complete."""
+        return self.prompt if self.chat is None else self.chat
 
     def program(self, completion: str) -> str:
         """The program run for one sample."""
         return self.prompt + truncate(completion, self.stop) + self.tests
+
+
+CHAT_FENCE = {"python": "python", "java": "java", "cpp": "cpp", "javascript": "javascript"}
+CHAT_NAMES = {"python": "Python", "java": "Java", "cpp": "C++", "javascript": "JavaScript"}
+
+
+def chat_problem(problem: Problem, tokenizer) -> Problem:
+    """The problem posed as an Instruct model is used: a user turn asking for the function
+    (the prompt in a code block), and the assistant's answer started for it with the code block
+    and the prompt, so the model writes the body and the program stays prompt + completion +
+    tests (the closing fence is one more stop). `tokenizer` renders its own chat template."""
+    fence = CHAT_FENCE.get(problem.language, problem.language)
+    ask = (f"Complete the following {CHAT_NAMES.get(problem.language, problem.language)} "
+           f"function. Answer with the whole function in one code block.\n\n```{fence}\n"
+           f"{problem.prompt}```")
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": ask}],
+                                             tokenize=False, add_generation_prompt=True)
+    return dataclasses.replace(problem, chat=f"{rendered}```{fence}\n{problem.prompt}",
+                               stop=(*problem.stop, "\n```"))
 
 
 @dataclass(frozen=True)
