@@ -254,3 +254,15 @@ def test_cli_refuses_resume_with_another_recipe_in_one_line(tmp_path, monkeypatc
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "differs in allocation.kind, allocation.lambda" in lines[0]
+
+
+def test_a_store_from_before_recipes_still_opens_and_describes(store_copy):
+    manifest = json.loads((store_copy / "manifest.json").read_text())
+    for key in ("score", "allocation", "refine", "sparsity_overrides"):
+        del manifest[key]
+    for entry in manifest["languages"].values():
+        del entry["sparsity"]
+    (store_copy / "manifest.json").write_text(json.dumps(manifest))
+    from submodel.pruning.info import describe
+    text = describe(open_store(store_copy))
+    assert "score wanda  allocation uniform  refine none" in text
