@@ -5,7 +5,7 @@ import torch
 from tiny import tiny_model
 
 from submodel.pruning import masks as bits
-from submodel.pruning.dsnot import dsnot_refine
+from submodel.pruning.dsnot import dsnot_refine, ranked_first
 from submodel.pruning.owl import allocate, block_outlier_ratios, outlier_ratio, owl_block_sparsity
 from submodel.pruning.recipe import MaskRecipe
 from submodel.pruning.scores import ria_score
@@ -225,6 +225,19 @@ def test_dsnot_on_one_linear_matches_brute_force(cycles, threshold):
     e0, e1 = expected_error(weight, initial, mean), expected_error(weight, got, mean)
     assert (e1[changed].abs() < e0[changed].abs()).all()
     assert torch.equal(e1[~changed], e0[~changed])
+
+
+@pytest.mark.parametrize("largest", [True, False])
+def test_ranked_first_is_a_stable_sort_prefix_even_with_ties(largest):
+    torch.manual_seed(6)
+    key = torch.randint(0, 6, (50, 40)).double()  # many ties, also at the k-th value
+    key[0] = torch.inf if not largest else -torch.inf
+    key[1, ::2] = -torch.inf if largest else torch.inf
+    for k in (1, 7, 40):
+        want = torch.sort(key, dim=1, descending=largest, stable=True).indices[:, :k]
+        got = ranked_first(key, k, largest)
+        valid = torch.isfinite(key.gather(1, want))
+        assert torch.equal(got[valid], want[valid]), k
 
 
 def test_dsnot_is_deterministic_and_leaves_the_input_mask():
