@@ -36,11 +36,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seqlen", type=int, default=None,
                    help="tokens per window (default 512 on CPU, 2048 on CUDA)")
     p.add_argument("--seed", type=int, default=0, help="seed of the window sampling")
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction pruned per row")
+    p.add_argument("--sparsity", default="0.5",
+                   help="fraction pruned per row: one number for every language, or a default "
+                   "plus per-language values, e.g. '0.5,python=0.4,java=0.6'")
     p.add_argument("--pattern", default="unstructured",
                    help="'unstructured' or N:M (prune N of every M consecutive inputs, e.g. 2:4)")
     p.add_argument("--method", default="wanda", choices=("wanda", "magnitude"),
-                   help="wanda: |W| x input activation norm; magnitude: |W| (baseline)")
+                   help="wanda: calibrated (see --score); magnitude: |W| (baseline)")
+    p.add_argument("--score", default="wanda", choices=("wanda", "ria"),
+                   help="wanda: |W| x ||X||; ria: |W| relative to its row and column sums "
+                   "x ||X||^0.5 (Zhang et al. 2024)")
+    p.add_argument("--allocation", default="uniform", choices=("uniform", "owl"),
+                   help="uniform: every block at the target sparsity; owl: blocks with more "
+                   "outlier scores pruned less, within +-lambda, same overall (Yin et al. 2024)")
+    p.add_argument("--owl-m", type=float, default=5.0,
+                   help="OWL: a score is an outlier above M x its block's mean score")
+    p.add_argument("--owl-lambda", type=float, default=0.08,
+                   help="OWL: the largest shift of a block's sparsity from the target")
+    p.add_argument("--refine", default="none", choices=("none", "dsnot"),
+                   help="dsnot: swap pruned and kept weights per row to shrink the expected "
+                   "reconstruction error, weights unchanged (Zhang et al. 2024)")
+    p.add_argument("--dsnot-cycles", type=int, default=50, help="DSnoT: most swaps per row")
+    p.add_argument("--dsnot-threshold", type=float, default=0.1,
+                   help="DSnoT: a row stops once its expected error is within this")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                    help="dtype of the dense weights in the store")
     p.add_argument("--device", default="cpu", help="where blocks run while pruning (cpu, cuda)")
@@ -63,16 +81,23 @@ def run_prune(args: argparse.Namespace) -> int:
     from submodel.pruning import corpora
     from submodel.pruning.models import ModelError
     from submodel.pruning.prune import PruneConfig, prune
+    from submodel.pruning.recipe import MaskRecipe, parse_sparsity
     from submodel.pruning.store import StoreError
 
     languages = tuple(s.strip() for s in args.languages.split(",") if s.strip())
     try:
         calib = corpora.parse_calib_flags(args.calib)
+        sparsity, overrides = parse_sparsity(args.sparsity)
+        recipe = MaskRecipe(score=args.score, allocation=args.allocation, owl_m=args.owl_m,
+                            owl_lambda=args.owl_lambda, refine=args.refine,
+                            dsnot_cycles=args.dsnot_cycles,
+                            dsnot_threshold=args.dsnot_threshold)
         cfg = PruneConfig(
             model=args.model, out=args.out, languages=languages, calib=calib,
             calib_kind=args.calib_kind, nsamples=args.nsamples,
             seqlen=args.seqlen or (2048 if args.device.startswith("cuda") else 512),
-            seed=args.seed, sparsity=args.sparsity, pattern=args.pattern, method=args.method,
+            seed=args.seed, sparsity=sparsity, sparsity_overrides=overrides,
+            pattern=args.pattern, method=args.method, recipe=recipe,
             dtype=args.dtype, device=args.device, batch_size=args.batch_size, force=args.force,
             progress=not args.quiet)
         store = prune(cfg)

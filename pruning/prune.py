@@ -11,6 +11,8 @@ from tqdm import tqdm
 
 from submodel.pruning import calibration, corpora
 from submodel.pruning.models import DTYPES, load_model, resolve_model
+from submodel.pruning.owl import owl_block_sparsity
+from submodel.pruning.recipe import MaskRecipe
 from submodel.pruning.report import overlap_report, plot_overlap, sparsity_report
 from submodel.pruning.store import (
     Store,
@@ -35,9 +37,11 @@ class PruneConfig:
     nsamples: int = 128
     seqlen: int = 512
     seed: int = 0
-    sparsity: float = 0.5
+    sparsity: float = 0.5  # the default target of every language...
+    sparsity_overrides: dict[str, float] = field(default_factory=dict)  # ...but these
     pattern: str = "unstructured"
     method: str = "wanda"
+    recipe: MaskRecipe = field(default_factory=MaskRecipe)
     dtype: str = "bfloat16"
     device: str = "cpu"
     batch_size: int = 8
@@ -54,7 +58,9 @@ def _recipe(cfg: PruneConfig, model_id: str, model_sha: str | None,
         "calibration_dtype": str(calibration_dtype(DTYPES[cfg.dtype], cfg.device)).split(".")[-1],
         "method": cfg.method,
         "sparsity": cfg.sparsity,
+        "sparsity_overrides": dict(sorted(cfg.sparsity_overrides.items())),
         "pattern": cfg.pattern,
+        **cfg.recipe.manifest(),
         "calibration": {
             "kind": cfg.calib_kind,
             "nsamples": cfg.nsamples, "seqlen": cfg.seqlen, "seed": cfg.seed,
@@ -88,9 +94,18 @@ def validate(cfg: PruneConfig) -> None:
     """Reject bad flags before any slow work (ValueError with one line)."""
     if cfg.method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}")
-    if not 0 < cfg.sparsity < 1:
+    if not all(0 < s < 1 for s in (cfg.sparsity, *cfg.sparsity_overrides.values())):
         raise ValueError("--sparsity must be between 0 and 1 (exclusive)")
-    parse_pattern(cfg.pattern)
+    pattern = parse_pattern(cfg.pattern)
+    cfg.recipe.validate(pattern)
+    if cfg.method == "magnitude" and cfg.recipe != MaskRecipe():
+        raise ValueError("--score, --allocation and --refine need --method wanda "
+                         "(magnitude pruning has no calibration statistics)")
+    if pattern is not None and cfg.sparsity_overrides:
+        raise ValueError("per-language --sparsity needs --pattern unstructured "
+                         "(an N:M pattern fixes the sparsity)")
+    for lang in cfg.languages:
+        cfg.recipe.check_target(target_sparsity(cfg, lang))
     if cfg.dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}")
     if cfg.calib_kind not in calibration.KINDS:
@@ -104,8 +119,16 @@ def validate(cfg: PruneConfig) -> None:
     unknown = set(cfg.calib) - set(cfg.languages)
     if unknown:
         raise ValueError(f"--calib given for {', '.join(sorted(unknown))}, not in --languages")
+    unknown = set(cfg.sparsity_overrides) - set(cfg.languages)
+    if unknown:
+        raise ValueError(f"--sparsity given for {', '.join(sorted(unknown))}, "
+                         "not in --languages")
     if cfg.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available here")
+
+
+def target_sparsity(cfg: PruneConfig, language: str) -> float:
+    return cfg.sparsity_overrides.get(language, cfg.sparsity)
 
 
 def prune(cfg: PruneConfig) -> Store:
@@ -132,21 +155,18 @@ def prune(cfg: PruneConfig) -> Store:
             say(cfg, f"{lang}: already pruned in an earlier run, kept")
             continue
         started = time.perf_counter()
-        info: dict = {}
+        target = target_sparsity(cfg, lang)
+        info: dict = {"sparsity": target}
         if cfg.method == "magnitude":
-            masks = magnitude_masks(model, cfg.sparsity, pattern)
+            masks = magnitude_masks(model, target, pattern)
         else:
             docs = corpora.documents(sources[lang], "calib")
             ids = calibration.calibration_windows(
                 cfg.calib_kind, model, tokenizer, docs, lang, cfg.nsamples, cfg.seqlen,
                 cfg.seed, cache_key=f"{source.id}|{source.sha256}|{sources[lang].description}"
                 f"|{model.dtype}", progress=lambda m: say(cfg, m))
-            n_blocks = len(prunable) // 7
-            with tqdm(total=n_blocks, desc=f"wanda {lang}", unit="block",
-                      disable=not cfg.progress) as bar:
-                masks = wanda_masks(model, ids, cfg.sparsity, pattern, cfg.batch_size,
-                                    cfg.device, on_block=lambda i, n: bar.update(1))
-            info = {"calibration_tokens": int(ids.numel()), "calibration_documents": len(docs)}
+            info.update(calibration_tokens=int(ids.numel()), calibration_documents=len(docs))
+            masks = _wanda_language(cfg, model, ids, lang, target, pattern, info)
         info["seconds"] = round(time.perf_counter() - started, 2)
         builder.write_mask(lang, masks, info)
         say(cfg, f"{lang}: masks written in {info['seconds']:.1f}s")
@@ -157,6 +177,25 @@ def prune(cfg: PruneConfig) -> Store:
     if len(cfg.languages) > 1:
         plot_overlap(overlap, builder.work / "report" / "overlap.png")
     return builder.finalize(prunable, list(cfg.languages))
+
+
+def _wanda_language(cfg: PruneConfig, model, ids: torch.Tensor, lang: str, target: float,
+                    pattern: tuple[int, int] | None, info: dict) -> dict[str, torch.Tensor]:
+    """One language's masks under cfg.recipe; OWL's per-block choices go into `info`."""
+    n_blocks = len(prunable_linears(model)) // 7
+    block_sparsity = None
+    if cfg.recipe.allocation == "owl":
+        with tqdm(total=n_blocks, desc=f"owl {lang}", unit="block",
+                  disable=not cfg.progress) as bar:
+            block_sparsity, ratios = owl_block_sparsity(
+                model, ids, target, cfg.recipe.owl_m, cfg.recipe.owl_lambda, cfg.batch_size,
+                cfg.device, on_block=lambda i, n: bar.update(1))
+        info.update(block_sparsity=block_sparsity, block_outlier_ratio=ratios)
+    with tqdm(total=n_blocks, desc=f"{cfg.recipe.score} {lang}", unit="block",
+              disable=not cfg.progress) as bar:
+        return wanda_masks(model, ids, target, pattern, cfg.batch_size, cfg.device,
+                           on_block=lambda i, n: bar.update(1), recipe=cfg.recipe,
+                           block_sparsity=block_sparsity)
 
 
 def say(cfg: PruneConfig, message: str) -> None:

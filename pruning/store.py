@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,14 @@ class StoreError(Exception):
 def layer_type(weight_name: str) -> str:
     """'model.layers.3.mlp.up_proj.weight' -> 'up_proj'."""
     return weight_name.rsplit(".", 2)[-2]
+
+
+def block_index(weight_name: str) -> int:
+    """'model.layers.3.mlp.up_proj.weight' -> 3."""
+    match = re.search(r"(?:^|\.)layers\.(\d+)\.", weight_name)
+    if match is None:
+        raise ValueError(f"{weight_name}: not inside a decoder block")
+    return int(match.group(1))
 
 
 def expected_kept(in_features: int, sparsity: float, pattern: tuple[int, int] | None) -> int:
@@ -173,7 +182,9 @@ def _verify_masks(store: Store, language: str) -> None:
         loaded = store.load_mask(language)
     except Exception as e:  # safetensors raises several types for a corrupt header
         raise StoreError(f"{path}: unreadable mask file ({e})") from None
-    sparsity = store.manifest["sparsity"]
+    entry = store.manifest["languages"][language]
+    sparsity = entry.get("sparsity", store.manifest["sparsity"])
+    per_block = entry.get("block_sparsity")  # OWL: one target per decoder block
     for name, (out_f, in_f) in store.prunable.items():
         if name not in loaded:
             raise StoreError(f"{path}: no mask for {name}")
@@ -181,7 +192,13 @@ def _verify_masks(store: Store, language: str) -> None:
         if packed.dtype != torch.uint8 or tuple(packed.shape) != (out_f, (in_f + 7) // 8):
             raise StoreError(f"{path}: {name} has shape {tuple(packed.shape)} {packed.dtype}, "
                              f"expected ({out_f}, {(in_f + 7) // 8}) uint8")
-        want = expected_kept(in_f, sparsity, store.pattern)
+        target = sparsity
+        if per_block is not None:
+            index = block_index(name)
+            if index >= len(per_block):
+                raise StoreError(f"{path}: manifest has no block_sparsity for block {index}")
+            target = per_block[index]
+        want = expected_kept(in_f, target, store.pattern)
         if not bool((bits.kept_per_row(packed) == want).all()):
             raise StoreError(f"{path}: {name} does not keep exactly {want} of {in_f} per row")
 
@@ -211,6 +228,18 @@ def open_store(path: str | os.PathLike, verify: bool = True) -> Store:
     return store
 
 
+def recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the recipe entries that differ ('score', 'calibration.nsamples')."""
+    names = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += recipe_differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            names.append(f"{prefix}{key}")
+    return names
+
+
 class StoreBuilder:
     """Builds a store in `<path>.tmp-build`, resuming what an interrupted build finished."""
 
@@ -225,8 +254,12 @@ class StoreBuilder:
         recipe_file = self.work / "recipe.json"
         if self.work.exists():
             old = json.loads(recipe_file.read_text()) if recipe_file.exists() else None
-            if force or old != recipe:
-                shutil.rmtree(self.work)  # different flags: the partial work does not apply
+            if old is not None and old != recipe and not force:
+                raise StoreError(f"{self.work}: a partial build with another recipe (differs "
+                                 f"in {', '.join(recipe_differences(old, recipe))}); rerun "
+                                 "with its flags to resume it, or pass --force to discard it")
+            if force or old is None:
+                shutil.rmtree(self.work)  # nothing recorded to resume, or told to start over
         (self.work / "base").mkdir(parents=True, exist_ok=True)
         (self.work / "masks").mkdir(exist_ok=True)
         (self.work / "report").mkdir(exist_ok=True)

@@ -1,21 +1,29 @@
-"""Wanda (Sun et al. 2023) and magnitude pruning, block by block, producing masks only.
+"""Wanda-style pruning (Sun et al. 2023), block by block, producing masks only.
 
 For each decoder block in order: run the calibration inputs through the block as pruned so
-far, record every prunable Linear's per-input-channel sum of squared activations, score
-S = |W| * sqrt(sum_sq / n_tokens), keep the highest-scoring weights of each output row (or of
-each group of M inputs for N:M), then recompute the block's outputs with its masks applied as
+far, record every prunable Linear's per-input-channel statistics (sum of squares, and the sum
+when a refinement needs means), score the weights (Wanda |W| * ||X||, or RIA), keep the
+highest-scoring weights of each output row (or of each group of M inputs for N:M), optionally
+refine the mask with DSnoT swaps, then recompute the block's outputs with its masks applied as
 the next block's inputs. The weights themselves are restored after each block.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from submodel.pruning import masks as bits
+from submodel.pruning.dsnot import dsnot_refine
+from submodel.pruning.recipe import MaskRecipe
+from submodel.pruning.scores import SCORES, wanda_score
 from submodel.pruning.store import PRUNABLE_SUFFIXES
+
+__all__ = ["wanda_score"]  # re-exported: the score lives in scores.py
+DEFAULT_RECIPE = MaskRecipe()
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -58,12 +66,6 @@ def keep_mask(score: torch.Tensor, sparsity: float,
     keep_groups = torch.ones_like(groups, dtype=torch.bool).scatter_(2, order, False)
     keep[:, :whole] = keep_groups.reshape(out_f, whole)
     return keep
-
-
-def wanda_score(weight: torch.Tensor, sum_sq: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """|W| * ||X_j||_2 per input channel j (the norm over all calibration tokens, averaged)."""
-    norm = torch.sqrt(sum_sq / n_tokens).to(torch.float32)
-    return weight.detach().abs().to(torch.float32) * norm[None, :]
 
 
 def magnitude_masks(model: nn.Module, sparsity: float,
@@ -112,11 +114,30 @@ def _move_all_but_layers(model: nn.Module, layers: nn.ModuleList, device) -> Non
         owner.layers = layers
 
 
-def _accumulate_into(total: torch.Tensor):
-    """A pre-hook adding the input's per-channel sum of squares (over all tokens) to `total`."""
+@dataclass
+class ChannelStats:
+    """Per-input-channel sums over every calibration token a Linear saw."""
+
+    sum_sq: torch.Tensor             # float64 [in]
+    total: torch.Tensor | None       # float64 [in], the plain sum; None when not needed
+    n_tokens: int = 0
+
+    def mean(self) -> torch.Tensor:
+        return self.total / self.n_tokens
+
+    def var(self) -> torch.Tensor:
+        return (self.sum_sq / self.n_tokens - self.mean().pow(2)).clamp_min(0)
+
+
+def _accumulate_into(stats: ChannelStats):
+    """A pre-hook adding the input's per-channel sums (over all tokens) to `stats`."""
     def hook(_module, args):
         x = args[0].detach()
-        total.add_(x.reshape(-1, x.shape[-1]).float().pow(2).sum(0, dtype=torch.float64))
+        x = x.reshape(-1, x.shape[-1]).float()
+        stats.sum_sq.add_(x.pow(2).sum(0, dtype=torch.float64))
+        if stats.total is not None:
+            stats.total.add_(x.sum(0, dtype=torch.float64))
+        stats.n_tokens += x.shape[0]
     return hook
 
 
@@ -124,52 +145,91 @@ def _block_output(out) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-@torch.no_grad()
-def wanda_masks(model: nn.Module, calib: torch.Tensor, sparsity: float,
-                pattern: tuple[int, int] | None, batch_size: int = 8,
-                device: str | torch.device = "cpu",
-                on_block: Callable[[int, int], None] | None = None) -> dict[str, torch.Tensor]:
-    """Wanda masks (packed) for every prunable weight, from token ids `calib` [N, T].
+# (block index, the block's Linears by weight name, their input statistics) -> keep-masks
+BlockDecision = Callable[[int, dict[str, nn.Linear], dict[str, ChannelStats]],
+                         dict[str, torch.Tensor]]
 
-    `device`: where each block runs; the model may live on the CPU and only the block being
-    pruned is moved, so accelerator memory is one block plus the activations.
+
+@torch.no_grad()
+def walk_blocks(model: nn.Module, calib: torch.Tensor, decide: BlockDecision,
+                batch_size: int = 8, device: str | torch.device = "cpu",
+                with_mean: bool = False,
+                on_block: Callable[[int, int], None] | None = None) -> None:
+    """Run `calib` [N, T] through the decoder one block at a time.
+
+    Each block's Linears record their input statistics, `decide` turns them into keep-masks
+    (an empty dict leaves the block dense), and the block's outputs with those masks applied
+    are the next block's inputs. `device`: where each block runs; the model may live on the
+    CPU and only the block being pruned is moved, so accelerator memory is one block plus the
+    activations.
     """
     layers = decoder_layers(model)
     linears = prunable_linears(model)
     _move_all_but_layers(model, layers, device)
     calib = calib.to(device)
-    batches = list(torch.split(calib, batch_size))
-    states = _capture_block_inputs(model, batches)
-    result: dict[str, torch.Tensor] = {}
+    states = _capture_block_inputs(model, list(torch.split(calib, batch_size)))
     for index, layer in enumerate(layers):
         home = next(layer.parameters()).device
         layer.to(device)
         prefix = f".layers.{index}."
         block = {name: lin for name, lin in linears.items() if prefix in f".{name}"}
-        sum_sq = {name: torch.zeros(lin.in_features, dtype=torch.float64, device=device)
-                  for name, lin in block.items()}
-        n_tokens = 0
-
-        handles = [lin.register_forward_pre_hook(_accumulate_into(sum_sq[name]))
+        stats = {name: ChannelStats(
+            torch.zeros(lin.in_features, dtype=torch.float64, device=device),
+            torch.zeros(lin.in_features, dtype=torch.float64, device=device) if with_mean
+            else None) for name, lin in block.items()}
+        handles = [lin.register_forward_pre_hook(_accumulate_into(stats[name]))
                    for name, lin in block.items()]
         try:
             for hidden, kwargs in states:
                 layer(hidden, **kwargs)
-                n_tokens += hidden.shape[0] * hidden.shape[1]
         finally:
             for h in handles:
                 h.remove()
 
+        keeps = decide(index, block, stats)
         originals = {}
-        for name, lin in block.items():
-            keep = keep_mask(wanda_score(lin.weight, sum_sq[name], n_tokens), sparsity, pattern)
-            result[name] = bits.pack(keep)
+        for name, keep in keeps.items():
+            lin = block[name]
             originals[name] = lin.weight.detach().clone()
-            lin.weight.mul_(keep.to(lin.weight.dtype))
+            lin.weight.mul_(keep.to(lin.weight.device, lin.weight.dtype))
         states = [(_block_output(layer(hidden, **kwargs)), kwargs) for hidden, kwargs in states]
-        for name, lin in block.items():
-            lin.weight.copy_(originals[name])
+        for name, weight in originals.items():
+            block[name].weight.copy_(weight)
         layer.to(home)
         if on_block is not None:
             on_block(index, len(layers))
+
+
+def layer_keep(lin: nn.Linear, stats: ChannelStats, sparsity: float,
+               pattern: tuple[int, int] | None, recipe: MaskRecipe) -> torch.Tensor:
+    """One Linear's keep-mask under `recipe`: score, keep the top per row, refine."""
+    score = SCORES[recipe.score](lin.weight, stats.sum_sq, stats.n_tokens)
+    keep = keep_mask(score, sparsity, pattern)
+    if recipe.refine == "dsnot":
+        keep = dsnot_refine(lin.weight, keep, score, stats.mean(), stats.var(),
+                            recipe.dsnot_cycles, recipe.dsnot_threshold)
+    return keep
+
+
+def wanda_masks(model: nn.Module, calib: torch.Tensor, sparsity: float,
+                pattern: tuple[int, int] | None, batch_size: int = 8,
+                device: str | torch.device = "cpu",
+                on_block: Callable[[int, int], None] | None = None,
+                recipe: MaskRecipe = DEFAULT_RECIPE,
+                block_sparsity: list[float] | None = None) -> dict[str, torch.Tensor]:
+    """Masks (packed) for every prunable weight, from token ids `calib` [N, T].
+
+    `block_sparsity`: one sparsity per decoder block (OWL); default `sparsity` everywhere.
+    """
+    result: dict[str, torch.Tensor] = {}
+
+    def decide(index: int, block: dict[str, nn.Linear],
+               stats: dict[str, ChannelStats]) -> dict[str, torch.Tensor]:
+        target = sparsity if block_sparsity is None else block_sparsity[index]
+        keeps = {name: layer_keep(lin, stats[name], target, pattern, recipe)
+                 for name, lin in block.items()}
+        result.update({name: bits.pack(keep) for name, keep in keeps.items()})
+        return keeps
+
+    walk_blocks(model, calib, decide, batch_size, device, recipe.needs_mean, on_block)
     return result

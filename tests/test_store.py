@@ -10,6 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from submodel.pruning import corpora
 from submodel.pruning import masks as bits
+from submodel.pruning.recipe import MaskRecipe
 from submodel.pruning.store import StoreError, open_store
 
 
@@ -132,6 +133,18 @@ def _cli(*args, cwd=None):
     (["prune", "--out", "X", "--languages", "cobol"], "cobol"),
     (["prune", "--out", "X", "--model", "/nonexistent"], "neither a known alias"),
     (["info", "/nonexistent"], "not a submodel store"),
+    (["prune", "--out", "X", "--sparsity", "python=abc"], "is not a number or LANG=NUMBER"),
+    (["prune", "--out", "X", "--sparsity", "0.5,cobol=0.4"], "--sparsity given for cobol"),
+    (["prune", "--out", "X", "--sparsity", "python=0.4,python=0.3"], "distinct LANG=NUMBER"),
+    (["prune", "--out", "X", "--sparsity", "java=1.2"], "--sparsity must be between 0 and 1"),
+    (["prune", "--out", "X", "--allocation", "owl", "--pattern", "2:4"],
+     "--allocation owl needs --pattern unstructured"),
+    (["prune", "--out", "X", "--refine", "dsnot", "--pattern", "2:4"],
+     "--refine dsnot needs --pattern unstructured"),
+    (["prune", "--out", "X", "--score", "ria", "--method", "magnitude"], "need --method wanda"),
+    (["prune", "--out", "X", "--allocation", "owl", "--sparsity", "0.05"],
+     "leaves the range (0, 1)"),
+    (["prune", "--out", "X", "--dsnot-cycles", "0"], "--dsnot-cycles must be >= 1"),
 ])
 def test_cli_errors_are_one_line_exit_2(tmp_path, args, needle):
     result = _cli(*args, cwd=tmp_path)
@@ -145,3 +158,111 @@ def test_info_prints_the_overlap_table(tiny_store):
     result = _cli("info", str(tiny_store))
     assert result.returncode == 0, result.stderr
     assert "Jaccard distance" in result.stdout and "javascript" in result.stdout
+
+
+RECIPE = MaskRecipe(score="ria", allocation="owl", owl_m=2.0, refine="dsnot")
+
+
+@pytest.fixture(scope="module")
+def recipe_store(tmp_path_factory):
+    """python at 0.5 and java at 0.4, with RIA scores, OWL allocation and DSnoT swaps."""
+    root = tmp_path_factory.mktemp("recipe")
+    return build_tiny_store(root, languages=("python", "java"), recipe=RECIPE,
+                            sparsity_overrides={"java": 0.4}).path
+
+
+def test_recipe_round_trip(recipe_store):
+    store = open_store(recipe_store)  # verifies every row against the recorded targets
+    m = store.manifest
+    assert m["score"] == "ria"
+    assert m["allocation"] == {"kind": "owl", "m": 2.0, "lambda": 0.08}
+    assert m["refine"] == {"kind": "dsnot", "cycles": 50, "threshold": 0.1}
+    assert m["sparsity"] == 0.5 and m["sparsity_overrides"] == {"java": 0.4}
+    for lang, target in (("python", 0.5), ("java", 0.4)):
+        entry = m["languages"][lang]
+        assert entry["sparsity"] == target
+        per_block = entry["block_sparsity"]
+        assert len(per_block) == 3 and len(set(per_block)) > 1
+        assert all(abs(s - target) <= 0.08 + 1e-12 for s in per_block)
+        masks = store.load_mask(lang)
+        for name, (_, in_f) in store.prunable.items():
+            want = in_f - int(in_f * per_block[int(name.split(".layers.")[1].split(".")[0])])
+            assert (bits.kept_per_row(masks[name]) == want).all(), (lang, name)
+        assert store.report("sparsity.json")[lang]["overall"] == pytest.approx(target, abs=0.03)
+
+
+def test_info_shows_the_recipe(recipe_store):
+    result = _cli("info", str(recipe_store))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "sparsity 0.5 (java=0.4)" in out
+    assert "score ria  allocation owl (M=2.0, lambda=0.08)" in out
+    assert "refine dsnot (cycles=50, threshold=0.1)" in out
+    assert "java per-block sparsity (OWL):" in out
+
+
+def test_load_checks_each_block_against_its_recorded_sparsity(recipe_store, tmp_path):
+    copy = tmp_path / "store"
+    shutil.copytree(recipe_store, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    blocks = manifest["languages"]["python"]["block_sparsity"]
+    manifest["languages"]["python"]["block_sparsity"] = blocks[::-1]
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match=r"masks/python.safetensors: .* does not keep exactly"):
+        open_store(copy)
+
+
+def _interrupted_build(root, monkeypatch, **overrides):
+    """A partial build in root/store.tmp-build with python done, java not."""
+    real = corpora.sample_windows
+    calls = []
+
+    def interrupt_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(corpora, "sample_windows", interrupt_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        build_tiny_store(root, languages=("python", "java"), **overrides)
+    monkeypatch.setattr(corpora, "sample_windows", real)
+    return root / "store.tmp-build"
+
+
+def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
+    work = _interrupted_build(tmp_path, monkeypatch)
+    with pytest.raises(StoreError, match=r"another recipe \(differs in refine.cycles, "
+                       r"refine.kind, refine.threshold, score\); rerun with its flags to "
+                       r"resume it, or pass --force to discard it$"):
+        build_tiny_store(tmp_path, languages=("python", "java"),
+                         recipe=MaskRecipe(score="ria", refine="dsnot"))
+    with pytest.raises(StoreError, match=r"differs in sparsity_overrides"):
+        build_tiny_store(tmp_path, languages=("python", "java"),
+                         sparsity_overrides={"java": 0.4})
+    assert (work / "masks" / "python.safetensors").is_file()  # the partial work is kept
+    store = build_tiny_store(tmp_path, languages=("python", "java"),
+                             recipe=MaskRecipe(score="ria"), force=True)
+    assert store.manifest["score"] == "ria"
+
+
+def test_cli_refuses_resume_with_another_recipe_in_one_line(tmp_path, monkeypatch):
+    _interrupted_build(tmp_path, monkeypatch)
+    result = _cli("prune", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "store"),
+                  "--languages", "python,java", "--nsamples", "8", "--seqlen", "64",
+                  "--dtype", "float32", "--quiet", "--allocation", "owl")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "differs in allocation.kind, allocation.lambda" in lines[0]
+
+
+def test_a_store_from_before_recipes_still_opens_and_describes(store_copy):
+    manifest = json.loads((store_copy / "manifest.json").read_text())
+    for key in ("score", "allocation", "refine", "sparsity_overrides"):
+        del manifest[key]
+    for entry in manifest["languages"].values():
+        del entry["sparsity"]
+    (store_copy / "manifest.json").write_text(json.dumps(manifest))
+    from submodel.pruning.info import describe
+    text = describe(open_store(store_copy))
+    assert "score wanda  allocation uniform  refine none" in text
