@@ -57,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="dsnot: swap pruned and kept weights per row to shrink the expected "
                    "reconstruction error, weights unchanged (Zhang et al. 2024)")
     p.add_argument("--dsnot-cycles", type=int, default=50, help="DSnoT: most swaps per row")
-    p.add_argument("--dsnot-threshold", type=float, default=0.1,
+    p.add_argument("--dsnot-threshold", type=float, default=0.0,
                    help="DSnoT: a row stops once its expected error is within this")
     p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
                    help="dtype of the dense weights in the store")

@@ -176,7 +176,7 @@ def test_recipe_round_trip(recipe_store):
     m = store.manifest
     assert m["score"] == "ria"
     assert m["allocation"] == {"kind": "owl", "m": 2.0, "lambda": 0.08}
-    assert m["refine"] == {"kind": "dsnot", "cycles": 50, "threshold": 0.1}
+    assert m["refine"] == {"kind": "dsnot", "cycles": 50, "threshold": 0.0}
     assert m["sparsity"] == 0.5 and m["sparsity_overrides"] == {"java": 0.4}
     for lang, target in (("python", 0.5), ("java", 0.4)):
         entry = m["languages"][lang]
@@ -197,7 +197,7 @@ def test_info_shows_the_recipe(recipe_store):
     out = result.stdout
     assert "sparsity 0.5 (java=0.4)" in out
     assert "score ria  allocation owl (M=2.0, lambda=0.08)" in out
-    assert "refine dsnot (cycles=50, threshold=0.1)" in out
+    assert "refine dsnot (cycles=50, threshold=0.0)" in out
     assert "java per-block sparsity (OWL):" in out
 
 
