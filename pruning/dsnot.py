@@ -61,7 +61,7 @@ def dsnot_refine(weight: torch.Tensor, keep: torch.Tensor, importance: torch.Ten
     prune_order = ranked_first(prune_key, depth, largest=False)
     n_swaps = torch.minimum(growable.sum(dim=1), prunable.sum(dim=1))
     active = e.abs() > threshold
-    rows = torch.arange(keep.shape[0])
+    rows = torch.arange(keep.shape[0], device=keep.device)
     for t in range(depth):
         active &= n_swaps > t
         if not bool(active.any()):
