@@ -228,6 +228,24 @@ def open_store(path: str | os.PathLike, verify: bool = True) -> Store:
     return store
 
 
+# What a partial build recorded before these recipe entries existed was built with, so that it
+# still resumes under the flags that reproduce it.
+RECIPE_DEFAULTS = {"score": "wanda", "allocation": {"kind": "uniform"},
+                   "refine": {"kind": "none"}, "sparsity_overrides": {},
+                   "calibration": {"kind": "raw"}}
+
+
+def with_defaults(recipe: dict, defaults: dict) -> dict:
+    """`recipe` with the entries it lacks taken from `defaults` (nested dicts merged)."""
+    merged = dict(recipe)
+    for key, value in defaults.items():
+        if key not in merged:
+            merged[key] = value
+        elif isinstance(value, dict) and isinstance(merged[key], dict):
+            merged[key] = with_defaults(merged[key], value)
+    return merged
+
+
 def recipe_differences(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Dotted names of the recipe entries that differ ('score', 'calibration.nsamples')."""
     names = []
@@ -254,6 +272,9 @@ class StoreBuilder:
         recipe_file = self.work / "recipe.json"
         if self.work.exists():
             old = json.loads(recipe_file.read_text()) if recipe_file.exists() else None
+            if old is not None:
+                old = with_defaults(old, {k: v for k, v in RECIPE_DEFAULTS.items()
+                                          if k in recipe})
             if old is not None and old != recipe and not force:
                 raise StoreError(f"{self.work}: a partial build with another recipe (differs "
                                  f"in {', '.join(recipe_differences(old, recipe))}); rerun "

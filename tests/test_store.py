@@ -246,6 +246,23 @@ def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
     assert store.manifest["score"] == "ria"
 
 
+def test_a_partial_build_from_before_recipes_resumes_with_the_defaults(tmp_path, monkeypatch):
+    work = _interrupted_build(tmp_path, monkeypatch)
+    recipe = json.loads((work / "recipe.json").read_text())
+    for key in ("score", "allocation", "refine", "sparsity_overrides"):
+        del recipe[key]
+    del recipe["calibration"]["kind"]
+    (work / "recipe.json").write_text(json.dumps(recipe))
+    with pytest.raises(StoreError, match=r"differs in score\)"):
+        build_tiny_store(tmp_path, languages=("python", "java"), recipe=MaskRecipe(score="ria"))
+    real, calls = corpora.sample_windows, []
+    monkeypatch.setattr(corpora, "sample_windows",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    store = build_tiny_store(tmp_path, languages=("python", "java"))
+    assert len(calls) == 1  # java only: python's mask from the earlier run was kept
+    assert store.manifest["score"] == "wanda"
+
+
 def test_cli_refuses_resume_with_another_recipe_in_one_line(tmp_path, monkeypatch):
     _interrupted_build(tmp_path, monkeypatch)
     result = _cli("prune", "--model", str(tmp_path / "model"), "--out", str(tmp_path / "store"),
