@@ -282,10 +282,22 @@ def test_queue_full_resource_exhausted(tiny_store):
 
 # ---- health and drain -------------------------------------------------------------------
 
+def assert_shutting_down(call) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in e.value.details()
+
+
 def test_drain_finishes_in_flight_and_refuses_new_work(tiny_store):
-    s = serve_store(tiny_store)
+    """From the start of the drain until the port closes, every RPC but health is answered
+    UNAVAILABLE by the server itself (never CANCELLED by a stopping grpc server): while a
+    request is in flight, and after it finished, until no client has come for `quiet` seconds
+    (each arrival restarts that wait, so the calls below, back to back, never race the stop)."""
+    s = serve_store(tiny_store, quiet=5)
     serving = health_pb2.HealthCheckResponse.SERVING
     assert health_status(s.target) == serving and health_status(s.target, "") == serving
+    short = pb.GenerateRequest(prompt=PY, max_tokens=2)
     try:
         with s.client() as c:
             stream = c.stream(long_request())
@@ -293,19 +305,37 @@ def test_drain_finishes_in_flight_and_refuses_new_work(tiny_store):
             drained: list[bool] = []
             drainer = threading.Thread(target=lambda: drained.append(s.server.drain(60)))
             drainer.start()
-            deadline = time.monotonic() + 10
-            while health_status(s.target) == serving and time.monotonic() < deadline:
-                time.sleep(0.01)
+            while health_status(s.target) == serving:  # the drain has begun
+                pass
             assert health_status(s.target) == health_pb2.HealthCheckResponse.NOT_SERVING
-            with pytest.raises(grpc.RpcError) as e:
-                c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2))
-            assert code(e.value) == grpc.StatusCode.UNAVAILABLE
-            assert "shutting down" in e.value.details()
+            for call in (lambda: c.generate(short), lambda: list(c.stream(short)),
+                         lambda: c.detect(PY), c.sub_models):
+                assert_shutting_down(call)
             rest = list(stream)  # the request in flight runs to its end
             assert rest[-2].completion.finish_reason == "length"
             assert rest[-1].summary.usage.completion_tokens == LONG_TOKENS
-            drainer.join(60)
-            assert drained == [True]
+            assert s.engine.wait_parked(60)  # the engine is idle: nothing left in flight
+            for _ in range(20):  # still answered, not cut off, after the work is done
+                assert_shutting_down(lambda: c.generate(short, timeout=10))
+            assert drainer.is_alive()
+            assert s.value("submodel_requests_total", language="none", route_source="none",
+                           status="unavailable") == 22
+        drainer.join(60)
+        assert drained == [True]
+    finally:
+        s.engine.stop()
+
+
+def test_drain_stops_once_clients_go_quiet(tiny_store):
+    """With nothing in flight, the drain answers UNAVAILABLE until no RPC has come for
+    `quiet` seconds, then closes the port: later calls cannot connect (UNAVAILABLE too)."""
+    s = serve_store(tiny_store, quiet=0.2)
+    try:
+        assert s.server.drain(10) is True
+        with s.client() as c, pytest.raises(grpc.RpcError) as e:
+            c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2), timeout=10)
+        assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" not in e.value.details()  # refused at connect: the port is shut
     finally:
         s.engine.stop()
 
@@ -332,9 +362,10 @@ def test_sigterm_drains_and_exits_zero(tiny_store):
             proc.send_signal(signal.SIGTERM)
             chunks = list(stream)
             assert chunks[-1].summary.usage.completion_tokens == LONG_TOKENS
-            with pytest.raises(grpc.RpcError) as e:
-                c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2), timeout=10)
-            assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+            # sent once the stream has ended, no pause: the server keeps answering until its
+            # clients have been quiet for 2 s, so this never meets a stopping grpc server
+            assert_shutting_down(lambda: c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2),
+                                                    timeout=10))
         assert proc.wait(timeout=60) == 0
         rest = proc.stderr.read()
         assert "SIGTERM: draining, 1 request(s) in flight" in rest and "stopped" in rest
