@@ -20,6 +20,13 @@ from serving import serve_store
 
 from submodel.cli import main
 from submodel.server.auth import check_bind, server_credentials
+from submodel.server.service import (
+    MAX_FILENAME_CHARS,
+    MAX_LANGUAGE_CHARS,
+    MAX_PROMPT_BYTES,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+)
 from submodel.v1 import submodel_pb2 as pb
 
 PY = "def fibonacci(n):\n    "
@@ -170,6 +177,15 @@ def _mixed_language_clients(served):
     ({"n": 100}, "n must"),
     ({"stop": [""]}, "stop strings"),
     ({"prompt": "x" * 600}, "shorten the prompt"),  # 600 tokens, the context is 512
+    ({"prompt": "é" * (MAX_PROMPT_BYTES // 2 + 1)}, f"the limit is {MAX_PROMPT_BYTES}"),
+    ({"filename": "a" * (MAX_FILENAME_CHARS + 1)}, f"limit of {MAX_FILENAME_CHARS} char"),
+    ({"language": "p" * (MAX_LANGUAGE_CHARS + 1)}, f"limit of {MAX_LANGUAGE_CHARS} char"),
+    ({"stop": ["a"] * (MAX_STOP + 1)}, f"at most {MAX_STOP} stop strings"),
+    ({"stop": ["a" * (MAX_STOP_CHARS + 1)]}, f"1 to {MAX_STOP_CHARS} characters"),
+    ({"temperature": float("nan")}, "temperature must be in 0..5"),
+    ({"top_p": float("inf")}, "top_p must be in (0, 1]"),
+    ({"max_tokens": 0}, "max_tokens must be in 1..512"),
+    ({"n": 5}, "n must be in 1..4"),  # the test server's --max-batch
 ])
 def test_invalid_argument(client, fields, fix):
     request = pb.GenerateRequest(**{"prompt": PY, "language": "python", **fields})
@@ -195,6 +211,16 @@ def test_undecodable_request_is_invalid_argument(served, client, payload, fix):
     assert code(e.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert fix in e.value.details()
     assert client.generate(pb.GenerateRequest(prompt=PY, max_tokens=2)).completions
+
+
+def test_detect_size_limits(client):
+    for fields, fix in (({"text": "x" * (MAX_PROMPT_BYTES + 1)}, "text is"),
+                        ({"filename": "a" * (MAX_FILENAME_CHARS + 1)}, "filename"),
+                        ({"language": "p" * (MAX_LANGUAGE_CHARS + 1)}, "language")):
+        with pytest.raises(grpc.RpcError) as e:
+            client.detect(**{"text": PY, **fields})
+        assert code(e.value) == grpc.StatusCode.INVALID_ARGUMENT
+        assert fix in e.value.details() and "limit" in e.value.details()
 
 
 def test_unknown_language_not_found(client):
