@@ -404,8 +404,13 @@ def test_sigterm_drains_and_exits_zero(tiny_store):
 # ---- auth and TLS -----------------------------------------------------------------------
 
 def test_bearer_token(tiny_store):
+    """A missing or wrong token is refused before the servicer runs: the engine never sees
+    the request (its submissions are counted)."""
     s = serve_store(tiny_store, token="s3cret-token")
     request = pb.GenerateRequest(prompt=PY, language="python", max_tokens=2)
+    submitted = []
+    real_submit = s.engine.submit
+    s.engine.submit = lambda r: submitted.append(r) or real_submit(r)
     try:
         for token in (None, "wrong"):
             with s.client(token=token) as c:
@@ -414,9 +419,18 @@ def test_bearer_token(tiny_store):
                         call(request)
                     assert code(e.value) == grpc.StatusCode.UNAUTHENTICATED
                     assert ("missing" if token is None else "wrong") in e.value.details()
+        for metadata in ((("authorization", "s3cret-token"),),  # no "Bearer "
+                         (("authorization", "Bearer s3cret"),),  # a prefix
+                         (("authorization", "Bearer s3cret-token2"),)):
+            with grpc.insecure_channel(s.target) as ch, pytest.raises(grpc.RpcError) as e:
+                ch.unary_unary("/submodel.v1.Generator/Generate")(
+                    request.SerializeToString(), metadata=metadata, timeout=10)
+            assert code(e.value) == grpc.StatusCode.UNAUTHENTICATED
+        assert submitted == []
         with s.client(token="s3cret-token") as c:
             assert c.generate(request).completions
             assert list(c.stream(request))[-1].HasField("summary")
+        assert len(submitted) == 2
         # health stays open for probes
         assert health_status(s.target) == health_pb2.HealthCheckResponse.SERVING
     finally:
@@ -462,6 +476,16 @@ def test_tls(tiny_store, tmp_path):
         with s.client() as plain, pytest.raises(grpc.RpcError) as e:
             plain.generate(request, timeout=10)
         assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+        # a client that trusts another certificate: the handshake fails, cleanly and fast
+        other = tmp_path / "other"
+        other.mkdir()
+        other_cert, _ = self_signed(other)
+        with s.client(tls_ca=other_cert) as wrong, pytest.raises(grpc.RpcError) as e:
+            wrong.generate(request, timeout=10)
+        assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+        assert "handshake" in e.value.details().lower() or "ssl" in e.value.details().lower()
+        with s.client(tls_ca=cert) as c:  # and the server still serves
+            assert c.generate(request).completions
     finally:
         s.stop()
 
