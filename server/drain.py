@@ -55,10 +55,12 @@ class DrainGate(grpc.ServerInterceptor):
         return deny(handler, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
 
     def wait_quiet(self, quiet: float, limit: float) -> bool:
-        """Block until no gated RPC has arrived for `quiet` seconds (counted from `close()` at
-        the earliest), or `limit` seconds have passed; True if it went quiet."""
+        """Block for `quiet` seconds, extended until no gated RPC has arrived for that long,
+        but `limit` seconds at most; True if it went quiet. Called once the work in flight is
+        done: a client that just got its last response may come back at once."""
         end = time.monotonic() + limit
         with self._cond:
+            self._last = max(self._last, time.monotonic())
             while True:
                 now = time.monotonic()
                 if now - self._last >= quiet:
