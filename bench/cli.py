@@ -1,5 +1,5 @@
-"""`submodel bench passk` (HumanEval pass@k matrix), `proxy` (fast mask-quality proxy) and `load`
-(load and memory)."""
+"""`submodel bench passk` (HumanEval pass@k matrix), `proxy` (fast mask-quality proxy),
+`load` (load and memory) and `soak` (mixed traffic with failures, accounted for)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,14 @@ Mixed-language traffic through gRPC at a fixed concurrency, one fresh `submodel 
 per strategy: tokens/s, requests/s, time to first token and latency p50/p99, the server's peak
 RSS and PSS, and ratios to "dense" (dense-only traffic on a fused server). Writes OUT/load.json,
 load.md and load.png."""
+
+SOAK_HELP = """\
+A fresh `submodel serve` under mixed-language traffic for --minutes (or --requests) at a fixed
+concurrency, with streams, unary calls, cancels, tight deadlines, bursts past the server's queue
+limit (--max-queue) and clients that vanish mid-stream. Reports every request by outcome (sent
+= ok + each error code), checks that the server's submodel_requests_total agrees with the
+client's counts, and gives p50/p99 latency and the server's RSS per time window. Writes
+OUT/soak.json and soak.md."""
 
 
 def _csv(choices: tuple[str, ...] | None = None):
@@ -172,6 +180,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--out", default="results/load", help="output directory (default "
                                                           "results/load)")
     lo.set_defaults(func=run_load)
+
+    so = kinds.add_parser("soak", help="mixed traffic with cancels, deadlines, bursts and "
+                                       "vanishing clients; every request accounted for",
+                          description=SOAK_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    so.add_argument("--store", required=True, help="store directory written by `submodel prune`")
+    budget = so.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=5.0, help="how long (default 5)")
+    budget.add_argument("--requests", type=int, help="stop after this many requests instead")
+    so.add_argument("--concurrency", type=int, default=4,
+                    help="clients sending at once; also the server's --max-batch (default 4)")
+    so.add_argument("--max-queue", type=int, default=4,
+                    help="the server's queue limit, which bursts overflow (default 4)")
+    so.add_argument("--max-tokens", type=int, default=32, help="tokens per request (default 32)")
+    so.add_argument("--windows", type=int, default=10,
+                    help="time windows of the latency and RSS table (default 10)")
+    so.add_argument("--seed", type=int, default=0, help="seed of the traffic mix (default 0)")
+    so.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    so.add_argument("--out", default="results/soak", help="output directory (default "
+                                                          "results/soak)")
+    so.set_defaults(func=run_soak)
 
 
 # ---- passk ------------------------------------------------------------------------------------
@@ -402,3 +431,36 @@ def run_load(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     print("wrote " + ", ".join(str(p) for p in write_load(results, out)))
     return 0
+
+
+# ---- soak -------------------------------------------------------------------------------------
+
+def run_soak(args: argparse.Namespace) -> int:
+    from submodel.bench.server_proc import ServerError
+    from submodel.bench.soak import SoakConfig, SoakError
+    from submodel.bench.soak import run_soak as run
+    from submodel.bench.soak_report import write_soak
+
+    for flag in ("concurrency", "max_queue", "max_tokens", "windows", "requests"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.requests is None and not args.minutes > 0:
+        raise CLIError("--minutes must be > 0")
+    if not Path(args.store).is_dir():
+        raise CLIError(f"{args.store}: no such store directory (build one with submodel prune)")
+    cfg = SoakConfig(Path(args.store),
+                     seconds=None if args.requests else args.minutes * 60,
+                     requests=args.requests, concurrency=args.concurrency,
+                     max_tokens=args.max_tokens, max_queue=args.max_queue,
+                     windows=args.windows, seed=args.seed, device=args.device)
+    out = Path(args.out)
+    try:
+        results = run(cfg, out, progress=lambda s: print(s, file=sys.stderr))
+    except (SoakError, ServerError) as e:
+        raise CLIError(str(e)) from None
+    m = results["metrics"]
+    print(f"soak: sent {results['sent']} = "
+          + " + ".join(f"{n} {k}" for k, n in results["by_outcome"].items())
+          + f"; server metrics agree: {'yes' if m['agrees'] else 'NO'}")
+    print("wrote " + ", ".join(str(p) for p in write_soak(results, out)))
+    return 0 if m["agrees"] else 1

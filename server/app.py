@@ -1,6 +1,6 @@
 """The gRPC server process: Generator + health + reflection on one port, /metrics over HTTP,
-and a graceful drain on SIGTERM (health NOT_SERVING, refuse new work, finish what is in flight
-up to a grace period, exit 0)."""
+and a graceful drain on SIGTERM (health NOT_SERVING, every new RPC UNAVAILABLE, finish what is
+in flight up to a grace period, stop once clients have gone quiet, exit 0)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from submodel.server.auth import BearerTokenInterceptor
-from submodel.server.metrics import Metrics
+from submodel.server.drain import DrainGate
+from submodel.server.metrics import UNROUTED, Metrics
 from submodel.server.service import SERVICE, GeneratorService, add_to_server
 
 log = logging.getLogger("submodel.server")
 
-FLUSH_SECONDS = 1.0  # after the drain: time for the last responses to reach their clients
+QUIET_SECONDS = 2.0  # after the drain: stop once no RPC has arrived for this long (drain.py)
+LINGER_SECONDS = 10.0  # ...or after this long, if clients keep coming
+FLUSH_SECONDS = 1.0  # after that: time for the last responses to reach their clients
 
 
 def _address(host: str, port: int) -> str:
@@ -39,8 +42,11 @@ class GrpcServer:
     """Binds at construction (so a taken port fails before a slow model load); serves once
     `start` gets the service."""
 
-    def __init__(self, listener: Listener, workers: int) -> None:
-        interceptors = [BearerTokenInterceptor(listener.token)] if listener.token else []
+    def __init__(self, listener: Listener, workers: int, quiet: float = QUIET_SECONDS) -> None:
+        self.gate = DrainGate()
+        self.quiet = quiet
+        auth = [BearerTokenInterceptor(listener.token)] if listener.token else []
+        interceptors = [*auth, self.gate]
         # One thread per in-flight RPC; beyond `workers` grpc answers RESOURCE_EXHAUSTED.
         self.server = grpc.server(ThreadPoolExecutor(workers, thread_name_prefix="grpc"),
                                   interceptors=interceptors, maximum_concurrent_rpcs=workers,
@@ -63,15 +69,25 @@ class GrpcServer:
         reflection.enable_server_reflection(
             (SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server)
         self.service = service
+        generations = {f"/{SERVICE}/Generate", f"/{SERVICE}/GenerateStream"}
+
+        def refused(method: str) -> None:  # one submodel_requests_total per generation RPC
+            if method in generations:
+                service.metrics.finished(UNROUTED, UNROUTED, "unavailable")
+
+        self.gate.on_refused = refused
         self.server.start()
         for name in ("", SERVICE):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def drain(self, grace: float) -> bool:
-        """NOT_SERVING, refuse new generations (UNAVAILABLE), let the in-flight ones finish
-        for up to `grace` seconds, then stop; True if nothing was cut off."""
+        """NOT_SERVING, answer every new RPC UNAVAILABLE, let the generations in flight finish
+        for up to `grace` seconds, keep answering until clients go quiet, then stop; True if
+        nothing was cut off."""
         self.health.enter_graceful_shutdown()
+        self.gate.close()
         drained = self.service.engine.drain(grace) if self.service is not None else True
+        self.gate.wait_quiet(self.quiet, max(LINGER_SECONDS, self.quiet))
         self.server.stop(FLUSH_SECONDS).wait()
         return drained
 

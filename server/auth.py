@@ -48,11 +48,13 @@ def server_credentials(cert: str | Path, key: str | Path) -> grpc.ServerCredenti
     return grpc.ssl_server_credentials([pair])
 
 
-def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that only answers UNAUTHENTICATED."""
+def deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
+         message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that only answers `code` with `message`; it
+    never deserializes the request nor runs the real handler."""
 
     def abort(_request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        context.abort(code, message)
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)
@@ -79,5 +81,6 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         why = "missing" if sent is None else "wrong"
-        return _deny(handler, f"{why} bearer token: send metadata 'authorization: Bearer "
-                              "<token>' (submodel generate --auth-token-file FILE)")
+        return deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+                    f"{why} bearer token: send metadata 'authorization: Bearer <token>' "
+                    "(submodel generate --auth-token-file FILE)")

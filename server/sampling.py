@@ -31,15 +31,20 @@ def choose_token(logits: torch.Tensor, params: SamplingParams,
     """One token from fp32 logits [V]: greedy at temperature 0, else top-k / top-p sampling."""
     if params.temperature == 0:
         return int(torch.argmax(logits))
-    logits = logits / params.temperature
+    # Shift the best logit to 0 before dividing: a tiny temperature then sends the others to
+    # -inf, instead of overflowing every logit to +-inf and the softmax to NaN.
+    logits = (logits - logits.max()) / params.temperature
     vocab = logits.numel()
     limit = params.top_k if 0 < params.top_k < vocab else vocab
     if limit == vocab and params.top_p >= 1.0:
         return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-    total = torch.logsumexp(logits, -1) if limit == vocab else None
+    # The mass of a candidate window is measured against all `limit` tokens' (a window's own
+    # total would make every window look complete).
+    kept = logits if limit == vocab else torch.topk(logits, limit, sorted=False).values
+    total = torch.logsumexp(kept, -1)
     for k in (*[c for c in CANDIDATES if c < limit], limit):
         values, ids = torch.topk(logits, k)  # sorted, most probable first
-        probs = torch.exp(values - (torch.logsumexp(values, -1) if total is None else total))
+        probs = torch.exp(values - total)
         if k == limit or float(probs.sum()) >= params.top_p:
             break
     if params.top_p < 1.0:  # keep the smallest prefix whose mass reaches top_p

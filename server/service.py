@@ -37,9 +37,13 @@ log = logging.getLogger("submodel.server")
 
 SERVICE = "submodel.v1.Generator"
 DEFAULT_MAX_TOKENS = 256
+# Size limits, checked before any work (README "Limits"); grpc itself refuses messages over
+# its 4 MiB receive limit with RESOURCE_EXHAUSTED.
+MAX_PROMPT_BYTES = 256 * 1024  # also DetectLanguage's text
 MAX_STOP = 8
 MAX_STOP_CHARS = 256
 MAX_FILENAME_CHARS = 4096
+MAX_LANGUAGE_CHARS = 64
 EARLY = ("cancelled", "deadline", "error")  # finish reasons that fail the RPC
 
 
@@ -94,6 +98,20 @@ def lenient_deserializer(cls) -> Callable[[bytes], object]:
     return parse
 
 
+def check_sizes(text: str, field: str, filename: str, language: str) -> None:
+    """The size limits the generation and detection requests share; raises Reject."""
+    size = len(text.encode())
+    problems = []
+    if size > MAX_PROMPT_BYTES:
+        problems.append(f"{field} is {size} bytes; the limit is {MAX_PROMPT_BYTES}")
+    if len(filename) > MAX_FILENAME_CHARS:
+        problems.append(f"filename is longer than the limit of {MAX_FILENAME_CHARS} characters")
+    if len(language) > MAX_LANGUAGE_CHARS:
+        problems.append(f"language is longer than the limit of {MAX_LANGUAGE_CHARS} characters")
+    if problems:
+        raise Reject(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
+
+
 def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
     """The request's fields as engine parameters. Numeric ranges (max_tokens within the
     context, temperature, top_p, top_k, n within the batch) are the engine's to check, at
@@ -104,8 +122,8 @@ def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
 
     if not req.prompt:
         raise bad("prompt is empty: send the code to complete")
-    if len(req.filename) > MAX_FILENAME_CHARS:
-        raise bad(f"filename is longer than {MAX_FILENAME_CHARS} characters")
+    check_sizes(req.prompt, "prompt", req.filename,
+                req.language if req.HasField("language") else "")
     if len(req.stop) > MAX_STOP:
         raise bad(f"at most {MAX_STOP} stop strings (got {len(req.stop)})")
     for s in req.stop:
@@ -304,6 +322,7 @@ class GeneratorService:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
         hint = request.language if request.HasField("language") else None
         try:
+            check_sizes(request.text, "text", request.filename, hint or "")
             routed = self._route(request.text, request.filename, hint)
         except Reject as r:
             context.abort(r.code, r.message)

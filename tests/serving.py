@@ -61,13 +61,13 @@ class Served:
 
 
 def serve_store(path, *, strategy: str = "swap", max_batch: int = 4, max_queue: int = 16,
-                token: str | None = None,
+                token: str | None = None, quiet: float = 0.5,
                 credentials: grpc.ServerCredentials | None = None) -> Served:
     metrics = Metrics()
     engine = Engine(open_store(path), strategy=strategy, max_batch=max_batch,
                     max_queue=max_queue, observer=metrics)
     engine.start()
     server = GrpcServer(Listener("127.0.0.1", 0, credentials, token),
-                        workers=max_batch + max_queue + 8)
+                        workers=max_batch + max_queue + 8, quiet=quiet)
     server.start(GeneratorService(engine, Router(engine.languages, THRESHOLD), metrics))
     return Served(server, engine, metrics)

@@ -247,3 +247,22 @@ def test_greedy_run_is_one_temperature_zero_sample_with_intervals(long_store, tm
     assert ret["vs_dense"]["problems"] == 2 and ret["best_other_mask"] == "java"
     assert ret["vs_best_other"]["problems"] == 2
     assert "retention 95%" in (out / "report.md").read_text()
+
+
+def test_soak_accounts_for_every_request(long_store, tmp_path):
+    """A short soak: every request sent is counted once by outcome, the server's metrics agree,
+    and the report's windows cover them all."""
+    out = tmp_path / "soak"
+    assert main(["bench", "soak", "--store", str(long_store), "--requests", "40",
+                 "--concurrency", "3", "--max-queue", "1", "--max-tokens", "6",
+                 "--windows", "4", "--out", str(out)]) == 0
+    r = json.loads((out / "soak.json").read_text())
+    assert r["sent"] == 40 == sum(r["by_outcome"].values())
+    assert set(r["by_outcome"]) <= {"ok", "cancelled", "deadline_exceeded",
+                                    "resource_exhausted", "vanished"}
+    assert r["by_outcome"]["ok"] > 0
+    assert sum(r["server_by_status"].values()) == 40 and r["metrics"]["agrees"]
+    assert sum(w["sent"] for w in r["windows"]) == 40 and len(r["windows"]) == 4
+    assert sum(sum(v.values()) for v in r["by_kind"].values()) == 40
+    assert any(w["rss_max"] for w in r["windows"])
+    assert "Agrees with the client: **yes**" in (out / "soak.md").read_text()

@@ -43,3 +43,13 @@ def test_sampling_follows_the_nucleus(monkeypatch, top_p, top_k):
 def test_greedy_is_the_argmax():
     logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     assert sampling.choose_token(logits, SamplingParams(temperature=0), None) == logits.argmax()
+
+
+def test_tiny_temperature_is_near_greedy():
+    """A temperature so small that logits / T overflows float32 still samples (the best
+    token), instead of a NaN softmax failing the request."""
+    logits = torch.tensor([1.0, 3.0, 2.0, -50.0])
+    for t in (1e-45, 1e-30, 1e-7):
+        for top_p, top_k in ((1.0, 0), (0.9, 0), (1.0, 2)):
+            params = SamplingParams(max_tokens=1, temperature=t, top_p=top_p, top_k=top_k)
+            assert sampling.choose_token(logits, params, torch.Generator().manual_seed(0)) == 1

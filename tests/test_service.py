@@ -20,6 +20,13 @@ from serving import serve_store
 
 from submodel.cli import main
 from submodel.server.auth import check_bind, server_credentials
+from submodel.server.service import (
+    MAX_FILENAME_CHARS,
+    MAX_LANGUAGE_CHARS,
+    MAX_PROMPT_BYTES,
+    MAX_STOP,
+    MAX_STOP_CHARS,
+)
 from submodel.v1 import submodel_pb2 as pb
 
 PY = "def fibonacci(n):\n    "
@@ -170,6 +177,15 @@ def _mixed_language_clients(served):
     ({"n": 100}, "n must"),
     ({"stop": [""]}, "stop strings"),
     ({"prompt": "x" * 600}, "shorten the prompt"),  # 600 tokens, the context is 512
+    ({"prompt": "é" * (MAX_PROMPT_BYTES // 2 + 1)}, f"the limit is {MAX_PROMPT_BYTES}"),
+    ({"filename": "a" * (MAX_FILENAME_CHARS + 1)}, f"limit of {MAX_FILENAME_CHARS} char"),
+    ({"language": "p" * (MAX_LANGUAGE_CHARS + 1)}, f"limit of {MAX_LANGUAGE_CHARS} char"),
+    ({"stop": ["a"] * (MAX_STOP + 1)}, f"at most {MAX_STOP} stop strings"),
+    ({"stop": ["a" * (MAX_STOP_CHARS + 1)]}, f"1 to {MAX_STOP_CHARS} characters"),
+    ({"temperature": float("nan")}, "temperature must be in 0..5"),
+    ({"top_p": float("inf")}, "top_p must be in (0, 1]"),
+    ({"max_tokens": 0}, "max_tokens must be in 1..512"),
+    ({"n": 5}, "n must be in 1..4"),  # the test server's --max-batch
 ])
 def test_invalid_argument(client, fields, fix):
     request = pb.GenerateRequest(**{"prompt": PY, "language": "python", **fields})
@@ -195,6 +211,16 @@ def test_undecodable_request_is_invalid_argument(served, client, payload, fix):
     assert code(e.value) == grpc.StatusCode.INVALID_ARGUMENT
     assert fix in e.value.details()
     assert client.generate(pb.GenerateRequest(prompt=PY, max_tokens=2)).completions
+
+
+def test_detect_size_limits(client):
+    for fields, fix in (({"text": "x" * (MAX_PROMPT_BYTES + 1)}, "text is"),
+                        ({"filename": "a" * (MAX_FILENAME_CHARS + 1)}, "filename"),
+                        ({"language": "p" * (MAX_LANGUAGE_CHARS + 1)}, "language")):
+        with pytest.raises(grpc.RpcError) as e:
+            client.detect(**{"text": PY, **fields})
+        assert code(e.value) == grpc.StatusCode.INVALID_ARGUMENT
+        assert fix in e.value.details() and "limit" in e.value.details()
 
 
 def test_unknown_language_not_found(client):
@@ -282,10 +308,22 @@ def test_queue_full_resource_exhausted(tiny_store):
 
 # ---- health and drain -------------------------------------------------------------------
 
+def assert_shutting_down(call) -> None:
+    with pytest.raises(grpc.RpcError) as e:
+        call()
+    assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+    assert "shutting down" in e.value.details()
+
+
 def test_drain_finishes_in_flight_and_refuses_new_work(tiny_store):
-    s = serve_store(tiny_store)
+    """From the start of the drain until the port closes, every RPC but health is answered
+    UNAVAILABLE by the server itself (never CANCELLED by a stopping grpc server): while a
+    request is in flight, and after it finished, until no client has come for `quiet` seconds
+    (each arrival restarts that wait, so the calls below, back to back, never race the stop)."""
+    s = serve_store(tiny_store, quiet=5)
     serving = health_pb2.HealthCheckResponse.SERVING
     assert health_status(s.target) == serving and health_status(s.target, "") == serving
+    short = pb.GenerateRequest(prompt=PY, max_tokens=2)
     try:
         with s.client() as c:
             stream = c.stream(long_request())
@@ -293,19 +331,37 @@ def test_drain_finishes_in_flight_and_refuses_new_work(tiny_store):
             drained: list[bool] = []
             drainer = threading.Thread(target=lambda: drained.append(s.server.drain(60)))
             drainer.start()
-            deadline = time.monotonic() + 10
-            while health_status(s.target) == serving and time.monotonic() < deadline:
-                time.sleep(0.01)
+            while health_status(s.target) == serving:  # the drain has begun
+                pass
             assert health_status(s.target) == health_pb2.HealthCheckResponse.NOT_SERVING
-            with pytest.raises(grpc.RpcError) as e:
-                c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2))
-            assert code(e.value) == grpc.StatusCode.UNAVAILABLE
-            assert "shutting down" in e.value.details()
+            for call in (lambda: c.generate(short), lambda: list(c.stream(short)),
+                         lambda: c.detect(PY), c.sub_models):
+                assert_shutting_down(call)
             rest = list(stream)  # the request in flight runs to its end
             assert rest[-2].completion.finish_reason == "length"
             assert rest[-1].summary.usage.completion_tokens == LONG_TOKENS
-            drainer.join(60)
-            assert drained == [True]
+            assert s.engine.wait_parked(60)  # the engine is idle: nothing left in flight
+            for _ in range(20):  # still answered, not cut off, after the work is done
+                assert_shutting_down(lambda: c.generate(short, timeout=10))
+            assert drainer.is_alive()
+            assert s.value("submodel_requests_total", language="none", route_source="none",
+                           status="unavailable") == 22
+        drainer.join(60)
+        assert drained == [True]
+    finally:
+        s.engine.stop()
+
+
+def test_drain_stops_once_clients_go_quiet(tiny_store):
+    """With nothing in flight, the drain answers UNAVAILABLE until no RPC has come for
+    `quiet` seconds, then closes the port: later calls cannot connect (UNAVAILABLE too)."""
+    s = serve_store(tiny_store, quiet=0.2)
+    try:
+        assert s.server.drain(10) is True
+        with s.client() as c, pytest.raises(grpc.RpcError) as e:
+            c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2), timeout=10)
+        assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" not in e.value.details()  # refused at connect: the port is shut
     finally:
         s.engine.stop()
 
@@ -332,9 +388,10 @@ def test_sigterm_drains_and_exits_zero(tiny_store):
             proc.send_signal(signal.SIGTERM)
             chunks = list(stream)
             assert chunks[-1].summary.usage.completion_tokens == LONG_TOKENS
-            with pytest.raises(grpc.RpcError) as e:
-                c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2), timeout=10)
-            assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+            # sent once the stream has ended, no pause: the server keeps answering until its
+            # clients have been quiet for 2 s, so this never meets a stopping grpc server
+            assert_shutting_down(lambda: c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2),
+                                                    timeout=10))
         assert proc.wait(timeout=60) == 0
         rest = proc.stderr.read()
         assert "SIGTERM: draining, 1 request(s) in flight" in rest and "stopped" in rest
@@ -347,8 +404,13 @@ def test_sigterm_drains_and_exits_zero(tiny_store):
 # ---- auth and TLS -----------------------------------------------------------------------
 
 def test_bearer_token(tiny_store):
+    """A missing or wrong token is refused before the servicer runs: the engine never sees
+    the request (its submissions are counted)."""
     s = serve_store(tiny_store, token="s3cret-token")
     request = pb.GenerateRequest(prompt=PY, language="python", max_tokens=2)
+    submitted = []
+    real_submit = s.engine.submit
+    s.engine.submit = lambda r: submitted.append(r) or real_submit(r)
     try:
         for token in (None, "wrong"):
             with s.client(token=token) as c:
@@ -357,9 +419,18 @@ def test_bearer_token(tiny_store):
                         call(request)
                     assert code(e.value) == grpc.StatusCode.UNAUTHENTICATED
                     assert ("missing" if token is None else "wrong") in e.value.details()
+        for metadata in ((("authorization", "s3cret-token"),),  # no "Bearer "
+                         (("authorization", "Bearer s3cret"),),  # a prefix
+                         (("authorization", "Bearer s3cret-token2"),)):
+            with grpc.insecure_channel(s.target) as ch, pytest.raises(grpc.RpcError) as e:
+                ch.unary_unary("/submodel.v1.Generator/Generate")(
+                    request.SerializeToString(), metadata=metadata, timeout=10)
+            assert code(e.value) == grpc.StatusCode.UNAUTHENTICATED
+        assert submitted == []
         with s.client(token="s3cret-token") as c:
             assert c.generate(request).completions
             assert list(c.stream(request))[-1].HasField("summary")
+        assert len(submitted) == 2
         # health stays open for probes
         assert health_status(s.target) == health_pb2.HealthCheckResponse.SERVING
     finally:
@@ -405,6 +476,16 @@ def test_tls(tiny_store, tmp_path):
         with s.client() as plain, pytest.raises(grpc.RpcError) as e:
             plain.generate(request, timeout=10)
         assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+        # a client that trusts another certificate: the handshake fails, cleanly and fast
+        other = tmp_path / "other"
+        other.mkdir()
+        other_cert, _ = self_signed(other)
+        with s.client(tls_ca=other_cert) as wrong, pytest.raises(grpc.RpcError) as e:
+            wrong.generate(request, timeout=10)
+        assert code(e.value) == grpc.StatusCode.UNAVAILABLE
+        assert "handshake" in e.value.details().lower() or "ssl" in e.value.details().lower()
+        with s.client(tls_ca=cert) as c:  # and the server still serves
+            assert c.generate(request).completions
     finally:
         s.stop()
 
