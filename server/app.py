@@ -1,6 +1,6 @@
-"""The gRPC server process: Generator + health + reflection on one port, /metrics over HTTP,
-and a graceful drain on SIGTERM (health NOT_SERVING, refuse new work, finish what is in flight
-up to a grace period, exit 0)."""
+"""The server process: gRPC (Generator + health + reflection) on one port, the OpenAI-compatible
+HTTP API on another, both over one engine; /metrics over HTTP; and a graceful drain on SIGTERM
+(health NOT_SERVING, refuse new work, finish what is in flight up to a grace period, exit 0)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from submodel.server.auth import BearerTokenInterceptor
+from submodel.server.generation import Generations
+from submodel.server.http_server import HttpListener, HttpServer
 from submodel.server.metrics import Metrics
 from submodel.server.service import SERVICE, GeneratorService, add_to_server
 
@@ -96,10 +98,14 @@ def wait_for_signal() -> int:
 
 
 def serve(engine_factory, router, listener: Listener, *, workers: int, grace: float,
-          metrics: Metrics, metrics_address: tuple[str, int] | None) -> int:
+          metrics: Metrics, metrics_address: tuple[str, int] | None,
+          http_listener: HttpListener | None = None) -> int:
     """Run until SIGTERM/SIGINT. `engine_factory(metrics)` loads the model (slow), after the
     ports are bound; `router(languages)` builds the router for the engine's languages."""
+    from submodel.server.http_api import HttpApi
+
     server = GrpcServer(listener, workers)
+    api = HttpServer(http_listener) if http_listener is not None else None
     http = None
     if metrics_address is not None:
         host, port = metrics_address
@@ -111,11 +117,16 @@ def serve(engine_factory, router, listener: Listener, *, workers: int, grace: fl
     engine = engine_factory(metrics)
     engine.start()
     try:
-        service = GeneratorService(engine, router(engine.languages), metrics)
+        generations = Generations(engine, router(engine.languages), metrics)
+        service = GeneratorService(generations)
         server.start(service)
         log.info("serving %s on %s (languages: %s; %s)", SERVICE,
                  _address(listener.host, server.port), ", ".join(engine.languages),
                  "TLS" if listener.credentials else "plaintext")
+        if api is not None:
+            api.start(HttpApi(generations, http_listener.token).app, FLUSH_SECONDS)
+            log.info("serving the OpenAI-compatible API on %s://%s/v1",
+                     "https" if api.tls else "http", _address(http_listener.host, api.port))
         signum = wait_for_signal()
         log.info("%s: draining, %d request(s) in flight (grace %.0f s)",
                  signal.Signals(signum).name, service.in_flight, grace)
@@ -124,6 +135,8 @@ def serve(engine_factory, router, listener: Listener, *, workers: int, grace: fl
                  "grace period were cancelled")
     finally:
         engine.stop()
+        if api is not None:
+            api.stop()
         if http is not None:
             http.shutdown()
     return 0

@@ -30,6 +30,7 @@ SNIPPETS = [("stats.py", "python", "import os\n\ndef mean(xs):\n    "),
             ("vec.cpp", "cpp", "#include <vector>\nstd::vector<int> v;\nint f() {\n"),
             ("app.js", "javascript", "const express = require('express');\nfunction f() {\n")]
 OK = "ok"
+GRPC = "grpc"  # the `protocol` label of gRPC requests
 
 
 def long_request(**fields) -> pb.GenerateRequest:
@@ -227,13 +228,14 @@ def test_detect_and_list_sub_models(client):
 def test_deadline_exceeded(served, client, long_seconds):
     """The client gets DEADLINE_EXCEEDED, and the engine stops working on the request."""
     before = served.value("submodel_requests_total", language="dense", route_source="hint",
-                          status="deadline_exceeded")
+                          status="deadline_exceeded", protocol=GRPC)
     tokens = served.value("submodel_generated_tokens_total", language="dense")
     with pytest.raises(grpc.RpcError) as e:
         client.generate(long_request(), timeout=long_seconds / 4)
     assert code(e.value) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert served.wait_value("submodel_requests_total", before + 1, language="dense",
-                             route_source="hint", status="deadline_exceeded") == before + 1
+                             route_source="hint", status="deadline_exceeded",
+                             protocol=GRPC) == before + 1
     # cut at about a quarter (speed varies on a busy machine), far from running to the end
     generated = served.value("submodel_generated_tokens_total", language="dense") - tokens
     assert 0 < generated < LONG_TOKENS * 3 / 4
@@ -249,13 +251,13 @@ def test_cancel_frees_the_slot(tiny_store, long_seconds):
             first_delta(stream)
             stream.cancel()
             assert s.wait_value("submodel_requests_total", 1, language="dense",
-                                route_source="hint", status="cancelled") == 1
+                                route_source="hint", status="cancelled", protocol=GRPC) == 1
             steps = s.steps_when_idle()  # the engine stopped decoding the cancelled request
             assert steps < LONG_TOKENS * 3 / 4
             r = c.generate(pb.GenerateRequest(prompt=PY, language="python", max_tokens=4))
             assert r.timings.queue_seconds < long_seconds / 4
             assert s.value("submodel_requests_total", language="python", route_source="hint",
-                           status=OK) == 1
+                           status=OK, protocol=GRPC) == 1
     finally:
         s.stop()
 
@@ -273,7 +275,7 @@ def test_queue_full_resource_exhausted(tiny_store):
             assert code(e.value) == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "queue is full" in e.value.details()
             assert s.value("submodel_requests_total", language="python", route_source="hint",
-                           status="resource_exhausted") == 1
+                           status="resource_exhausted", protocol=GRPC) == 1
             running.cancel()
             waiting.cancel()
     finally:
@@ -444,19 +446,20 @@ def test_metrics_after_known_traffic(tiny_store):
                 with pytest.raises(grpc.RpcError):
                     c.generate(bad)
         s.wait_value("submodel_requests_total", 1, language="none", route_source="none",
-                     status="not_found")
+                     status="not_found", protocol=GRPC)
         assert v("submodel_requests_total", language="python", route_source="hint",
-                 status=OK) == 2
+                 status=OK, protocol=GRPC) == 2
         assert v("submodel_requests_total", language="java", route_source="filename",
-                 status=OK) == 1
+                 status=OK, protocol=GRPC) == 1
         assert v("submodel_requests_total", language="none", route_source="none",
-                 status="invalid_argument") == 1
+                 status="invalid_argument", protocol=GRPC) == 1
         for lang, rs in (("python", py), ("java", [java])):
             assert v("submodel_prompt_tokens_total", language=lang) == sum(
                 r.usage.prompt_tokens for r in rs)
             assert v("submodel_generated_tokens_total", language=lang) == sum(
                 r.usage.completion_tokens for r in rs)
-            assert v("submodel_request_duration_seconds_count", language=lang) == len(rs)
+            assert v("submodel_request_duration_seconds_count", language=lang,
+                     protocol=GRPC) == len(rs)
             assert v("submodel_time_to_first_token_seconds_count", language=lang) == len(rs)
             assert v("submodel_queue_depth", language=lang) == 0
         assert v("submodel_router_confidence_count") == 3
