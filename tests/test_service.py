@@ -315,7 +315,7 @@ def test_drain_finishes_in_flight_and_refuses_new_work(tiny_store):
 def test_sigterm_drains_and_exits_zero(tiny_store):
     proc = subprocess.Popen(
         [sys.executable, "-m", "submodel.cli", "serve", str(tiny_store), "--port", "0",
-         "--metrics-port", "0", "--grace", "60"],
+         "--metrics-port", "0", "--grace", "60", "--no-http"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         log = []
