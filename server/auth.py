@@ -9,6 +9,9 @@ from pathlib import Path
 
 import grpc
 
+from submodel.server import errors
+from submodel.server.api import EngineError, Reason
+
 # Health stays open: load balancers and Kubernetes probes cannot send a token.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -52,7 +55,7 @@ def _deny(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler
     """A handler of the same shape as `handler` that only answers UNAUTHENTICATED."""
 
     def abort(_request, context):
-        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+        errors.abort(context, EngineError(message, Reason.UNAUTHENTICATED))
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)

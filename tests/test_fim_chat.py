@@ -121,3 +121,14 @@ def test_reasons_of_other_failures(plain):
             c.generate(pb.GenerateRequest(prompt="x", language="cobol"))
         assert e.value.code() == grpc.StatusCode.NOT_FOUND
         assert reason_of(e.value) == (Reason.UNKNOWN_LANGUAGE, "language")
+
+
+def test_unauthenticated_reason(tiny_store):
+    s = serve_store(tiny_store, token="right")
+    try:
+        with s.client(token="wrong") as c, pytest.raises(grpc.RpcError) as e:
+            c.generate(pb.GenerateRequest(prompt="x", max_tokens=1))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason_of(e.value)[0] == Reason.UNAUTHENTICATED
+    finally:
+        s.stop()
