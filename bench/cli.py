@@ -1,5 +1,6 @@
-"""`submodel bench passk` (HumanEval pass@k matrix), `proxy` (fast mask-quality proxy),
-`load` (load and memory) and `soak` (mixed traffic with failures, accounted for)."""
+"""`submodel bench passk` (HumanEval pass@k matrix), `fim` (fill-in-the-middle), `proxy` (fast
+mask-quality proxy), `load` (load and memory) and `soak` (mixed traffic with failures, accounted
+for)."""
 
 from __future__ import annotations
 
@@ -161,6 +162,25 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                             "results/proxy)")
     px.add_argument("--no-progress", action="store_true", help="no progress bars")
     px.set_defaults(func=run_proxy)
+
+    f = kinds.add_parser("fim", help="fill-in-the-middle: HumanEval spans filled per sub-model",
+                         description="Cut a span (one line, and a block of 2-4 lines) out of "
+                         "each HumanEval canonical solution (Python), ask dense and each "
+                         "language mask to fill it (GenerateRequest.suffix, greedy) and run the "
+                         "problem's tests: pass rate per sub-model and mode. Writes fim.json "
+                         "and fim.md.")
+    fwhere = f.add_mutually_exclusive_group(required=True)
+    fwhere.add_argument("--store", help="store directory: start `submodel serve` for the run")
+    fwhere.add_argument("--server", metavar="HOST:PORT", help="a running `submodel serve`")
+    f.add_argument("--limit", type=int, help="problems: a seeded subset (default all 164)")
+    f.add_argument("--submodels", type=_csv(ROWS[1:]), default=ROWS[1:],
+                   help="sub-models to ask (default dense,python,java,cpp,javascript)")
+    f.add_argument("--max-tokens", type=int, default=128, help="tokens per fill (default 128)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the subset and spans")
+    f.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    f.add_argument("--out", default="results/fim", help="output directory (default "
+                                                        "results/fim)")
+    f.set_defaults(func=run_fim)
 
     lo = kinds.add_parser("load", help="throughput, latency and memory per engine strategy",
                           description=LOAD_HELP,
@@ -406,6 +426,56 @@ def run_proxy(args: argparse.Namespace) -> int:
     for key, cell in sorted(result["cells"].items()):
         print(f"{key}: agreement {cell['agreement']:.1%}, KL {cell['kl']:.4f}")
     print(f"wrote {Path(args.out) / 'proxy.json'}, {Path(args.out) / 'proxy.md'}")
+    return 0
+
+
+# ---- fim --------------------------------------------------------------------------------------
+
+def run_fim(args: argparse.Namespace) -> int:
+    import contextlib
+    import json
+
+    import grpc
+
+    from submodel.bench import fim
+    from submodel.bench.humaneval.problems import load_problems
+    from submodel.bench.server_proc import ServerError, ServerProcess
+    from submodel.server.client import Client
+
+    if args.limit is not None and args.limit < 1 or args.max_tokens < 1 or args.concurrency < 1:
+        raise CLIError("--limit, --max-tokens and --concurrency must be at least 1")
+    problems = load_problems("python", args.limit, args.seed)
+    spans = [s for p in problems for s in fim.cut_spans(p, args.seed)]
+    out = Path(args.out)
+    with contextlib.ExitStack() as stack:
+        target = args.server
+        if args.store:
+            try:
+                target = stack.enter_context(ServerProcess(
+                    args.store, out / "server.log", max_batch=args.concurrency,
+                    metrics=False)).target
+            except ServerError as e:
+                raise CLIError(str(e)) from None
+        client = stack.enter_context(Client(target))
+        try:
+            model = model_info(client, args.store, target, "fused" if args.store else None,
+                               None)
+            missing = [r for r in args.submodels if r not in model["sub_models"]]
+            if missing:
+                raise CLIError(f"the server does not serve {', '.join(missing)}")
+            fills = fim.fill_all(client, spans, args.submodels, args.max_tokens,
+                                 args.concurrency)
+        except grpc.RpcError as e:
+            raise CLIError(f"{target}: {e.code().name}: {e.details()}") from None
+    results = fim.score(spans, fills, args.submodels)
+    meta = {"problems": len(problems), "seed": args.seed, "source": model["source"],
+            "max_tokens": args.max_tokens, "model": model}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "fim.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
+    (out / "fim.md").write_text(fim.markdown(results["table"], meta))
+    for row, modes in results["table"].items():
+        print(f"{row}: " + ", ".join(f"{m} {_pct(c['pass_rate'])}" for m, c in modes.items()))
+    print(f"wrote {out / 'fim.json'}, {out / 'fim.md'}")
     return 0
 
 

@@ -26,7 +26,9 @@ from submodel.bench.cache import JsonlCache, digest
 from submodel.bench.humaneval.executors import get_executor, run_samples
 from submodel.bench.humaneval.problems import Problem
 from submodel.bench.humaneval.sandbox import SandboxError
+from submodel.server.api import Reason
 from submodel.server.client import Client
+from submodel.server.errors import reason_of
 from submodel.v1 import submodel_pb2 as pb
 
 ROUTED = "routed"
@@ -285,18 +287,19 @@ def _retry_or_skip(e: grpc.RpcError, chunk: Chunk, outcome: Outcome, bar: tqdm) 
     """True to send the chunk again (queue full); a prompt longer than the context skips the
     problem (counted in the report); anything else ends the run."""
     code, details = e.code(), e.details() or ""
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+    reason, field = reason_of(e)
+    if reason == Reason.QUEUE_FULL:
         time.sleep(RETRY_SECONDS)
         return True
     p = chunk.problem
-    if code == grpc.StatusCode.INVALID_ARGUMENT and "context window" in details:
+    if reason == Reason.PROMPT_TOO_LONG:
         outcome.too_long.setdefault(p.language, {})[p.task_id] = details
         bar.update(chunk.count)
         return False
     hint = ""
-    if code == grpc.StatusCode.INVALID_ARGUMENT and "n must be" in details:
+    if reason == Reason.INVALID_FIELD and field == "n":
         hint = " (lower --max-batch to at most the server's --max-batch)"
-    elif code == grpc.StatusCode.NOT_FOUND:
+    elif reason == Reason.UNKNOWN_LANGUAGE:
         hint = " (the server does not serve this sub-model; check --submodels)"
     raise BenchError(f"{chunk.row} on {p.task_id} ({p.language}): {code.name}: {details}{hint}")
 

@@ -41,7 +41,8 @@ class ServerProcess:
         self.argv = [sys.executable, "-c", PRELUDE, str(os.getpid()), "serve", str(store),
                      "--port", "0",
                      "--strategy", strategy, "--max-batch", str(max_batch),
-                     "--max-queue", str(max_queue), "--device", device, "--grace", "5"]
+                     "--max-queue", str(max_queue), "--device", device, "--grace", "5",
+                     "--no-http"]
         self.argv += ["--metrics-port", "0"] if metrics else ["--no-metrics"]
         if dtype:
             self.argv += ["--dtype", dtype]

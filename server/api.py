@@ -4,28 +4,67 @@ through which it reports what it does (the service turns that into Prometheus me
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 DENSE = "dense"
 
 
+class Reason(StrEnum):
+    """Why a request failed, for programs: clients match on this, never on the message.
+
+    `server/errors.py` maps each reason to a gRPC status and an HTTP status in one table; the
+    gRPC API sends it as trailing metadata `submodel-error-reason`, the HTTP API as the error
+    object's `code`."""
+
+    INVALID_FIELD = "invalid_field"  # a bad field value; `field` names it
+    PROMPT_TOO_LONG = "prompt_too_long"  # the prompt does not fit the context window
+    FIM_UNSUPPORTED = "fim_unsupported"  # `suffix` sent, the tokenizer has no FIM tokens
+    CHAT_UNSUPPORTED = "chat_unsupported"  # `messages` sent, the tokenizer has no template
+    UNKNOWN_LANGUAGE = "unknown_language"  # a language or model name the server does not serve
+    UNAUTHENTICATED = "unauthenticated"  # missing or wrong bearer token
+    QUEUE_FULL = "queue_full"
+    DRAINING = "draining"  # shutting down: retry on another replica
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    CANCELLED = "cancelled"  # the client went away
+    INTERNAL = "internal"  # a bug or an engine failure (see the server log)
+
+
 class EngineError(Exception):
-    """Base of the errors a caller can act on; the message says what to fix."""
+    """A request that cannot be served. `message` says what to fix; `reason` says why for
+    programs; `field` names the request field at fault, if one is."""
+
+    default_reason = Reason.INTERNAL
+
+    def __init__(self, message: str, reason: Reason | None = None,
+                 field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.reason = reason or self.default_reason
+        self.field = field
 
 
 class InvalidRequestError(EngineError):
     """A bad field or a prompt longer than the context window (gRPC INVALID_ARGUMENT)."""
 
+    default_reason = Reason.INVALID_FIELD
+
 
 class UnknownLanguageError(EngineError):
     """A language the store does not serve (gRPC NOT_FOUND)."""
+
+    default_reason = Reason.UNKNOWN_LANGUAGE
 
 
 class QueueFullError(EngineError):
     """The bounded queue is full (gRPC RESOURCE_EXHAUSTED)."""
 
+    default_reason = Reason.QUEUE_FULL
+
 
 class DrainingError(EngineError):
     """The engine is shutting down and takes no new work (gRPC UNAVAILABLE)."""
+
+    default_reason = Reason.DRAINING
 
 
 @dataclass(frozen=True)
@@ -40,11 +79,25 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class Message:
+    """One chat turn; rendered with the tokenizer's chat template."""
+
+    role: str  # system | user | assistant
+    content: str
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
+    """Exactly one prompt form: `prompt` (plain completion), `prompt` + `suffix` (fill in the
+    middle: `prompt` is the text before the cursor, `suffix` the text after it), or
+    `messages` (chat)."""
+
     prompt: str
     language: str  # one of the store's languages, or DENSE
     params: SamplingParams = field(default_factory=SamplingParams)
     deadline: float | None = None  # time.monotonic() after which the request is abandoned
+    suffix: str | None = None
+    messages: tuple[Message, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
-"""The gRPC server process: Generator + health + reflection on one port, /metrics over HTTP,
-and a graceful drain on SIGTERM (health NOT_SERVING, every new RPC UNAVAILABLE, finish what is
-in flight up to a grace period, stop once clients have gone quiet, exit 0)."""
+"""The server process: gRPC (Generator + health + reflection) on one port, the OpenAI-compatible
+HTTP API on another, both over one engine; /metrics over HTTP; and a graceful drain on SIGTERM
+(health NOT_SERVING, every new request refused as unavailable, finish what is in flight up to a
+grace period, stop once clients have gone quiet, exit 0)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from grpc_reflection.v1alpha import reflection
 
 from submodel.server.auth import BearerTokenInterceptor
 from submodel.server.drain import DrainGate
-from submodel.server.metrics import UNROUTED, Metrics
+from submodel.server.generation import Generations
+from submodel.server.http_server import HttpListener, HttpServer
+from submodel.server.metrics import GRPC, UNROUTED, Metrics
 from submodel.server.service import SERVICE, GeneratorService, add_to_server
 
 log = logging.getLogger("submodel.server")
@@ -73,7 +76,7 @@ class GrpcServer:
 
         def refused(method: str) -> None:  # one submodel_requests_total per generation RPC
             if method in generations:
-                service.metrics.finished(UNROUTED, UNROUTED, "unavailable")
+                service.generations.metrics.finished(UNROUTED, UNROUTED, "unavailable", GRPC)
 
         self.gate.on_refused = refused
         self.server.start()
@@ -112,10 +115,14 @@ def wait_for_signal() -> int:
 
 
 def serve(engine_factory, router, listener: Listener, *, workers: int, grace: float,
-          metrics: Metrics, metrics_address: tuple[str, int] | None) -> int:
+          metrics: Metrics, metrics_address: tuple[str, int] | None,
+          http_listener: HttpListener | None = None) -> int:
     """Run until SIGTERM/SIGINT. `engine_factory(metrics)` loads the model (slow), after the
     ports are bound; `router(languages)` builds the router for the engine's languages."""
+    from submodel.server.http_api import HttpApi
+
     server = GrpcServer(listener, workers)
+    api = HttpServer(http_listener) if http_listener is not None else None
     http = None
     if metrics_address is not None:
         host, port = metrics_address
@@ -127,11 +134,16 @@ def serve(engine_factory, router, listener: Listener, *, workers: int, grace: fl
     engine = engine_factory(metrics)
     engine.start()
     try:
-        service = GeneratorService(engine, router(engine.languages), metrics)
+        generations = Generations(engine, router(engine.languages), metrics)
+        service = GeneratorService(generations)
         server.start(service)
         log.info("serving %s on %s (languages: %s; %s)", SERVICE,
                  _address(listener.host, server.port), ", ".join(engine.languages),
                  "TLS" if listener.credentials else "plaintext")
+        if api is not None:
+            api.start(HttpApi(generations, http_listener.token).app, FLUSH_SECONDS)
+            log.info("serving the OpenAI-compatible API on %s://%s/v1",
+                     "https" if api.tls else "http", _address(http_listener.host, api.port))
         signum = wait_for_signal()
         log.info("%s: draining, %d request(s) in flight (grace %.0f s)",
                  signal.Signals(signum).name, service.in_flight, grace)
@@ -140,6 +152,8 @@ def serve(engine_factory, router, listener: Listener, *, workers: int, grace: fl
                  "grace period were cancelled")
     finally:
         engine.stop()
+        if api is not None:
+            api.stop()
         if http is not None:
             http.shutdown()
     return 0

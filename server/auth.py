@@ -9,6 +9,9 @@ from pathlib import Path
 
 import grpc
 
+from submodel.server import errors
+from submodel.server.api import EngineError, Reason
+
 # Health stays open: load balancers and Kubernetes probes cannot send a token.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -48,13 +51,12 @@ def server_credentials(cert: str | Path, key: str | Path) -> grpc.ServerCredenti
     return grpc.ssl_server_credentials([pair])
 
 
-def deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode,
-         message: str) -> grpc.RpcMethodHandler:
-    """A handler of the same shape as `handler` that only answers `code` with `message`; it
-    never deserializes the request nor runs the real handler."""
+def deny(handler: grpc.RpcMethodHandler, reason: Reason, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that only fails with `reason` and `message`;
+    it never deserializes the request nor runs the real handler."""
 
     def abort(_request, context):
-        context.abort(code, message)
+        errors.abort(context, EngineError(message, reason))
 
     if handler.request_streaming and handler.response_streaming:
         return grpc.stream_stream_rpc_method_handler(abort)
@@ -81,6 +83,6 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         why = "missing" if sent is None else "wrong"
-        return deny(handler, grpc.StatusCode.UNAUTHENTICATED,
+        return deny(handler, Reason.UNAUTHENTICATED,
                     f"{why} bearer token: send metadata 'authorization: Bearer <token>' "
                     "(submodel generate --auth-token-file FILE)")

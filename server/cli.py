@@ -11,15 +11,21 @@ from submodel.cli import CLIError
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9400
+DEFAULT_HTTP_PORT = 8000
 DTYPES = ("float32", "bfloat16", "float16")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="serve a sub-model store over gRPC",
+    p = sub.add_parser("serve", help="serve a sub-model store over gRPC and HTTP",
                        description="Serve a sub-model store over gRPC (submodel.v1.Generator, "
-                       "health, reflection) with Prometheus metrics over HTTP. SIGTERM drains: "
-                       "health turns NOT_SERVING, new requests get UNAVAILABLE, requests in "
-                       "flight finish (up to --grace), exit 0.")
+                       "health, reflection) and an OpenAI-compatible HTTP API (/v1/models, "
+                       "/v1/completions with suffix for fill-in-the-middle, "
+                       "/v1/chat/completions; Tabby's completion schema on /v1/completions), "
+                       "both over one engine, with Prometheus metrics over HTTP. Model names: "
+                       "auto (or the base model's name) routes by content, a language or "
+                       "dense forces that sub-model. SIGTERM drains: health turns NOT_SERVING, "
+                       "new requests get UNAVAILABLE (HTTP 503), requests in flight finish "
+                       "(up to --grace), exit 0.")
     p.add_argument("store", help="store directory written by `submodel prune`")
     p.add_argument("--strategy", default="fused",
                    help="how masks are applied: fused (default: masked kernels, languages "
@@ -32,6 +38,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "--tls-cert/--tls-key, --auth-token-file or --insecure)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT,
                    help=f"gRPC port (default {DEFAULT_PORT}; 0 = any free port, logged)")
+    p.add_argument("--http-host", default="127.0.0.1",
+                   help="address of the OpenAI-compatible HTTP API (default 127.0.0.1; same "
+                        "TLS, token and loopback rules as --host)")
+    p.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT,
+                   help=f"port of the HTTP API (default {DEFAULT_HTTP_PORT}; 0 = any free "
+                        "port, logged)")
+    p.add_argument("--no-http", action="store_true", help="do not serve the HTTP API")
     p.add_argument("--metrics-host", default="127.0.0.1",
                    help="address of the HTTP /metrics endpoint (default 127.0.0.1)")
     p.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT,
@@ -56,9 +69,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tls-key", help="PEM private key of --tls-cert")
     p.add_argument("--auth-token-file",
                    help="file holding a bearer token every RPC but health must send as "
-                        "metadata 'authorization: Bearer <token>'")
+                        "metadata 'authorization: Bearer <token>' (HTTP: the Authorization "
+                        "header, i.e. the OpenAI client's api_key; /v1/health stays open)")
     p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback --host without TLS or a token")
+                   help="allow a non-loopback --host or --http-host without TLS or a token")
     p.set_defaults(func=run_serve)
 
     g = sub.add_parser("generate", help="complete code with a running server (streams)",
@@ -95,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _check_serve_args(args: argparse.Namespace) -> None:
     if (args.tls_cert is None) != (args.tls_key is None):
         raise CLIError("--tls-cert and --tls-key go together")
-    for flag in ("port", "metrics_port"):
+    for flag in ("port", "metrics_port", "http_port"):
         if not 0 <= getattr(args, flag) <= 65535:
             raise CLIError(f"--{flag.replace('_', '-')} must be in 0..65535")
     for flag in ("max_batch", "max_queue", "max_context"):
@@ -110,11 +124,13 @@ def _check_serve_args(args: argparse.Namespace) -> None:
 def run_serve(args: argparse.Namespace) -> int:
     _check_serve_args(args)
     from submodel.server import app, auth
+    from submodel.server.http_server import HttpListener
     from submodel.server.metrics import Metrics
 
     try:
-        auth.check_bind(args.host, args.tls_cert is not None, args.auth_token_file is not None,
-                        args.insecure)
+        for host in (args.host, *(() if args.no_http else (args.http_host,))):
+            auth.check_bind(host, args.tls_cert is not None, args.auth_token_file is not None,
+                            args.insecure)
         token = auth.read_token(args.auth_token_file) if args.auth_token_file else None
         creds = auth.server_credentials(args.tls_cert, args.tls_key) if args.tls_cert else None
     except ValueError as e:
@@ -142,13 +158,16 @@ def run_serve(args: argparse.Namespace) -> int:
 
     threshold = DEFAULT_THRESHOLD if args.router_threshold is None else args.router_threshold
     listener = app.Listener(args.host, args.port, creds, token)
+    http_listener = None if args.no_http else HttpListener(
+        args.http_host, args.http_port, args.tls_cert, args.tls_key, token)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
         return app.serve(load_engine, lambda langs: Router(langs, threshold), listener,
                          workers=args.max_batch + args.max_queue + 8, grace=args.grace,
                          metrics=Metrics(),
                          metrics_address=None if args.no_metrics
-                         else (args.metrics_host, args.metrics_port))
+                         else (args.metrics_host, args.metrics_port),
+                         http_listener=http_listener)
     except OSError as e:
         raise CLIError(str(e)) from None
 

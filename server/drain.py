@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import grpc
 
+from submodel.server.api import Reason
 from submodel.server.auth import OPEN_PREFIXES, deny
 
 SHUTTING_DOWN = "the server is shutting down; retry on another replica"
@@ -52,7 +53,7 @@ class DrainGate(grpc.ServerInterceptor):
             return handler
         if self.on_refused is not None:
             self.on_refused(handler_call_details.method)
-        return deny(handler, grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+        return deny(handler, Reason.DRAINING, SHUTTING_DOWN)
 
     def wait_quiet(self, quiet: float, limit: float) -> bool:
         """Block for `quiet` seconds, extended until no gated RPC has arrived for that long,

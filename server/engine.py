@@ -30,12 +30,14 @@ from submodel.server.api import (
     GenerationRequest,
     InvalidRequestError,
     QueueFullError,
+    Reason,
     TokenEvent,
     UnknownLanguageError,
 )
 from submodel.server.masking import make_strategy
 from submodel.server.model import KVCache, ModelArgs, Transformer, weight_name
 from submodel.server.omp import release_team
+from submodel.server.prompts import PromptBuilder, validate_messages
 from submodel.server.sampling import TextAssembler, choose_token, make_generator
 
 log = logging.getLogger("submodel.engine")
@@ -114,6 +116,7 @@ class Engine:
         self.args = ModelArgs.from_config(config)
         self.max_context = min(max_context, self.args.max_positions)
         self.tokenizer = store.load_tokenizer()
+        self.prompts = PromptBuilder(self.tokenizer)
         self.end_ids = self._end_token_ids(config)
 
         state = store.load_state_dict(self.dtype)
@@ -156,10 +159,11 @@ class Engine:
 
     def submit(self, request: GenerationRequest) -> RequestHandle:
         self._validate(request)
-        ids = self.tokenizer.encode(request.prompt)
+        ids = self.prompts.ids(request)
         if len(ids) >= self.max_context:
             raise InvalidRequestError(f"prompt is {len(ids)} tokens; the context window is "
-                                      f"{self.max_context}: shorten the prompt")
+                                      f"{self.max_context}: shorten the prompt",
+                                      Reason.PROMPT_TOO_LONG, "prompt")
         handle = RequestHandle(request, ids)
         with self.lock:
             if not self.accepting:
@@ -200,24 +204,32 @@ class Engine:
         p = r.params
         if r.language not in self.waiting:
             raise UnknownLanguageError(f"language '{r.language}' is not served (have "
-                                       f"{', '.join(self.languages)} and {DENSE})")
-        problems = []
-        if not r.prompt:
-            problems.append("prompt is empty")
+                                       f"{', '.join(self.languages)} and {DENSE})",
+                                       field="language")
+        problems: list[tuple[str, str]] = []  # (field, what is wrong)
+        if r.messages:
+            if r.prompt or r.suffix is not None:
+                problems.append(("messages", "messages go without prompt and suffix"))
+            validate_messages(r.messages)
+        elif r.suffix is None and not r.prompt:
+            problems.append(("prompt", "prompt is empty"))
+        elif r.suffix is not None and not (r.prompt or r.suffix):
+            problems.append(("prompt", "prompt and suffix are both empty"))
         if not 1 <= p.max_tokens <= self.max_context:
-            problems.append(f"max_tokens must be in 1..{self.max_context}")
+            problems.append(("max_tokens", f"max_tokens must be in 1..{self.max_context}"))
         if not 0 <= p.temperature <= MAX_TEMPERATURE:
-            problems.append(f"temperature must be in 0..{MAX_TEMPERATURE}")
+            problems.append(("temperature", f"temperature must be in 0..{MAX_TEMPERATURE}"))
         if not 0 < p.top_p <= 1:
-            problems.append("top_p must be in (0, 1]")
+            problems.append(("top_p", "top_p must be in (0, 1]"))
         if p.top_k < 0:
-            problems.append("top_k must be >= 0 (0 = off)")
+            problems.append(("top_k", "top_k must be >= 0 (0 = off)"))
         if not 1 <= p.n <= min(MAX_N, self.max_batch):
-            problems.append(f"n must be in 1..{min(MAX_N, self.max_batch)}")
+            problems.append(("n", f"n must be in 1..{min(MAX_N, self.max_batch)}"))
         if p.seed is not None and p.seed < 0:
-            problems.append("seed must be >= 0")
+            problems.append(("seed", "seed must be >= 0"))
         if problems:
-            raise InvalidRequestError("; ".join(problems))
+            raise InvalidRequestError("; ".join(why for _, why in problems),
+                                      field=problems[0][0])
 
     def _end_token_ids(self, config: dict) -> set[int]:
         ids = set()
@@ -228,6 +240,9 @@ class Engine:
             ids.add(self.tokenizer.eos_token_id)
         vocab = self.tokenizer.get_vocab()
         ids.update(vocab[t] for t in END_TOKENS if t in vocab)
+        if self.prompts.fim is not None:  # a FIM marker would start another document
+            fim = self.prompts.fim
+            ids.update((fim.prefix, fim.suffix, fim.middle))
         return ids
 
     def _idle(self) -> bool:

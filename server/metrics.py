@@ -14,6 +14,7 @@ STEP_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
 CONFIDENCE = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 UNROUTED = "none"  # language and route_source of a request rejected before routing
+GRPC, HTTP = "grpc", "http"  # the `protocol` label: which API a request came by
 
 
 class Metrics(EngineObserver):
@@ -22,12 +23,13 @@ class Metrics(EngineObserver):
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter(
-            "submodel_requests_total", "Finished RPCs by routed language, route source and "
-            "gRPC status (ok, invalid_argument, cancelled, ...).",
-            ["language", "route_source", "status"], registry=r)
+            "submodel_requests_total", "Finished generation requests by routed language, "
+            "route source, status (the gRPC code's name: ok, invalid_argument, cancelled, ... "
+            "for HTTP too) and protocol (grpc, http).",
+            ["language", "route_source", "status", "protocol"], registry=r)
         self.request_duration = Histogram(
-            "submodel_request_duration_seconds", "Generate/GenerateStream wall time, receipt "
-            "to last token.", ["language"], buckets=SECONDS, registry=r)
+            "submodel_request_duration_seconds", "Generation request wall time, receipt to "
+            "last token.", ["language", "protocol"], buckets=SECONDS, registry=r)
         self.ttft = Histogram(
             "submodel_time_to_first_token_seconds", "Submission to the first generated token.",
             ["language"], buckets=SECONDS, registry=r)
@@ -87,12 +89,12 @@ class Metrics(EngineObserver):
     def generated(self, language: str, tokens: int) -> None:
         self.generated_tokens.labels(language).inc(tokens)
 
-    def finished(self, language: str, route_source: str, status: str,
+    def finished(self, language: str, route_source: str, status: str, protocol: str,
                  seconds: float | None = None) -> None:
-        """One RPC done; `status` is the gRPC code's name in lower case."""
-        self.requests.labels(language, route_source, status).inc()
+        """One request done; `status` is the gRPC code's name in lower case."""
+        self.requests.labels(language, route_source, status, protocol).inc()
         if seconds is not None:
-            self.request_duration.labels(language).observe(seconds)
+            self.request_duration.labels(language, protocol).observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,16 +1,16 @@
-"""The `submodel.v1.Generator` servicer: validate, route, submit to the engine, stream back.
+"""The `submodel.v1.Generator` servicer: protobuf in, `generation.Job` out, events back.
 
-Every RPC ends with exactly one `submodel_requests_total` increment. A bad request is answered
-with INVALID_ARGUMENT and a message that says what to fix, before any work is queued; a client
-that goes away cancels its request so the engine frees the slot at its next step.
+Routing, submission and metrics live in `generation.py` (shared with the HTTP API); statuses
+in `errors.py`. Every generation RPC ends with exactly one `submodel_requests_total`
+increment. A bad request is answered with INVALID_ARGUMENT and a message that says what to
+fix, before any work is queued; a client that goes away cancels its request so the engine
+frees the slot at its next step.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -21,38 +21,25 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from submodel.server.api import (
     DENSE,
     DoneEvent,
-    DrainingError,
     FinishEvent,
-    GenerationRequest,
     InvalidRequestError,
-    QueueFullError,
+    Message,
     SamplingParams,
     TokenEvent,
-    UnknownLanguageError,
 )
-from submodel.server.metrics import UNROUTED, Metrics
+from submodel.server.errors import grpc_errors
+from submodel.server.generation import (
+    DEFAULT_MAX_TOKENS,
+    MAX_MESSAGES,
+    Generations,
+    Job,
+    Route,
+    check_stop,
+)
+from submodel.server.metrics import GRPC
 from submodel.v1 import submodel_pb2 as pb
 
-log = logging.getLogger("submodel.server")
-
 SERVICE = "submodel.v1.Generator"
-DEFAULT_MAX_TOKENS = 256
-# Size limits, checked before any work (README "Limits"); grpc itself refuses messages over
-# its 4 MiB receive limit with RESOURCE_EXHAUSTED.
-MAX_PROMPT_BYTES = 256 * 1024  # also DetectLanguage's text
-MAX_STOP = 8
-MAX_STOP_CHARS = 256
-MAX_FILENAME_CHARS = 4096
-MAX_LANGUAGE_CHARS = 64
-EARLY = ("cancelled", "deadline", "error")  # finish reasons that fail the RPC
-
-
-@dataclass(frozen=True)
-class Routed:
-    """First item `_events` yields: where the request went and how long deciding took."""
-
-    routing: pb.Routing
-    seconds: float
 
 
 @dataclass(frozen=True)
@@ -60,15 +47,6 @@ class Undecodable:
     """What the lenient deserializer returns for bytes that are not a valid request."""
 
     message: str
-
-
-class Reject(Exception):
-    """Ends an RPC with `code`; `message` says what to fix."""
-
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 def lenient_deserializer(cls) -> Callable[[bytes], object]:
@@ -98,37 +76,11 @@ def lenient_deserializer(cls) -> Callable[[bytes], object]:
     return parse
 
 
-def check_sizes(text: str, field: str, filename: str, language: str) -> None:
-    """The size limits the generation and detection requests share; raises Reject."""
-    size = len(text.encode())
-    problems = []
-    if size > MAX_PROMPT_BYTES:
-        problems.append(f"{field} is {size} bytes; the limit is {MAX_PROMPT_BYTES}")
-    if len(filename) > MAX_FILENAME_CHARS:
-        problems.append(f"filename is longer than the limit of {MAX_FILENAME_CHARS} characters")
-    if len(language) > MAX_LANGUAGE_CHARS:
-        problems.append(f"language is longer than the limit of {MAX_LANGUAGE_CHARS} characters")
-    if problems:
-        raise Reject(grpc.StatusCode.INVALID_ARGUMENT, "; ".join(problems))
-
-
 def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
     """The request's fields as engine parameters. Numeric ranges (max_tokens within the
     context, temperature, top_p, top_k, n within the batch) are the engine's to check, at
-    submit; here only what the engine does not see. Raises Reject(INVALID_ARGUMENT)."""
-
-    def bad(message: str) -> Reject:
-        return Reject(grpc.StatusCode.INVALID_ARGUMENT, message)
-
-    if not req.prompt:
-        raise bad("prompt is empty: send the code to complete")
-    check_sizes(req.prompt, "prompt", req.filename,
-                req.language if req.HasField("language") else "")
-    if len(req.stop) > MAX_STOP:
-        raise bad(f"at most {MAX_STOP} stop strings (got {len(req.stop)})")
-    for s in req.stop:
-        if not 0 < len(s) <= MAX_STOP_CHARS:
-            raise bad(f"stop strings must have 1 to {MAX_STOP_CHARS} characters (got {len(s)})")
+    submit; here only what the engine does not see. Raises InvalidRequestError."""
+    check_stop(req.stop)
     return SamplingParams(
         max_tokens=req.max_tokens if req.HasField("max_tokens") else DEFAULT_MAX_TOKENS,
         temperature=req.temperature if req.HasField("temperature") else 0.0,
@@ -137,116 +89,54 @@ def sampling_params(req: pb.GenerateRequest) -> SamplingParams:
         seed=req.seed if req.HasField("seed") else None)
 
 
-def _status(code: grpc.StatusCode) -> str:
-    return code.name.lower()
+def job_of(req, context: grpc.ServicerContext) -> Job:
+    """A GenerateRequest as a Job; raises InvalidRequestError for what the engine does not
+    check (prompt forms, filename, stop strings)."""
+    if isinstance(req, Undecodable):
+        raise InvalidRequestError(req.message)
+    if req.messages and (req.prompt or req.HasField("suffix")):
+        raise InvalidRequestError("send either messages (chat) or prompt (with an optional "
+                                  "suffix), not both", field="messages")
+    if not (req.prompt or req.messages or req.HasField("suffix")):
+        raise InvalidRequestError("prompt is empty: send the code to complete", field="prompt")
+    if len(req.messages) > MAX_MESSAGES:
+        raise InvalidRequestError(f"at most {MAX_MESSAGES} messages", field="messages")
+    params = sampling_params(req)
+    remaining = context.time_remaining()
+    return Job(params=params, prompt=req.prompt,
+               suffix=req.suffix if req.HasField("suffix") else None,
+               messages=tuple(Message(m.role, m.content) for m in req.messages),
+               filename=req.filename, hint=req.language if req.HasField("language") else None,
+               deadline=None if remaining is None else time.monotonic() + remaining)
 
 
-class _Call:
-    """One Generate/GenerateStream RPC's bookkeeping, recorded once when it ends."""
+def routing_pb(route: Route) -> pb.Routing:
+    return pb.Routing(language=route.language, confidence=route.confidence,
+                      source=route.source, sub_model=route.sub_model)
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-        self.started = time.monotonic()
-        self.language = UNROUTED
-        self.source = UNROUTED
-        self.deadline: float | None = None
-        self.done = False
 
-    def abandoned(self) -> grpc.StatusCode:
-        """Why a request ended early: the client's deadline, or the client went away."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return grpc.StatusCode.DEADLINE_EXCEEDED
-        return grpc.StatusCode.CANCELLED
+def cancel_with(context: grpc.ServicerContext) -> Callable[[object], None]:
+    """A `watch` for Generations.run: cancel the engine's work when the RPC ends."""
 
-    def finish(self, code: grpc.StatusCode) -> None:
-        if self.done:
-            return
-        self.done = True
-        routed = self.language != UNROUTED
-        self.metrics.finished(self.language, self.source, _status(code),
-                              time.monotonic() - self.started if routed else None)
+    def watch(handle) -> None:
+        if not context.add_callback(handle.cancel):  # the RPC already ended
+            handle.cancel()
+
+    return watch
 
 
 class GeneratorService:
-    """Implements the four RPCs over an Engine and a Router."""
+    """Implements the four RPCs over the shared `Generations`."""
 
-    def __init__(self, engine, router, metrics: Metrics) -> None:
-        self.engine = engine
-        self.router = router
-        self.metrics = metrics
-        self.in_flight = 0  # generation RPCs admitted by the engine and not finished
-        self._lock = threading.Lock()
+    def __init__(self, generations: Generations) -> None:
+        self.generations = generations
+        self.engine = generations.engine
+        self.router = generations.router
 
-    def _count(self, delta: int) -> None:
-        with self._lock:
-            self.in_flight += delta
-
-    # --- routing -------------------------------------------------------------------------
-    def _route(self, text: str, filename: str, hint: str | None) -> Routed:
-        from submodel.router import UnknownLanguage
-
-        t0 = time.perf_counter()
-        try:
-            d = self.router.detect(text, filename=filename or None, hint=hint or None)
-        except UnknownLanguage as e:
-            raise Reject(grpc.StatusCode.NOT_FOUND, str(e)) from None
-        seconds = time.perf_counter() - t0
-        self.metrics.routed(d.confidence)
-        return Routed(pb.Routing(language=d.language, confidence=d.confidence, source=d.source,
-                                 sub_model=d.language), seconds)
-
-    # --- generation ----------------------------------------------------------------------
-    def _events(self, req, context, call: _Call) -> Iterator[object]:
-        """Yields the Routing, then the engine's events; raises Reject for every failure."""
-        if isinstance(req, Undecodable):
-            raise Reject(grpc.StatusCode.INVALID_ARGUMENT, req.message)
-        params = sampling_params(req)
-        routed = self._route(req.prompt, req.filename,
-                             req.language if req.HasField("language") else None)
-        routing = routed.routing
-        call.language, call.source = routing.language, routing.source
-        remaining = context.time_remaining()
-        if remaining is not None:
-            call.deadline = time.monotonic() + remaining
-        try:
-            handle = self.engine.submit(GenerationRequest(
-                prompt=req.prompt, language=routing.language, params=params,
-                deadline=call.deadline))
-        except InvalidRequestError as e:
-            raise Reject(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from None
-        except UnknownLanguageError as e:
-            raise Reject(grpc.StatusCode.NOT_FOUND, str(e)) from None
-        except QueueFullError as e:
-            raise Reject(grpc.StatusCode.RESOURCE_EXHAUSTED, str(e)) from None
-        except DrainingError as e:
-            raise Reject(grpc.StatusCode.UNAVAILABLE, str(e)) from None
-        if not context.add_callback(handle.cancel):  # the RPC already ended
-            handle.cancel()
-        self.metrics.admitted(routing.language, handle.prompt_tokens)
-        early = None
-        self._count(+1)
-        try:
-            yield routed
-            for event in handle:
-                if isinstance(event, TokenEvent):
-                    self.metrics.generated(routing.language, 1)
-                elif isinstance(event, FinishEvent) and event.finish_reason in EARLY:
-                    early = event.finish_reason
-                elif isinstance(event, DoneEvent) and event.generated_tokens:
-                    self.metrics.first_token(routing.language, event.ttft_seconds)
-                yield event
-        finally:
-            self._count(-1)
-        if early == "error":
-            raise Reject(grpc.StatusCode.INTERNAL, "the engine failed on this request (see "
-                         "the server log)")
-        if early == "deadline":
-            raise Reject(grpc.StatusCode.DEADLINE_EXCEEDED,
-                         "deadline exceeded before generation finished")
-        if early is not None:
-            code = call.abandoned()
-            raise Reject(code, "the client cancelled the request"
-                         if code == grpc.StatusCode.CANCELLED else "deadline exceeded")
+    @property
+    def in_flight(self) -> int:
+        """Generations (of either API) admitted by the engine and not finished."""
+        return self.generations.in_flight
 
     @staticmethod
     def _summary(done: DoneEvent, route_seconds: float) -> tuple[pb.Usage, pb.Timings]:
@@ -258,15 +148,16 @@ class GeneratorService:
                              total_seconds=done.total_seconds)
         return usage, timings
 
+    @grpc_errors
     def Generate(self, request, context):  # noqa: N802 (gRPC method name)
-        call = _Call(self.metrics)
-        try:
-            response = pb.GenerateResponse()
+        response = pb.GenerateResponse()
+        with self.generations.call(GRPC) as call:
             route_seconds = 0.0
-            for event in self._events(request, context, call):
-                if isinstance(event, Routed):
+            job = job_of(request, context)
+            for event in self.generations.run(job, call, cancel_with(context)):
+                if isinstance(event, Route):
                     route_seconds = event.seconds
-                    response.routing.CopyFrom(event.routing)
+                    response.routing.CopyFrom(routing_pb(event))
                 elif isinstance(event, FinishEvent):
                     response.completions.add(index=event.sample, text=event.text,
                                              finish_reason=event.finish_reason,
@@ -276,24 +167,17 @@ class GeneratorService:
                     response.usage.CopyFrom(usage)
                     response.timings.CopyFrom(timings)
             response.completions.sort(key=lambda c: c.index)
-        except Reject as r:
-            call.finish(r.code)
-            context.abort(r.code, r.message)
-        except Exception:
-            log.exception("Generate failed")
-            call.finish(grpc.StatusCode.INTERNAL)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
-        call.finish(grpc.StatusCode.OK)
         return response
 
+    @grpc_errors
     def GenerateStream(self, request, context):  # noqa: N802
-        call = _Call(self.metrics)
-        try:
+        with self.generations.call(GRPC) as call:
             route_seconds = 0.0
-            for event in self._events(request, context, call):
-                if isinstance(event, Routed):
+            job = job_of(request, context)
+            for event in self.generations.run(job, call, cancel_with(context)):
+                if isinstance(event, Route):
                     route_seconds = event.seconds
-                    yield pb.GenerateChunk(routing=event.routing)
+                    yield pb.GenerateChunk(routing=routing_pb(event))
                 elif isinstance(event, TokenEvent):
                     yield pb.GenerateChunk(delta=pb.TokenDelta(
                         index=event.sample, text=event.text, token_id=event.token_id))
@@ -304,30 +188,17 @@ class GeneratorService:
                 elif isinstance(event, DoneEvent):
                     usage, timings = self._summary(event, route_seconds)
                     yield pb.GenerateChunk(summary=pb.Summary(usage=usage, timings=timings))
-        except GeneratorExit:  # grpc stopped iterating: the client went away
-            call.finish(call.abandoned())
-            raise
-        except Reject as r:
-            call.finish(r.code)
-            context.abort(r.code, r.message)
-        except Exception:
-            log.exception("GenerateStream failed")
-            call.finish(grpc.StatusCode.INTERNAL)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error (see the server log)")
-        call.finish(grpc.StatusCode.OK)
 
     # --- inspection ----------------------------------------------------------------------
+    @grpc_errors
     def DetectLanguage(self, request, context):  # noqa: N802
         if isinstance(request, Undecodable):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.message)
+            raise InvalidRequestError(request.message)
         hint = request.language if request.HasField("language") else None
-        try:
-            check_sizes(request.text, "text", request.filename, hint or "")
-            routed = self._route(request.text, request.filename, hint)
-        except Reject as r:
-            context.abort(r.code, r.message)
-        return pb.DetectLanguageResponse(routing=routed.routing)
+        route = self.generations.route(request.text, request.filename, hint)
+        return pb.DetectLanguageResponse(routing=routing_pb(route))
 
+    @grpc_errors
     def ListSubModels(self, request, context):  # noqa: N802
         store = self.engine.store
         m = store.manifest

@@ -1,5 +1,5 @@
 """In-process servers for the service tests: the real engine over a tiny store, a real gRPC
-server on a free loopback port, real clients."""
+server (and, on request, the HTTP API) on free loopback ports, real clients."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from submodel.router import Router
 from submodel.server.app import GrpcServer, Listener
 from submodel.server.client import Client
 from submodel.server.engine import Engine
+from submodel.server.generation import Generations
+from submodel.server.http_api import HttpApi
+from submodel.server.http_server import HttpListener, HttpServer
 from submodel.server.metrics import Metrics
 from submodel.server.service import GeneratorService
 
@@ -24,10 +27,17 @@ class Served:
     server: GrpcServer
     engine: Engine
     metrics: Metrics
+    http: HttpServer | None = None
 
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.server.port}"
+
+    @property
+    def base_url(self) -> str:
+        """The HTTP API's root, as OpenAI clients take it."""
+        scheme = "https" if self.http.tls else "http"
+        return f"{scheme}://127.0.0.1:{self.http.port}/v1"
 
     def client(self, **kwargs) -> Client:
         return Client(self.target, **kwargs)
@@ -58,16 +68,26 @@ class Served:
     def stop(self) -> None:
         self.server.server.stop(0).wait()
         self.engine.stop()
+        if self.http is not None:
+            self.http.stop()
 
 
 def serve_store(path, *, strategy: str = "swap", max_batch: int = 4, max_queue: int = 16,
                 token: str | None = None, quiet: float = 0.5,
-                credentials: grpc.ServerCredentials | None = None) -> Served:
+                credentials: grpc.ServerCredentials | None = None,
+                http: bool = False, tls_files: tuple[str, str] | None = None) -> Served:
+    """`http`: also serve the HTTP API (HTTPS with `tls_files` = (cert, key))."""
     metrics = Metrics()
     engine = Engine(open_store(path), strategy=strategy, max_batch=max_batch,
                     max_queue=max_queue, observer=metrics)
     engine.start()
     server = GrpcServer(Listener("127.0.0.1", 0, credentials, token),
                         workers=max_batch + max_queue + 8, quiet=quiet)
-    server.start(GeneratorService(engine, Router(engine.languages, THRESHOLD), metrics))
-    return Served(server, engine, metrics)
+    generations = Generations(engine, Router(engine.languages, THRESHOLD), metrics)
+    server.start(GeneratorService(generations))
+    api = None
+    if http:
+        cert, key = tls_files or (None, None)
+        api = HttpServer(HttpListener("127.0.0.1", 0, cert, key, token))
+        api.start(HttpApi(generations, token).app)
+    return Served(server, engine, metrics, api)

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from serving import serve_store
 from test_service import PY, health_status
 
-from submodel.server.service import MAX_STOP, MAX_STOP_CHARS
+from submodel.server.generation import MAX_STOP, MAX_STOP_CHARS
 from submodel.v1 import submodel_pb2 as pb
 
 EXAMPLES = int(os.environ.get("SUBMODEL_FUZZ_EXAMPLES", "0"))

@@ -11,9 +11,9 @@ import pytest
 
 from submodel.server.metrics import Metrics
 
-DESIGN_NAMES = {  # DESIGN.md "Metrics": name -> label names
-    "submodel_requests_total": {"language", "route_source", "status"},
-    "submodel_request_duration_seconds": {"language"},
+DESIGN_NAMES = {  # DESIGN.md "Metrics" (+ `protocol`, issue 13): name -> label names
+    "submodel_requests_total": {"language", "route_source", "status", "protocol"},
+    "submodel_request_duration_seconds": {"language", "protocol"},
     "submodel_time_to_first_token_seconds": {"language"},
     "submodel_inter_token_latency_seconds": set(),
     "submodel_generated_tokens_total": {"language"},
@@ -40,8 +40,9 @@ def busy_metrics() -> Metrics:
     m.admitted("python", 17)
     m.first_token("python", 0.2)
     m.generated("python", 5)
-    m.finished("python", "content", "ok", 1.5)
-    m.finished("none", "none", "invalid_argument")
+    m.finished("python", "content", "ok", "grpc", 1.5)
+    m.finished("python", "hint", "ok", "http", 0.5)
+    m.finished("none", "none", "invalid_argument", "grpc")
     return m
 
 
@@ -75,13 +76,18 @@ def test_observer_and_service_calls_change_the_right_series():
     assert v("submodel_weight_bytes", {"kind": "masks"}) == 125
     assert v("submodel_prompt_tokens_total", {"language": "python"}) == 17
     assert v("submodel_generated_tokens_total", {"language": "python"}) == 5
-    assert v("submodel_requests_total",
-             {"language": "python", "route_source": "content", "status": "ok"}) == 1
-    assert v("submodel_requests_total",
-             {"language": "none", "route_source": "none", "status": "invalid_argument"}) == 1
+    assert v("submodel_requests_total", {"language": "python", "route_source": "content",
+                                         "status": "ok", "protocol": "grpc"}) == 1
+    assert v("submodel_requests_total", {"language": "python", "route_source": "hint",
+                                         "status": "ok", "protocol": "http"}) == 1
+    assert v("submodel_requests_total", {"language": "none", "route_source": "none",
+                                         "status": "invalid_argument", "protocol": "grpc"}) == 1
     # a request rejected before routing has no duration
-    assert v("submodel_request_duration_seconds_count", {"language": "python"}) == 1
-    assert v("submodel_request_duration_seconds_count", {"language": "none"}) is None
+    for protocol in ("grpc", "http"):
+        assert v("submodel_request_duration_seconds_count",
+                 {"language": "python", "protocol": protocol}) == 1
+    assert v("submodel_request_duration_seconds_count",
+             {"language": "none", "protocol": "grpc"}) is None
     assert v("submodel_router_confidence_bucket", {"le": "0.9"}) == 0
     assert v("submodel_router_confidence_bucket", {"le": "0.95"}) == 1
 

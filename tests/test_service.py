@@ -20,12 +20,12 @@ from serving import serve_store
 
 from submodel.cli import main
 from submodel.server.auth import check_bind, server_credentials
-from submodel.server.service import (
+from submodel.server.generation import (
     MAX_FILENAME_CHARS,
     MAX_LANGUAGE_CHARS,
-    MAX_PROMPT_BYTES,
     MAX_STOP,
     MAX_STOP_CHARS,
+    MAX_TEXT_BYTES,
 )
 from submodel.v1 import submodel_pb2 as pb
 
@@ -37,6 +37,7 @@ SNIPPETS = [("stats.py", "python", "import os\n\ndef mean(xs):\n    "),
             ("vec.cpp", "cpp", "#include <vector>\nstd::vector<int> v;\nint f() {\n"),
             ("app.js", "javascript", "const express = require('express');\nfunction f() {\n")]
 OK = "ok"
+GRPC = "grpc"  # the `protocol` label of gRPC requests
 
 
 def long_request(**fields) -> pb.GenerateRequest:
@@ -177,7 +178,7 @@ def _mixed_language_clients(served):
     ({"n": 100}, "n must"),
     ({"stop": [""]}, "stop strings"),
     ({"prompt": "x" * 600}, "shorten the prompt"),  # 600 tokens, the context is 512
-    ({"prompt": "é" * (MAX_PROMPT_BYTES // 2 + 1)}, f"the limit is {MAX_PROMPT_BYTES}"),
+    ({"prompt": "é" * (MAX_TEXT_BYTES // 2 + 1)}, f"the limit is {MAX_TEXT_BYTES}"),
     ({"filename": "a" * (MAX_FILENAME_CHARS + 1)}, f"limit of {MAX_FILENAME_CHARS} char"),
     ({"language": "p" * (MAX_LANGUAGE_CHARS + 1)}, f"limit of {MAX_LANGUAGE_CHARS} char"),
     ({"stop": ["a"] * (MAX_STOP + 1)}, f"at most {MAX_STOP} stop strings"),
@@ -214,7 +215,7 @@ def test_undecodable_request_is_invalid_argument(served, client, payload, fix):
 
 
 def test_detect_size_limits(client):
-    for fields, fix in (({"text": "x" * (MAX_PROMPT_BYTES + 1)}, "text is"),
+    for fields, fix in (({"text": "x" * (MAX_TEXT_BYTES + 1)}, "text is"),
                         ({"filename": "a" * (MAX_FILENAME_CHARS + 1)}, "filename"),
                         ({"language": "p" * (MAX_LANGUAGE_CHARS + 1)}, "language")):
         with pytest.raises(grpc.RpcError) as e:
@@ -253,13 +254,14 @@ def test_detect_and_list_sub_models(client):
 def test_deadline_exceeded(served, client, long_seconds):
     """The client gets DEADLINE_EXCEEDED, and the engine stops working on the request."""
     before = served.value("submodel_requests_total", language="dense", route_source="hint",
-                          status="deadline_exceeded")
+                          status="deadline_exceeded", protocol=GRPC)
     tokens = served.value("submodel_generated_tokens_total", language="dense")
     with pytest.raises(grpc.RpcError) as e:
         client.generate(long_request(), timeout=long_seconds / 4)
     assert code(e.value) == grpc.StatusCode.DEADLINE_EXCEEDED
     assert served.wait_value("submodel_requests_total", before + 1, language="dense",
-                             route_source="hint", status="deadline_exceeded") == before + 1
+                             route_source="hint", status="deadline_exceeded",
+                             protocol=GRPC) == before + 1
     # cut at about a quarter (speed varies on a busy machine), far from running to the end
     generated = served.value("submodel_generated_tokens_total", language="dense") - tokens
     assert 0 < generated < LONG_TOKENS * 3 / 4
@@ -275,13 +277,13 @@ def test_cancel_frees_the_slot(tiny_store, long_seconds):
             first_delta(stream)
             stream.cancel()
             assert s.wait_value("submodel_requests_total", 1, language="dense",
-                                route_source="hint", status="cancelled") == 1
+                                route_source="hint", status="cancelled", protocol=GRPC) == 1
             steps = s.steps_when_idle()  # the engine stopped decoding the cancelled request
             assert steps < LONG_TOKENS * 3 / 4
             r = c.generate(pb.GenerateRequest(prompt=PY, language="python", max_tokens=4))
             assert r.timings.queue_seconds < long_seconds / 4
             assert s.value("submodel_requests_total", language="python", route_source="hint",
-                           status=OK) == 1
+                           status=OK, protocol=GRPC) == 1
     finally:
         s.stop()
 
@@ -299,7 +301,7 @@ def test_queue_full_resource_exhausted(tiny_store):
             assert code(e.value) == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "queue is full" in e.value.details()
             assert s.value("submodel_requests_total", language="python", route_source="hint",
-                           status="resource_exhausted") == 1
+                           status="resource_exhausted", protocol=GRPC) == 1
             running.cancel()
             waiting.cancel()
     finally:
@@ -345,7 +347,7 @@ def test_drain_finishes_in_flight_and_refuses_new_work(tiny_store):
                 assert_shutting_down(lambda: c.generate(short, timeout=10))
             assert drainer.is_alive()
             assert s.value("submodel_requests_total", language="none", route_source="none",
-                           status="unavailable") == 22
+                           status="unavailable", protocol=GRPC) == 22
         drainer.join(60)
         assert drained == [True]
     finally:
@@ -369,7 +371,7 @@ def test_drain_stops_once_clients_go_quiet(tiny_store):
 def test_sigterm_drains_and_exits_zero(tiny_store):
     proc = subprocess.Popen(
         [sys.executable, "-m", "submodel.cli", "serve", str(tiny_store), "--port", "0",
-         "--metrics-port", "0", "--grace", "60"],
+         "--metrics-port", "0", "--grace", "60", "--no-http"],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
         log = []
@@ -525,19 +527,20 @@ def test_metrics_after_known_traffic(tiny_store):
                 with pytest.raises(grpc.RpcError):
                     c.generate(bad)
         s.wait_value("submodel_requests_total", 1, language="none", route_source="none",
-                     status="not_found")
+                     status="not_found", protocol=GRPC)
         assert v("submodel_requests_total", language="python", route_source="hint",
-                 status=OK) == 2
+                 status=OK, protocol=GRPC) == 2
         assert v("submodel_requests_total", language="java", route_source="filename",
-                 status=OK) == 1
+                 status=OK, protocol=GRPC) == 1
         assert v("submodel_requests_total", language="none", route_source="none",
-                 status="invalid_argument") == 1
+                 status="invalid_argument", protocol=GRPC) == 1
         for lang, rs in (("python", py), ("java", [java])):
             assert v("submodel_prompt_tokens_total", language=lang) == sum(
                 r.usage.prompt_tokens for r in rs)
             assert v("submodel_generated_tokens_total", language=lang) == sum(
                 r.usage.completion_tokens for r in rs)
-            assert v("submodel_request_duration_seconds_count", language=lang) == len(rs)
+            assert v("submodel_request_duration_seconds_count", language=lang,
+                     protocol=GRPC) == len(rs)
             assert v("submodel_time_to_first_token_seconds_count", language=lang) == len(rs)
             assert v("submodel_queue_depth", language=lang) == 0
         assert v("submodel_router_confidence_count") == 3

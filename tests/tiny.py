@@ -12,17 +12,28 @@ from transformers import (
 )
 
 SPECIALS = ["<|endoftext|>", "<|im_end|>"]
+# With `editor=True`: fill-in-the-middle tokens and a chat template, as a code-instruct model's
+# tokenizer has them (ids 258..261).
+EDITOR_SPECIALS = ["<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>", "<|im_start|>"]
+EDITOR_VOCAB = 256 + len(SPECIALS) + len(EDITOR_SPECIALS)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level BPE without merges: every byte is a token, plus Qwen's two end tokens."""
+def tiny_tokenizer(editor: bool = False) -> PreTrainedTokenizerFast:
+    """Byte-level BPE without merges: every byte is a token, plus Qwen's two end tokens (and
+    with `editor`, FIM tokens and a chat template)."""
     vocab = {ch: i for i, ch in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
+    tok.add_special_tokens(SPECIALS + (EDITOR_SPECIALS if editor else []))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", bos_token="<|endoftext|>")
+    if editor:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
 
 
 def tiny_config(arch: str = "qwen2", vocab_size: int = 258, **overrides):
@@ -48,9 +59,11 @@ def tiny_model(arch: str = "qwen2", seed: int = 0, **overrides):
     return model.eval()
 
 
-def save_tiny(path, arch: str = "qwen2", seed: int = 0, **overrides):
-    """An HF directory `submodel prune --model PATH` accepts."""
+def save_tiny(path, arch: str = "qwen2", seed: int = 0, editor: bool = False, **overrides):
+    """An HF directory `submodel prune --model PATH` accepts (`editor`: see EDITOR_SPECIALS)."""
+    if editor:
+        overrides.setdefault("vocab_size", EDITOR_VOCAB)
     model = tiny_model(arch, seed, **overrides)
     model.save_pretrained(str(path))
-    tiny_tokenizer().save_pretrained(str(path))
+    tiny_tokenizer(editor).save_pretrained(str(path))
     return path

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asubmodel/v1/submodel.proto\x12\x0bsubmodel.v1\"\xa5\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x15\n\x08language\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x07 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x0e\n\x01n\x18\t \x01(\x05H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\n \x01(\x04H\x06\x88\x01\x01\x42\x0b\n\t_languageB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x04\n\x02_nB\x07\n\x05_seed\"R\n\x07Routing\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x11\n\tsub_model\x18\x04 \x01(\t\"P\n\nCompletion\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x01(\x05\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"s\n\x07Timings\x12\x15\n\rroute_seconds\x18\x01 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x02 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"\xb1\x01\n\x10GenerateResponse\x12,\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x17.submodel.v1.Completion\x12%\n\x07routing\x18\x02 \x01(\x0b\x32\x14.submodel.v1.Routing\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.submodel.v1.Usage\x12%\n\x07timings\x18\x04 \x01(\x0b\x32\x14.submodel.v1.Timings\";\n\nTokenDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\x05\"S\n\x07Summary\x12!\n\x05usage\x18\x01 \x01(\x0b\x32\x12.submodel.v1.Usage\x12%\n\x07timings\x18\x02 \x01(\x0b\x32\x14.submodel.v1.Timings\"\xc3\x01\n\rGenerateChunk\x12\'\n\x07routing\x18\x01 \x01(\x0b\x32\x14.submodel.v1.RoutingH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.submodel.v1.TokenDeltaH\x00\x12-\n\ncompletion\x18\x03 \x01(\x0b\x32\x17.submodel.v1.CompletionH\x00\x12\'\n\x07summary\x18\x04 \x01(\x0b\x32\x14.submodel.v1.SummaryH\x00\x42\x07\n\x05\x63hunk\"[\n\x15\x44\x65tectLanguageRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x15\n\x08language\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_language\"?\n\x16\x44\x65tectLanguageResponse\x12%\n\x07routing\x18\x01 \x01(\x0b\x32\x14.submodel.v1.Routing\"\x16\n\x14ListSubModelsRequest\"K\n\x08SubModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65nse\x18\x02 \x01(\x08\x12\x10\n\x08sparsity\x18\x03 \x01(\x01\x12\x12\n\nmask_bytes\x18\x04 \x01(\x03\"E\n\x13LanguagePairOverlap\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\x12\x18\n\x10jaccard_distance\x18\x03 \x01(\x01\"\xd6\x01\n\x15ListSubModelsResponse\x12)\n\nsub_models\x18\x01 \x03(\x0b\x32\x15.submodel.v1.SubModel\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x18\n\x10router_threshold\x18\x06 \x01(\x02\x12\x31\n\x07overlap\x18\x07 \x03(\x0b\x32 .submodel.v1.LanguagePairOverlap2\xd5\x02\n\tGenerator\x12G\n\x08Generate\x12\x1c.submodel.v1.GenerateRequest\x1a\x1d.submodel.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.submodel.v1.GenerateRequest\x1a\x1a.submodel.v1.GenerateChunk0\x01\x12Y\n\x0e\x44\x65tectLanguage\x12\".submodel.v1.DetectLanguageRequest\x1a#.submodel.v1.DetectLanguageResponse\x12V\n\rListSubModels\x12!.submodel.v1.ListSubModelsRequest\x1a\".submodel.v1.ListSubModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asubmodel/v1/submodel.proto\x12\x0bsubmodel.v1\"\xed\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\x15\n\x08language\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x10\n\x08\x66ilename\x18\x03 \x01(\t\x12\x17\n\nmax_tokens\x18\x04 \x01(\x05H\x01\x88\x01\x01\x12\x18\n\x0btemperature\x18\x05 \x01(\x02H\x02\x88\x01\x01\x12\x12\n\x05top_p\x18\x06 \x01(\x02H\x03\x88\x01\x01\x12\x12\n\x05top_k\x18\x07 \x01(\x05H\x04\x88\x01\x01\x12\x0c\n\x04stop\x18\x08 \x03(\t\x12\x0e\n\x01n\x18\t \x01(\x05H\x05\x88\x01\x01\x12\x11\n\x04seed\x18\n \x01(\x04H\x06\x88\x01\x01\x12\x13\n\x06suffix\x18\x0b \x01(\tH\x07\x88\x01\x01\x12&\n\x08messages\x18\x0c \x03(\x0b\x32\x14.submodel.v1.MessageB\x0b\n\t_languageB\r\n\x0b_max_tokensB\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x08\n\x06_top_kB\x04\n\x02_nB\x07\n\x05_seedB\t\n\x07_suffix\"(\n\x07Message\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"R\n\x07Routing\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x12\n\nconfidence\x18\x02 \x01(\x02\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x11\n\tsub_model\x18\x04 \x01(\t\"P\n\nCompletion\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x15\n\rfinish_reason\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x01(\x05\"O\n\x05Usage\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x19\n\x11\x63ompletion_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctotal_tokens\x18\x03 \x01(\x05\"s\n\x07Timings\x12\x15\n\rroute_seconds\x18\x01 \x01(\x01\x12\x15\n\rqueue_seconds\x18\x02 \x01(\x01\x12#\n\x1btime_to_first_token_seconds\x18\x03 \x01(\x01\x12\x15\n\rtotal_seconds\x18\x04 \x01(\x01\"\xb1\x01\n\x10GenerateResponse\x12,\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x17.submodel.v1.Completion\x12%\n\x07routing\x18\x02 \x01(\x0b\x32\x14.submodel.v1.Routing\x12!\n\x05usage\x18\x03 \x01(\x0b\x32\x12.submodel.v1.Usage\x12%\n\x07timings\x18\x04 \x01(\x0b\x32\x14.submodel.v1.Timings\";\n\nTokenDelta\x12\r\n\x05index\x18\x01 \x01(\x05\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x10\n\x08token_id\x18\x03 \x01(\x05\"S\n\x07Summary\x12!\n\x05usage\x18\x01 \x01(\x0b\x32\x12.submodel.v1.Usage\x12%\n\x07timings\x18\x02 \x01(\x0b\x32\x14.submodel.v1.Timings\"\xc3\x01\n\rGenerateChunk\x12\'\n\x07routing\x18\x01 \x01(\x0b\x32\x14.submodel.v1.RoutingH\x00\x12(\n\x05\x64\x65lta\x18\x02 \x01(\x0b\x32\x17.submodel.v1.TokenDeltaH\x00\x12-\n\ncompletion\x18\x03 \x01(\x0b\x32\x17.submodel.v1.CompletionH\x00\x12\'\n\x07summary\x18\x04 \x01(\x0b\x32\x14.submodel.v1.SummaryH\x00\x42\x07\n\x05\x63hunk\"[\n\x15\x44\x65tectLanguageRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x10\n\x08\x66ilename\x18\x02 \x01(\t\x12\x15\n\x08language\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x0b\n\t_language\"?\n\x16\x44\x65tectLanguageResponse\x12%\n\x07routing\x18\x01 \x01(\x0b\x32\x14.submodel.v1.Routing\"\x16\n\x14ListSubModelsRequest\"K\n\x08SubModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05\x64\x65nse\x18\x02 \x01(\x08\x12\x10\n\x08sparsity\x18\x03 \x01(\x01\x12\x12\n\nmask_bytes\x18\x04 \x01(\x03\"E\n\x13LanguagePairOverlap\x12\t\n\x01\x61\x18\x01 \x01(\t\x12\t\n\x01\x62\x18\x02 \x01(\t\x12\x18\n\x10jaccard_distance\x18\x03 \x01(\x01\"\xd6\x01\n\x15ListSubModelsResponse\x12)\n\nsub_models\x18\x01 \x03(\x0b\x32\x15.submodel.v1.SubModel\x12\x12\n\nbase_model\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0f\n\x07pattern\x18\x04 \x01(\t\x12\x10\n\x08strategy\x18\x05 \x01(\t\x12\x18\n\x10router_threshold\x18\x06 \x01(\x02\x12\x31\n\x07overlap\x18\x07 \x03(\x0b\x32 .submodel.v1.LanguagePairOverlap2\xd5\x02\n\tGenerator\x12G\n\x08Generate\x12\x1c.submodel.v1.GenerateRequest\x1a\x1d.submodel.v1.GenerateResponse\x12L\n\x0eGenerateStream\x12\x1c.submodel.v1.GenerateRequest\x1a\x1a.submodel.v1.GenerateChunk0\x01\x12Y\n\x0e\x44\x65tectLanguage\x12\".submodel.v1.DetectLanguageRequest\x1a#.submodel.v1.DetectLanguageResponse\x12V\n\rListSubModels\x12!.submodel.v1.ListSubModelsRequest\x1a\".submodel.v1.ListSubModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,35 +32,37 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'submodel.v1.submodel_pb2', 
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEREQUEST']._serialized_start=44
-  _globals['_GENERATEREQUEST']._serialized_end=337
-  _globals['_ROUTING']._serialized_start=339
-  _globals['_ROUTING']._serialized_end=421
-  _globals['_COMPLETION']._serialized_start=423
-  _globals['_COMPLETION']._serialized_end=503
-  _globals['_USAGE']._serialized_start=505
-  _globals['_USAGE']._serialized_end=584
-  _globals['_TIMINGS']._serialized_start=586
-  _globals['_TIMINGS']._serialized_end=701
-  _globals['_GENERATERESPONSE']._serialized_start=704
-  _globals['_GENERATERESPONSE']._serialized_end=881
-  _globals['_TOKENDELTA']._serialized_start=883
-  _globals['_TOKENDELTA']._serialized_end=942
-  _globals['_SUMMARY']._serialized_start=944
-  _globals['_SUMMARY']._serialized_end=1027
-  _globals['_GENERATECHUNK']._serialized_start=1030
-  _globals['_GENERATECHUNK']._serialized_end=1225
-  _globals['_DETECTLANGUAGEREQUEST']._serialized_start=1227
-  _globals['_DETECTLANGUAGEREQUEST']._serialized_end=1318
-  _globals['_DETECTLANGUAGERESPONSE']._serialized_start=1320
-  _globals['_DETECTLANGUAGERESPONSE']._serialized_end=1383
-  _globals['_LISTSUBMODELSREQUEST']._serialized_start=1385
-  _globals['_LISTSUBMODELSREQUEST']._serialized_end=1407
-  _globals['_SUBMODEL']._serialized_start=1409
-  _globals['_SUBMODEL']._serialized_end=1484
-  _globals['_LANGUAGEPAIROVERLAP']._serialized_start=1486
-  _globals['_LANGUAGEPAIROVERLAP']._serialized_end=1555
-  _globals['_LISTSUBMODELSRESPONSE']._serialized_start=1558
-  _globals['_LISTSUBMODELSRESPONSE']._serialized_end=1772
-  _globals['_GENERATOR']._serialized_start=1775
-  _globals['_GENERATOR']._serialized_end=2116
+  _globals['_GENERATEREQUEST']._serialized_end=409
+  _globals['_MESSAGE']._serialized_start=411
+  _globals['_MESSAGE']._serialized_end=451
+  _globals['_ROUTING']._serialized_start=453
+  _globals['_ROUTING']._serialized_end=535
+  _globals['_COMPLETION']._serialized_start=537
+  _globals['_COMPLETION']._serialized_end=617
+  _globals['_USAGE']._serialized_start=619
+  _globals['_USAGE']._serialized_end=698
+  _globals['_TIMINGS']._serialized_start=700
+  _globals['_TIMINGS']._serialized_end=815
+  _globals['_GENERATERESPONSE']._serialized_start=818
+  _globals['_GENERATERESPONSE']._serialized_end=995
+  _globals['_TOKENDELTA']._serialized_start=997
+  _globals['_TOKENDELTA']._serialized_end=1056
+  _globals['_SUMMARY']._serialized_start=1058
+  _globals['_SUMMARY']._serialized_end=1141
+  _globals['_GENERATECHUNK']._serialized_start=1144
+  _globals['_GENERATECHUNK']._serialized_end=1339
+  _globals['_DETECTLANGUAGEREQUEST']._serialized_start=1341
+  _globals['_DETECTLANGUAGEREQUEST']._serialized_end=1432
+  _globals['_DETECTLANGUAGERESPONSE']._serialized_start=1434
+  _globals['_DETECTLANGUAGERESPONSE']._serialized_end=1497
+  _globals['_LISTSUBMODELSREQUEST']._serialized_start=1499
+  _globals['_LISTSUBMODELSREQUEST']._serialized_end=1521
+  _globals['_SUBMODEL']._serialized_start=1523
+  _globals['_SUBMODEL']._serialized_end=1598
+  _globals['_LANGUAGEPAIROVERLAP']._serialized_start=1600
+  _globals['_LANGUAGEPAIROVERLAP']._serialized_end=1669
+  _globals['_LISTSUBMODELSRESPONSE']._serialized_start=1672
+  _globals['_LISTSUBMODELSRESPONSE']._serialized_end=1886
+  _globals['_GENERATOR']._serialized_start=1889
+  _globals['_GENERATOR']._serialized_end=2230
 # @@protoc_insertion_point(module_scope)

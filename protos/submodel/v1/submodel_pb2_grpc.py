@@ -27,6 +27,12 @@ if _version_not_supported:
 
 class GeneratorStub:
     """Code completion by a language sub-model chosen per request (hint, filename or content).
+
+    A failed call carries, besides its status and a message that says what to fix, trailing
+    metadata `submodel-error-reason` (for programs: invalid_field, prompt_too_long,
+    fim_unsupported, chat_unsupported, unknown_language, unauthenticated, queue_full, draining,
+    deadline_exceeded, cancelled, internal) and, when one field is at fault,
+    `submodel-error-field` (its name).
     """
 
     def __init__(self, channel):
@@ -59,6 +65,12 @@ class GeneratorStub:
 
 class GeneratorServicer:
     """Code completion by a language sub-model chosen per request (hint, filename or content).
+
+    A failed call carries, besides its status and a message that says what to fix, trailing
+    metadata `submodel-error-reason` (for programs: invalid_field, prompt_too_long,
+    fim_unsupported, chat_unsupported, unknown_language, unauthenticated, queue_full, draining,
+    deadline_exceeded, cancelled, internal) and, when one field is at fault,
+    `submodel-error-field` (its name).
     """
 
     def Generate(self, request, context):
@@ -123,6 +135,12 @@ def add_GeneratorServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Generator:
     """Code completion by a language sub-model chosen per request (hint, filename or content).
+
+    A failed call carries, besides its status and a message that says what to fix, trailing
+    metadata `submodel-error-reason` (for programs: invalid_field, prompt_too_long,
+    fim_unsupported, chat_unsupported, unknown_language, unauthenticated, queue_full, draining,
+    deadline_exceeded, cancelled, internal) and, when one field is at fault,
+    `submodel-error-field` (its name).
     """
 
     @staticmethod

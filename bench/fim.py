@@ -1,0 +1,139 @@
+"""Fill-in-the-middle bench: cut a span out of each HumanEval canonical solution (Python),
+ask each sub-model to fill it through `GenerateRequest.suffix`, and run the problem's tests on
+the filled program. Two modes, as in HumanEval-infilling: `single` (one non-blank line) and
+`multi` (a block of 2 to MULTI_LINES lines); the spans are drawn by a seeded generator from the
+canonical solutions, not taken from that dataset. Greedy decoding: one fill per span and
+sub-model, so the score is a pass rate."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+
+from submodel.bench.humaneval.executors import get_executor
+from submodel.bench.humaneval.problems import Problem
+from submodel.server.api import Reason
+from submodel.server.client import Client
+from submodel.server.errors import reason_of
+from submodel.v1 import submodel_pb2 as pb
+
+MODES = ("single", "multi")
+MULTI_LINES = 4
+
+
+@dataclass(frozen=True)
+class Span:
+    problem: Problem
+    mode: str
+    prefix: str  # the prompt and the solution's lines before the span
+    middle: str  # the lines cut out (what a right fill may look like)
+    suffix: str  # the solution's lines after the span
+
+    def program(self, fill: str) -> str:
+        """The program the tests run: prefix + fill + suffix + tests."""
+        return self.prefix + fill + self.suffix + self.problem.tests
+
+
+def cut_spans(problem: Problem, seed: int) -> list[Span]:
+    """One span per mode from the canonical solution (fewer if it is too short)."""
+    lines = problem.canonical_solution.splitlines(keepends=True)
+    code = [i for i, line in enumerate(lines) if line.strip()]
+    rng = random.Random(f"{seed}:{problem.task_id}")
+    spans = []
+    for mode in MODES:
+        if mode == "single":
+            start = rng.choice(code)
+            stop = start + 1
+        else:
+            starts = [i for i in code if i + 1 < len(lines)]
+            if not starts:
+                continue
+            start = rng.choice(starts)
+            stop = start + rng.randint(2, min(MULTI_LINES, len(lines) - start))
+        spans.append(Span(problem, mode, problem.prompt + "".join(lines[:start]),
+                          "".join(lines[start:stop]), "".join(lines[stop:])))
+    return spans
+
+
+def trim(span: Span, fill: str) -> str:
+    """A single-line fill keeps its first line; every fill ends with the newline the span's
+    text had, so the suffix starts a line of its own."""
+    if span.mode == "single":
+        fill = fill.split("\n", 1)[0]
+    if span.middle.endswith("\n") and not fill.endswith("\n"):
+        fill += "\n"
+    return fill
+
+
+def request_for(span: Span, row: str, max_tokens: int) -> pb.GenerateRequest:
+    return pb.GenerateRequest(prompt=span.prefix, suffix=span.suffix, language=row,
+                              filename="solution.py", max_tokens=max_tokens, temperature=0.0)
+
+
+def fill_all(client: Client, spans: list[Span], rows: Iterable[str], max_tokens: int,
+             concurrency: int) -> dict[tuple[str, int], str | None]:
+    """(row, span index) -> the trimmed fill, or None when the prompt does not fit the
+    server's context; requests `concurrency` at a time (the server batches them). Any other
+    failure raises grpc.RpcError."""
+    jobs = [(row, i) for row in rows for i in range(len(spans))]
+
+    def one(job: tuple[str, int]) -> str | None:
+        row, i = job
+        try:
+            response = client.generate(request_for(spans[i], row, max_tokens), timeout=600)
+        except grpc.RpcError as e:
+            if reason_of(e)[0] == Reason.PROMPT_TOO_LONG:
+                return None
+            raise
+        return trim(spans[i], response.completions[0].text)
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        return dict(zip(jobs, pool.map(one, jobs), strict=True))
+
+
+def score(spans: list[Span], fills: dict[tuple[str, int], str | None], rows: Iterable[str],
+          workers: int | None = None) -> dict:
+    """Pass rates per row and mode (over the spans whose prompt fit the context; the others
+    are counted as too_long), plus every span's outcome."""
+    executor = get_executor("python")
+    keys = [k for k, fill in fills.items() if fill is not None]
+    programs = [spans[i].program(fills[(row, i)]) for row, i in keys]
+    with ThreadPoolExecutor(workers or 2) as pool:
+        results = dict(zip(keys, pool.map(executor.run, programs), strict=True))
+    table: dict[str, dict[str, dict]] = {}
+    for row in rows:
+        table[row] = {}
+        for mode in MODES:
+            ran = [results[(row, i)].passed for i, s in enumerate(spans)
+                   if s.mode == mode and (row, i) in results]
+            too_long = sum(1 for i, s in enumerate(spans)
+                           if s.mode == mode and fills[(row, i)] is None)
+            table[row][mode] = {"spans": len(ran), "passed": sum(ran), "too_long": too_long,
+                                "pass_rate": sum(ran) / len(ran) if ran else None}
+    details = [{"row": row, "task_id": spans[i].problem.task_id, "mode": spans[i].mode,
+                "fill": fills[(row, i)], "passed": results[(row, i)].passed if (row, i) in
+                results else None, "status": results[(row, i)].status if (row, i) in results
+                else "too_long"} for row, i in fills]
+    return {"table": table, "spans": details}
+
+
+def markdown(table: dict, meta: dict) -> str:
+    lines = ["# Fill-in-the-middle: HumanEval (Python) spans, greedy", "",
+             f"{meta['problems']} problems, seed {meta['seed']}; served {meta['source']}.",
+             "Pass rate of the problem's tests after the sub-model fills the cut span (spans "
+             "whose prompt exceeds the server's context are left out and counted).", "",
+             "| sub-model | " + " | ".join(f"{m}-line" for m in MODES) + " |",
+             "|---|" + "---|" * len(MODES)]
+    for row, modes in table.items():
+        cells = []
+        for mode in MODES:
+            c = modes[mode]
+            rate = "–" if c["pass_rate"] is None else f"{100 * c['pass_rate']:.1f}%"
+            long = f", {c['too_long']} too long" if c["too_long"] else ""
+            cells.append(f"{rate} ({c['passed']}/{c['spans']}{long})")
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
