@@ -40,7 +40,7 @@ class Router:
     """
 
     def __init__(self, languages: Iterable[str] = LANGUAGES,
-                 threshold: float = DEFAULT_THRESHOLD) -> None:
+                 threshold: float = DEFAULT_THRESHOLD, model: ContentModel | None = None) -> None:
         served = []
         for name in languages:
             lang = normalize_language(name)
@@ -52,7 +52,7 @@ class Router:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.languages = tuple(dict.fromkeys(served))
         self.threshold = threshold
-        self.model = MODEL
+        self.model = MODEL if model is None else model  # another one: the bench's --model
 
     def detect(self, text: str, filename: str | None = None,
                hint: str | None = None) -> Detection:
