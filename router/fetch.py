@@ -92,19 +92,22 @@ def _download(project: Project, into: Path) -> Path:
 
 def unpack(archive: Path, dest: Path) -> None:
     """Unpack an npm tarball, a wheel or a .deb into `dest` (members outside it are refused)."""
-    if archive.suffix == ".deb":
-        _run(["dpkg-deb", "-x", str(archive), str(dest)], dest.parent)
-    elif archive.suffix == ".whl":
-        with zipfile.ZipFile(archive) as z:
-            for member in z.namelist():
-                if member.startswith("/") or ".." in Path(member).parts:
-                    raise FetchError(f"{archive.name}: unsafe member {member!r}")
-            z.extractall(dest)
-    elif archive.name.endswith((".tgz", ".tar.gz")):
-        with tarfile.open(archive) as t:
-            t.extractall(dest, filter="data")
-    else:
-        raise FetchError(f"cannot unpack {archive.name}")
+    try:
+        if archive.suffix == ".deb":
+            _run(["dpkg-deb", "-x", str(archive), str(dest)], dest.parent)
+        elif archive.suffix == ".whl":
+            with zipfile.ZipFile(archive) as z:
+                for member in z.namelist():
+                    if member.startswith("/") or ".." in Path(member).parts:
+                        raise FetchError(f"{archive.name}: unsafe member {member!r}")
+                z.extractall(dest)
+        elif archive.name.endswith((".tgz", ".tar.gz")):
+            with tarfile.open(archive) as t:
+                t.extractall(dest, filter="data")
+        else:
+            raise FetchError(f"cannot unpack {archive.name}")
+    except (OSError, zipfile.BadZipFile, tarfile.TarError) as e:
+        raise FetchError(f"cannot unpack {archive.name}: {e}") from None
 
 
 def fetch(project: Project, root: Path | None = None) -> Path:

@@ -54,6 +54,10 @@ PROJECTS: tuple[Project, ...] = (
     _p("npm", T, "cordova-android@15.1.0"), _p("npm", T, "@capacitor/android@8.6.0"),
     _p("npm", T, "react-native-webview@16.0.0"), _p("npm", T, "cordova-plugin-camera@8.0.0"),
     _p("npm", T, "react-native-device-info@15.0.2"),
+    # ... and older Cordova plugins, which also carry C# (Windows Phone) sources
+    _p("npm", T, "cordova-plugin-device@1.1.7"), _p("npm", T, "cordova-plugin-media@3.0.1"),
+    _p("npm", T, "cordova-plugin-geolocation@2.4.3"), _p("npm", T, "cordova-plugin-dialogs@1.3.4"),
+    _p("npm", T, "cordova-plugin-inappbrowser@1.7.2"),
     _p("npm", H, "cordova-plugin-file@8.1.3"), _p("npm", H, "react-native-fs@2.20.0"),
     _p("npm", H, "react-native-sqlite-storage@6.0.1"),
     # cpp: header libraries (C++11 to 20), googletest's sources, node addons' sources

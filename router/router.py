@@ -1,4 +1,12 @@
-"""Which sub-model a request goes to: hint beats file name beats content; unsure -> dense."""
+"""Which sub-model a request goes to: hint beats file name beats content; unsure -> dense.
+
+Decisions for the inputs that look like ours (the trainer's labels in `projects.py` encode them):
+- TypeScript (`.ts`, `.tsx`, `.d.ts`, or TypeScript content) is "other": it goes to dense. The
+  JavaScript mask was calibrated on plain JavaScript, and dense serves TypeScript at full quality.
+- A `.h` file says nothing by its name: the content decides. A C++ header (namespaces, templates,
+  classes, `std::`) goes to cpp; a C header is "other" and goes to dense, like a `.c` file.
+- JSX (`.jsx`, or JSX in a `.js` file) is JavaScript; `.tsx` is TypeScript.
+"""
 
 from __future__ import annotations
 

@@ -48,7 +48,7 @@ MIN_SOURCE_LINES = 100  # a project with fewer lines of a language is not a sour
 WEIGHT_CAP_LINES = 20_000  # a source's draw weight is sqrt(min(lines, this))
 # "other" kinds that look most like ours are drawn more often.
 OTHER_WEIGHT = {"c": 2.0, "c_header": 2.0, "typescript": 2.5, "go": 1.5, "rust": 1.5,
-                "php": 1.5, "shell": 1.5, "kotlin": 2.0, "csharp": 2.0, "objc": 1.5}
+                "php": 1.5, "shell": 1.5, "kotlin": 2.0, "csharp": 2.0, "objc": 1.5, "gradle": 1.5}
 
 
 def log(msg: str) -> None:
@@ -225,7 +225,7 @@ def naive_bayes(cols, vals, starts, labels, n_features, alpha: float = 0.5):
     np.add.at(sums, (cols, np.repeat(labels, np.diff(starts))), vals)
     theta = np.log(sums + alpha) - np.log(sums.sum(0) + alpha * n_features)
     w = theta - theta.mean(1, keepdims=True)
-    prior = np.bincount(labels, minlength=len(CLASSES)) / len(labels)
+    prior = (np.bincount(labels, minlength=len(CLASSES)) + 1) / (len(labels) + len(CLASSES))
     return w, np.log(prior)
 
 
