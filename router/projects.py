@@ -123,6 +123,23 @@ def label_of(path: str, project: Project) -> str | None:
     return EXTENSIONS.get(os.path.splitext(name)[1])
 
 
+def _path_markers(project: Project) -> tuple[str, ...]:
+    """How a path on this machine shows that a file belongs to `project`."""
+    if project.registry == "npm":
+        return (f"node_modules/{project.name}/",)
+    if project.registry == "pypi":
+        name = project.name.lower().replace("-", "_")
+        return (f"site-packages/{name}/", f"site-packages/{name}-", f"site-packages/{name}.py")
+    return (f"/share/doc/{project.name}/",)
+
+
+def is_heldout_path(path: str) -> bool:
+    """Does a file of this machine (a default corpus's, an "other" file) belong to a held-out
+    project? npm's own tree bundles semver, for one: the trainer must skip such files."""
+    lower = path.replace("\\", "/").lower()
+    return any(m.lower() in lower for p in projects("heldout") for m in _path_markers(p))
+
+
 def projects(split: str) -> list[Project]:
     """The pinned projects of one split."""
     if split not in SPLITS:

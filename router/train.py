@@ -82,10 +82,13 @@ def gather(overrides: dict[str, str], use_default: bool = True):
             except corpora.CorpusError as e:
                 log(f"{lang}: no default corpus ({e}); projects only")
                 continue
-            texts = [d.text for d in corpora.documents(source, "calib")]
+            docs = corpora.documents(source, "calib")
+            texts = [d.text for d in docs if not projects.is_heldout_path(d.name)]
+            if len(texts) < len(docs):
+                log(f"default {lang}: skipped {len(docs) - len(texts)} files of held-out projects")
             ours[lang].append((f"default:{source.description}", texts))
             log(f"default {lang}: {source.description}, {len(texts)} files {_lines(texts)} lines")
-        local = other.documents("calib")
+        local = [d for d in other.documents("calib") if not projects.is_heldout_path(d.name)]
         for doc in local:
             others.setdefault(doc.kind, []).append(doc.text)
         log(f"this machine's other text: {len(local)} files")
@@ -164,7 +167,7 @@ L2 = 1e-6
 EPOCHS = 15
 
 
-def fit(cols, vals, starts, labels, n_features, seed, batch=256, lr=0.02):
+def fit(cols, vals, starts, labels, n_features, seed, batch=256, lr=0.02, l2=L2):
     """Softmax regression by mini-batch Adam (learning rate decaying linearly to zero);
     returns (weights [F, C], bias [C])."""
     n, k = len(labels), len(CLASSES)
@@ -193,7 +196,7 @@ def fit(cols, vals, starts, labels, n_features, seed, batch=256, lr=0.02):
             p /= len(rows)
             g_w = np.zeros_like(w)
             np.add.at(g_w, c, x[:, None] * p[row_of])
-            g_w += L2 * w
+            g_w += l2 * w
             g_b = p.sum(0)
             step += 1
             rate = lr * (1 - (step - 1) / total)  # linear decay to zero
@@ -245,7 +248,7 @@ def _model(kind, keep, names, top, w, b, provenance) -> dict:
 
 
 def train(overrides: dict[str, str], seed: int = 0, kinds: tuple[str, ...] = ("logreg",),
-          use_default: bool = True) -> dict[str, dict]:
+          use_default: bool = True, l2: float = L2) -> dict[str, dict]:
     """{kind: model dict} for each of `kinds`, all from the same snippets."""
     rng = random.Random(seed)
     t0 = time.perf_counter()
@@ -261,7 +264,7 @@ def train(overrides: dict[str, str], seed: int = 0, kinds: tuple[str, ...] = ("l
     frequent = np.flatnonzero(df >= MIN_DF)
     log(f"{len(pairs)} snippets, {len(keep)} kept words, {len(names)} features, "
         f"{len(frequent)} in {MIN_DF}+ snippets ({time.perf_counter() - t0:.0f} s)")
-    provenance = {"snippets": len(pairs), "seed": seed, "lengths": list(LENGTHS),
+    provenance = {"snippets": len(pairs), "seed": seed, "l2": l2, "lengths": list(LENGTHS),
                   "projects": [p.key for p in projects.projects("train")],
                   "source_shares": shares, "other_files": other_kinds}
     c1, v1, s1 = restrict(cols, vals, starts, frequent)
@@ -276,12 +279,12 @@ def train(overrides: dict[str, str], seed: int = 0, kinds: tuple[str, ...] = ("l
             f"{accuracy(c2, v2, s2, labels, w, b):.4f}")
         out["nb"] = _model("nb", keep, names, top, w, b, provenance)
     if "logreg" in kinds or "ensemble" in kinds:
-        w, b = fit(c1, v1, s1, labels, len(frequent), seed)
+        w, b = fit(c1, v1, s1, labels, len(frequent), seed, l2=l2)
         # Importance: how far a feature moves the classes apart, times how often it occurs.
         importance = (w.max(1) - w.min(1)) * np.sqrt(df[frequent])
         top = np.sort(frequent[np.argsort(-importance, kind="stable")[:MAX_FEATURES]])
         c2, v2, s2 = restrict(cols, vals, starts, top)
-        w, b = fit(c2, v2, s2, labels, len(top), seed + 1)
+        w, b = fit(c2, v2, s2, labels, len(top), seed + 1, l2=l2)
         log(f"logreg: {len(top)} features; training accuracy "
             f"{accuracy(c2, v2, s2, labels, w, b):.4f}")
         if "logreg" in kinds:
@@ -319,11 +322,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="train on the pinned projects only (no default corpora, no "
                         "\"other\" files of this machine)")
     parser.add_argument("--seed", type=int, default=0, help="sampling and training seed")
+    parser.add_argument("--l2", type=float, default=L2,
+                        help=f"the logistic regression's L2 penalty (default: {L2:g})")
     args = parser.parse_args(argv)
+    if args.l2 < 0:
+        parser.error("--l2 must be >= 0")
     kinds = KINDS if args.compare_dir else (args.kind,)
     try:
         models = train(corpora.parse_calib_flags(args.calib), args.seed, kinds,
-                       not args.no_default_sources)
+                       not args.no_default_sources, args.l2)
     except (corpora.CorpusError, fetch.FetchError, ValueError) as e:
         print(f"router.train: error: {e}", file=sys.stderr)
         return 2

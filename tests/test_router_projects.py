@@ -13,7 +13,7 @@ from test_router import CPP, JAVA, JS, OTHERS
 from submodel.bench import router as bench
 from submodel.router import LANGUAGES, fetch, train
 from submodel.router.model import ContentModel
-from submodel.router.projects import PROJECTS, Project, label_of, projects
+from submodel.router.projects import PROJECTS, Project, is_heldout_path, label_of, projects
 
 PY = ("def mean(values: list[float]) -> float:\n    total = sum(values)\n"
       "    return total / len(values)\n")
@@ -151,3 +151,11 @@ def test_bench_on_fixture_projects(monkeypatch):
 
 def test_model_kind_is_read():
     assert ContentModel.load().kind in train.KINDS
+
+
+def test_files_of_heldout_projects_on_this_machine_are_recognised():
+    """npm's own tree bundles semver (held out): the trainer must not read it."""
+    assert is_heldout_path("/usr/lib/node_modules/npm/node_modules/semver/functions/gt.js")
+    assert is_heldout_path("lib/python3.11/site-packages/requests/api.py")
+    assert not is_heldout_path("/usr/lib/node_modules/npm/lib/commands/install.js")
+    assert not is_heldout_path("lib/python3.11/site-packages/rich/console.py")  # a train project
