@@ -39,7 +39,8 @@ from . import other
 CLASSES = (*corpora.LANGUAGES, "other")
 KINDS = ("logreg", "nb", "ensemble")
 LENGTHS = (1, 1, 1, 2, 2, 3, 4, 6, 8, 12, 20, 40)  # lines per training snippet, drawn uniformly
-PER_LANGUAGE = 16000  # training snippets per language; "other" gets twice as many
+PER_LANGUAGE = 16000  # training snippets per language
+OTHER_SNIPPETS = 24000  # "other": more kinds, but fewer than it would take to outweigh ours
 KEEP_PER_CLASS = 150  # most common words per class that stay themselves in n-grams
 MIN_DF = 4  # a feature must occur in this many training snippets
 MAX_FEATURES = 14000
@@ -117,7 +118,7 @@ def draw_snippets(rng: random.Random, ours, others):
     samplers = [SnippetSampler(others[k], rng) for k in kinds]
     weights = [OTHER_WEIGHT.get(k, 1.0) for k in kinds]
     log("other: " + ", ".join(f"{k} {len(others[k])} files" for k in kinds))
-    for _ in range(2 * PER_LANGUAGE):
+    for _ in range(OTHER_SNIPPETS):
         sampler = rng.choices(samplers, weights)[0]
         pairs.append((sampler.draw(rng.choice(LENGTHS)), len(CLASSES) - 1))
     return pairs, shares, {k: len(others[k]) for k in kinds}

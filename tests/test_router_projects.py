@@ -122,12 +122,14 @@ def test_naive_bayes_prefers_the_class_a_feature_occurs_in():
 
 def test_draw_snippets_mixes_sources_by_size(monkeypatch):
     monkeypatch.setattr(train, "PER_LANGUAGE", 50)
+    monkeypatch.setattr(train, "OTHER_SNIPPETS", 70)
     ours = {lang: [(f"{lang}-a", [PY * 40]), (f"{lang}-b", [PY])] for lang in LANGUAGES}
     pairs, shares, kinds = train.draw_snippets(random.Random(0), ours, {"go": ["package x\n" * 5]})
     assert kinds == {"go": 1}
     assert shares["python"]["python-a"] > shares["python"]["python-b"] > 0
     assert abs(sum(shares["java"].values()) - 1) < 1e-3
-    assert len(pairs) == (len(LANGUAGES) + 2) * train.PER_LANGUAGE
+    assert len(pairs) == len(LANGUAGES) * 50 + 70
+    assert [c for _, c in pairs].count(len(LANGUAGES)) == 70  # the "other" class
 
 
 def test_bench_on_fixture_projects(monkeypatch):
