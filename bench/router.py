@@ -1,17 +1,19 @@
-"""`python -m submodel.bench.router [--json PATH]`: the router's accuracy and latency.
+"""`python -m submodel.bench.router [--model PATH] [--json PATH]`: the router's accuracy on
+projects it never saw (leave-projects-out), and its latency.
 
-Snippets of 1-2, 5-15 and 30-60 lines are cut at random lines of each language's held-out files
-(`submodel.pruning.corpora`, split "heldout": never seen by the trainer) and routed by content
-alone (no hint, no file name); a fallback to dense counts as a miss. A window with fewer than 8
-non-space characters (`}`, `else:`) is redrawn. The main columns count windows that hold at
-least one line of code; the "any" columns also count windows of nothing but comment or docstring
-lines, which are prose and which the router is designed to send to dense when unsure.
+Snippets of 1-2 and 5-30 lines ("5+") are cut at random lines of the pinned "heldout" projects
+of `submodel.router.projects` (fetched once into the user cache; the trainer never reads them)
+and routed by content alone (no hint, no file name). For python, java, cpp and javascript a
+snippet is right if routed to its language (a fallback to dense is a miss); each project with
+100+ lines of the language contributes equally. The "other" class (C headers, TypeScript, C#,
+Go, Rust, shell, SQL, JSON, YAML, Markdown... of the same projects) is right if it goes to dense;
+each kind contributes equally. A window with fewer than 8 non-space characters (`}`, `else:`)
+is redrawn; windows of our languages must hold a line of code. "all" is the mean over the five
+classes. The confusion matrix gives, per true class, where its snippets went.
 
-"Other" snippets (samples/4 per kind and length) are cut the same way from held-out "other"
-files (C, Go, Rust, TypeScript, shell, SQL, data formats, prose): there the number is how often
-one of our languages is claimed, and how often with confidence >= 0.9. HumanEval prompts in all
-four languages (our translations) are routed too: that is the pass@k bench's traffic. Latency is
-per `detect` call, in this process, one call at a time: wall clock and this thread's CPU time.
+HumanEval prompts in all four languages (our translations) are routed too: the pass@k bench's
+traffic. Latency is per `detect` call, in this process, one call at a time: wall clock and this
+thread's CPU time.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ from pathlib import Path
 import numpy as np
 
 from submodel.bench.report import write_json
-from submodel.pruning import corpora
-from submodel.router import LANGUAGES, Router, other
+from submodel.router import LANGUAGES, Router, fetch, projects
+from submodel.router.model import ContentModel
 from submodel.router.snippets import SnippetSampler
 
-BUCKETS = {"1-2": (1, 2), "5-15": (5, 15), "30+": (30, 60)}
-TARGETS = {"1-2": 0.90, "5-15": 0.97, "30+": 0.97}
+BUCKETS = {"1-2": (1, 2), "5+": (5, 30)}
+TARGETS = {"1-2": 0.90, "5+": 0.97}  # overall
+FLOORS = {"1-2": 0.80, "5+": 0.90}  # every class
+CLASSES = (*LANGUAGES, "other")
+ROUTES = (*LANGUAGES, "dense")
+MIN_LINES = 100  # a held-out project with fewer lines of a language is not a source of it
 P50_TARGET_MS = 1.0
-SURE = 0.9  # "claimed with high confidence"
 
 
 def _timed(router: Router, text: str, latencies: list[tuple[float, float]]):
@@ -43,56 +48,41 @@ def _timed(router: Router, text: str, latencies: list[tuple[float, float]]):
     return detection
 
 
-def _samplers(texts: list[str], seed: int, code_only: bool) -> dict[str, SnippetSampler]:
-    """One sampler per bucket; the 30+ bucket only uses files that have 30 lines (and is left
-    out if none has)."""
-    long_texts = [t for t in texts if t.count("\n") + 1 >= BUCKETS["30+"][0]]
-    return {b: SnippetSampler(long_texts if b == "30+" else texts, random.Random(f"{seed}/{b}"),
-                              code_only=code_only)
-            for b in BUCKETS if long_texts or b != "30+"}
-
-
-def _draw(sampler: SnippetSampler, bucket: str, rng: random.Random) -> str:
-    lo, hi = BUCKETS[bucket]
-    return sampler.draw(rng.randint(lo, hi))
-
-
-def languages_rows(router: Router, samples: int, seed: int, latencies: dict) -> list[dict]:
-    rows = []
+def heldout_sources() -> dict[str, dict[str, list[str]]]:
+    """{class: {source: texts}}: per held-out project for our languages, per kind for "other"."""
+    sources: dict[str, dict[str, list[str]]] = {c: {} for c in CLASSES}
+    for project in projects.projects("heldout"):
+        for doc in fetch.documents(project):
+            if doc.label in LANGUAGES:
+                sources[doc.label].setdefault(project.key, []).append(doc.text)
+            else:
+                sources["other"].setdefault(doc.label, []).append(doc.text)
     for lang in LANGUAGES:
-        source = corpora.find_source(lang)
-        texts = [d.text for d in corpora.documents(source, "heldout")]
-        row = {"language": lang, "source": source.description}
-        for code_only, suffix in ((True, ""), (False, " any")):
-            for bucket, sampler in _samplers(texts, seed, code_only).items():
-                rng = random.Random(f"{seed}/{lang}/{bucket}{suffix}")
-                routed = [_timed(router, _draw(sampler, bucket, rng), latencies[bucket]).language
-                          for _ in range(samples)]
-                row[bucket + suffix] = sum(r == lang for r in routed) / samples
-                row[f"{bucket}{suffix} routed"] = {r: routed.count(r) for r in sorted(set(routed))}
-        rows.append(row)
-    return rows
+        sources[lang] = {k: v for k, v in sources[lang].items()
+                         if sum(t.count("\n") + 1 for t in v) >= MIN_LINES}
+    empty = [c for c in CLASSES if not sources[c]]
+    if empty:
+        raise ValueError(f"no held-out text for {', '.join(empty)}")
+    return sources
 
 
-def other_rows(router: Router, samples: int, seed: int, latencies: dict) -> list[dict]:
-    by_kind: dict[str, list[str]] = {}
-    for doc in other.documents("heldout"):
-        by_kind.setdefault(doc.kind, []).append(doc.text)
+def class_rows(router: Router, sources: dict, samples: int, seed: int, latencies: dict):
     rows = []
-    for kind in sorted(by_kind):
-        samplers = _samplers(by_kind[kind], seed, code_only=False)
-        row = {"kind": kind, "files": len(by_kind[kind])}
-        for bucket, sampler in samplers.items():
-            rng = random.Random(f"{seed}/{kind}/{bucket}")
-            n = max(1, samples // 4)
-            found = [_timed(router, _draw(sampler, bucket, rng), latencies[bucket])
-                     for _ in range(n)]
-            routed = [d.language for d in found]
-            row[bucket] = sum(r != "dense" for r in routed) / n
-            row[f"{bucket} sure"] = sum(d.language != "dense" and d.confidence >= SURE
-                                        for d in found) / n
-            row[f"{bucket} claimed as"] = {r: routed.count(r) for r in sorted(set(routed))
-                                           if r != "dense"}
+    for cls in CLASSES:
+        names = sorted(sources[cls])
+        row = {"class": cls, "sources": names}
+        for bucket, (lo, hi) in BUCKETS.items():
+            samplers = [SnippetSampler(sources[cls][n], random.Random(f"{seed}/{n}/{bucket}"),
+                                       code_only=cls != "other") for n in names]
+            rng = random.Random(f"{seed}/{cls}/{bucket}")
+            routed = [_timed(router, samplers[i % len(samplers)].draw(rng.randint(lo, hi)),
+                             latencies[bucket]).language for i in range(samples)]
+            want = "dense" if cls == "other" else cls
+            row[bucket] = sum(r == want for r in routed) / samples
+            row[f"{bucket} routed"] = {r: routed.count(r) for r in ROUTES}
+            row[f"{bucket} per source"] = {
+                n: sum(r == want for r in routed[i::len(names)]) / len(routed[i::len(names)])
+                for i, n in enumerate(names) if routed[i::len(names)]}
         rows.append(row)
     return rows
 
@@ -117,14 +107,19 @@ def _percentiles(times: list[tuple[float, float]]) -> dict:
             "cpu_p99_ms": float(np.percentile(cpu, 99))}
 
 
-def run(samples: int, seed: int, threshold: float, humaneval: bool) -> dict:
-    router = Router(threshold=threshold)
+def run(samples: int, seed: int, threshold: float, humaneval: bool,
+        model: ContentModel | None = None) -> dict:
+    router = Router(threshold=threshold, model=model)
     for text in ("def f(x):\n    return x\n", "int main() { return 0; }"):  # warm caches
         router.detect(text)
     latencies: dict[str, list[tuple[float, float]]] = {b: [] for b in BUCKETS}
+    sources = heldout_sources()
+    rows = class_rows(router, sources, samples, seed, latencies)
     result = {"samples": samples, "seed": seed, "threshold": threshold,
-              "languages": languages_rows(router, samples, seed, latencies),
-              "other": other_rows(router, samples, seed, latencies)}
+              "model": router.model.kind,
+              "heldout_projects": [p.key for p in projects.projects("heldout")],
+              "classes": rows,
+              "all": {b: float(np.mean([r[b] for r in rows])) for b in BUCKETS}}
     if humaneval:
         latencies["humaneval"] = []
         result["humaneval"] = humaneval_rows(router, latencies["humaneval"])
@@ -136,26 +131,24 @@ def run(samples: int, seed: int, threshold: float, humaneval: bool) -> dict:
 
 def markdown(result: dict) -> str:
     pct = "{:.1%}".format
-    cols = [*BUCKETS, *(f"{b} any" for b in BUCKETS)]
-    lines = [f"Router accuracy on held-out snippets ({result['samples']} per cell, content only, "
-             f"threshold {result['threshold']}). Windows holding a line of code; 'any': also "
-             "windows of only comments/docstrings", "",
-             "| language | " + " | ".join(f"{c} lines" for c in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
-    for row in result["languages"]:
-        lines.append(f"| {row['language']} | " + " | ".join(pct(row[c]) for c in cols) + " |")
-    mean = {c: np.mean([r[c] for r in result["languages"]]) for c in cols}
-    lines.append("| **mean** | " + " | ".join(f"**{pct(mean[c])}**" for c in cols) + " |")
-    lines.append("| target | " + " | ".join(f">= {pct(TARGETS[b])}" for b in BUCKETS)
-                 + " |" * (len(BUCKETS) + 1))
-    lines += ["", "Other languages: share of held-out snippets claimed by one of ours "
-              f"(lower is better), and in brackets claimed with confidence >= {SURE}", "",
-              "| kind | files | " + " | ".join(f"{b} lines" for b in BUCKETS) + " |",
-              "|---|---:|" + "---:|" * len(BUCKETS)]
-    for row in result["other"]:
-        cells = [f"{pct(row[b])} ({pct(row[b + ' sure'])})" if b in row else "-"
-                 for b in BUCKETS]
-        lines.append(f"| {row['kind']} | {row['files']} | " + " | ".join(cells) + " |")
+    lines = [f"Router accuracy on held-out projects ({result['samples']} snippets per class and "
+             f"length, content only, model {result['model']}, threshold {result['threshold']}); "
+             "'other' is right when it goes to dense", "",
+             "| class | " + " | ".join(f"{b} lines" for b in BUCKETS) + " |",
+             "|---|" + "---:|" * len(BUCKETS)]
+    for row in result["classes"]:
+        lines.append(f"| {row['class']} | " + " | ".join(pct(row[b]) for b in BUCKETS) + " |")
+    lines.append("| **all** | " + " | ".join(f"**{pct(result['all'][b])}**" for b in BUCKETS)
+                 + " |")
+    lines.append("| target | " + " | ".join(f">= {pct(TARGETS[b])} (each >= {pct(FLOORS[b])})"
+                                           for b in BUCKETS) + " |")
+    for bucket in BUCKETS:
+        lines += ["", f"Confusion, {bucket} lines (rows: true class; columns: routed to)", "",
+                  "| true \\ routed | " + " | ".join(ROUTES) + " |",
+                  "|---|" + "---:|" * len(ROUTES)]
+        for row in result["classes"]:
+            lines.append(f"| {row['class']} | "
+                         + " | ".join(str(row[f"{bucket} routed"][r]) for r in ROUTES) + " |")
     if "humaneval" in result:
         lines += ["", "HumanEval prompts (our translations), routed by content", "",
                   "| language | prompts | accuracy | routed |", "|---|---:|---:|---|"]
@@ -178,8 +171,10 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--json", type=Path, default=Path("runs/router.json"),
                         help="where to write the results as JSON (default: runs/router.json)")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="a router model file to measure instead of the committed one")
     parser.add_argument("--samples", type=int, default=500,
-                        help="snippets per language and length bucket (default: 500)")
+                        help="snippets per class and length bucket (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="snippet sampling seed (default: 0)")
     parser.add_argument("--threshold", type=float, default=0.5,
                         help="router confidence threshold (default: 0.5)")
@@ -189,8 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 1 or not 0 <= args.threshold <= 1:
         parser.error("--samples must be >= 1 and --threshold in [0, 1]")
     try:
-        result = run(args.samples, args.seed, args.threshold, not args.no_humaneval)
-    except corpora.CorpusError as e:
+        model = None if args.model is None else ContentModel.load(args.model)
+        result = run(args.samples, args.seed, args.threshold, not args.no_humaneval, model)
+    except (OSError, ValueError, fetch.FetchError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown(result))

@@ -24,6 +24,7 @@ class ContentModel:
     index: dict[str, int]  # feature -> row of weights
     weights: np.ndarray  # [features, classes]
     bias: np.ndarray  # [classes]
+    kind: str = "logreg"  # how the weights were fitted: logreg, nb or ensemble (train.py)
 
     @classmethod
     def from_dict(cls, data: dict) -> ContentModel:
@@ -38,6 +39,7 @@ class ContentModel:
             index={n: i for i, n in enumerate(names)},
             weights=weights.reshape(len(names), len(data["classes"])),
             bias=np.array(data["bias"], dtype=np.float64) / scale,
+            kind=data.get("kind", "logreg"),
         )
 
     @classmethod

@@ -103,7 +103,7 @@ def _read(path: str) -> str | None:
     return data.decode("utf-8", errors="replace")
 
 
-def _clean(kind: str, text: str) -> str | None:
+def clean(kind: str, text: str) -> str | None:
     """Keep only the part of a file that really is `kind`, or None to skip the file."""
     if kind in ("c", "c_header") and CXX_MARKERS.search(text):
         return None  # a C++ header living among the C ones
@@ -144,7 +144,7 @@ def documents(split: str = "calib") -> list[OtherDocument]:
             if used >= MAX_FILES:
                 break
             text = _read(path)
-            text = _clean(kind, text) if text is not None else None
+            text = clean(kind, text) if text is not None else None
             if text is None:
                 continue
             used += 1

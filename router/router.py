@@ -1,4 +1,12 @@
-"""Which sub-model a request goes to: hint beats file name beats content; unsure -> dense."""
+"""Which sub-model a request goes to: hint beats file name beats content; unsure -> dense.
+
+Decisions for the inputs that look like ours (the trainer's labels in `projects.py` encode them):
+- TypeScript (`.ts`, `.tsx`, `.d.ts`, or TypeScript content) is "other": it goes to dense. The
+  JavaScript mask was calibrated on plain JavaScript, and dense serves TypeScript at full quality.
+- A `.h` file says nothing by its name: the content decides. A C++ header (namespaces, templates,
+  classes, `std::`) goes to cpp; a C header is "other" and goes to dense, like a `.c` file.
+- JSX (`.jsx`, or JSX in a `.js` file) is JavaScript; `.tsx` is TypeScript.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +48,7 @@ class Router:
     """
 
     def __init__(self, languages: Iterable[str] = LANGUAGES,
-                 threshold: float = DEFAULT_THRESHOLD) -> None:
+                 threshold: float = DEFAULT_THRESHOLD, model: ContentModel | None = None) -> None:
         served = []
         for name in languages:
             lang = normalize_language(name)
@@ -52,7 +60,7 @@ class Router:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.languages = tuple(dict.fromkeys(served))
         self.threshold = threshold
-        self.model = MODEL
+        self.model = MODEL if model is None else model  # another one: the bench's --model
 
     def detect(self, text: str, filename: str | None = None,
                hint: str | None = None) -> Detection:

@@ -1,16 +1,25 @@
-"""Build router/model.json: `python -m submodel.router.train [--out PATH] [--calib LANG=PATH]`.
+"""Build router/model.json: `python -m submodel.router.train [--out PATH] [--kind KIND]`.
 
-Training snippets (1 to 40 lines, short ones most often) are cut from the "calib" split of each
-language's corpus (`submodel.pruning.corpora`) and of the "other" text on this machine
-(`submodel.router.other`); the held-out files of both are left for the bench. A softmax
-regression with L2 is fitted by seeded mini-batch Adam, the features that matter least are
-dropped, the rest refitted, and the weights written as integers (deterministic for given inputs).
+Training snippets (1 to 40 lines, short ones most often) are cut from many projects: the pinned
+"train" projects of `submodel.router.projects` (fetched once through npm, PyPI and Debian's
+registry into the user cache), the "calib" split of each language's default corpus
+(`submodel.pruning.corpora`: one source among the projects, drawn no more often than a
+20,000-line project would be) and the "other" text on this machine (`submodel.router.other`).
+The "heldout" projects are never read here: `python -m submodel.bench.router` measures on them.
+A snippet of a language comes from a source drawn with probability growing as the square root of
+its size (capped), so that no one project stands for its language.
+
+Three model kinds fit the same log-linear file format (`--kind`): "logreg", a softmax regression
+with L2 fitted by seeded mini-batch Adam, its least important features dropped and the rest
+refitted; "nb", multinomial naive Bayes on the same features; "ensemble", the sum of the two
+(the mean of their log-odds). Weights are written as integers (deterministic for given inputs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import sys
@@ -20,6 +29,7 @@ from collections import Counter
 import numpy as np
 
 from submodel.pruning import corpora
+from submodel.router import fetch, projects
 from submodel.router.features import count, tf, tokenize
 from submodel.router.model import FORMAT, MODEL_PATH
 from submodel.router.snippets import SnippetSampler
@@ -27,40 +37,91 @@ from submodel.router.snippets import SnippetSampler
 from . import other
 
 CLASSES = (*corpora.LANGUAGES, "other")
+KINDS = ("logreg", "nb", "ensemble")
 LENGTHS = (1, 1, 1, 2, 2, 3, 4, 6, 8, 12, 20, 40)  # lines per training snippet, drawn uniformly
-PER_LANGUAGE = 16000  # training snippets per language; "other" gets twice as many
+PER_LANGUAGE = 16000  # training snippets per language
+OTHER_SNIPPETS = 24000  # "other": more kinds, but fewer than it would take to outweigh ours
 KEEP_PER_CLASS = 150  # most common words per class that stay themselves in n-grams
 MIN_DF = 4  # a feature must occur in this many training snippets
 MAX_FEATURES = 14000
 SCALE = 100  # weights are stored as round(w * SCALE)
+MIN_SOURCE_LINES = 100  # a project with fewer lines of a language is not a source of it
+WEIGHT_CAP_LINES = 20_000  # a source's draw weight is sqrt(min(lines, this))
 # "other" kinds that look most like ours are drawn more often.
-OTHER_WEIGHT = {"c": 2.0, "typescript": 2.0, "go": 1.5, "rust": 1.5, "php": 1.5, "shell": 1.5}
+OTHER_WEIGHT = {"c": 2.0, "c_header": 2.0, "typescript": 2.5, "go": 1.5, "rust": 1.5,
+                "php": 1.5, "shell": 1.5, "kotlin": 2.0, "csharp": 2.0, "objc": 1.5, "gradle": 1.5}
 
 
 def log(msg: str) -> None:
     print(f"[router.train] {msg}", file=sys.stderr, flush=True)
 
 
-def draw_snippets(rng: random.Random, overrides: dict[str, str]):
-    """(text, class index) training pairs, and how many "other" files of each kind fed them."""
-    pairs = []
+def _lines(texts: list[str]) -> int:
+    return sum(t.count("\n") + 1 for t in texts)
+
+
+def gather(overrides: dict[str, str], use_default: bool = True):
+    """({language: [(source name, texts)]}, {other kind: texts}) from the train projects, the
+    default corpora and this machine's "other" files; logs what it read."""
+    ours: dict[str, list[tuple[str, list[str]]]] = {lang: [] for lang in corpora.LANGUAGES}
+    others: dict[str, list[str]] = {}
+    for project in projects.projects("train"):
+        by_label: dict[str, list[str]] = {}
+        for doc in fetch.documents(project):
+            by_label.setdefault(doc.label, []).append(doc.text)
+        for label, texts in sorted(by_label.items()):
+            if label in ours and _lines(texts) >= MIN_SOURCE_LINES:
+                ours[label].append((project.key, texts))
+            elif label not in ours:
+                others.setdefault(label, []).extend(texts)
+        log(f"{project.key}: " + ", ".join(f"{label} {len(t)} files {_lines(t)} lines"
+                                           for label, t in sorted(by_label.items())))
+    if use_default:
+        for lang in corpora.LANGUAGES:
+            try:
+                source = corpora.find_source(lang, overrides.get(lang))
+            except corpora.CorpusError as e:
+                log(f"{lang}: no default corpus ({e}); projects only")
+                continue
+            docs = corpora.documents(source, "calib")
+            texts = [d.text for d in docs if not projects.is_heldout_path(d.name)]
+            if len(texts) < len(docs):
+                log(f"default {lang}: skipped {len(docs) - len(texts)} files of held-out projects")
+            ours[lang].append((f"default:{source.description}", texts))
+            log(f"default {lang}: {source.description}, {len(texts)} files {_lines(texts)} lines")
+        local = [d for d in other.documents("calib") if not projects.is_heldout_path(d.name)]
+        for doc in local:
+            others.setdefault(doc.kind, []).append(doc.text)
+        log(f"this machine's other text: {len(local)} files")
+    return ours, others
+
+
+def _weight(texts: list[str]) -> float:
+    return math.sqrt(min(_lines(texts), WEIGHT_CAP_LINES))
+
+
+def draw_snippets(rng: random.Random, ours, others):
+    """(text, class index) training pairs, and what fed them: per language each source's share
+    of the draw weight, per "other" kind its number of files."""
+    pairs, shares = [], {}
     for c, lang in enumerate(corpora.LANGUAGES):
-        source = corpora.find_source(lang, overrides.get(lang))
-        sampler = SnippetSampler([d.text for d in corpora.documents(source, "calib")], rng,
-                                 whole_comments=True)
-        log(f"{lang}: {source.description}")
-        pairs += [(sampler.draw(rng.choice(LENGTHS)), c) for _ in range(PER_LANGUAGE)]
-    by_kind: dict[str, list[str]] = {}
-    for doc in other.documents("calib"):
-        by_kind.setdefault(doc.kind, []).append(doc.text)
-    kinds = sorted(by_kind)
-    samplers = [SnippetSampler(by_kind[k], rng) for k in kinds]
+        sources = ours[lang]
+        if not sources:
+            raise ValueError(f"no training source for {lang}")
+        samplers = [SnippetSampler(texts, rng, whole_comments=True) for _, texts in sources]
+        weights = [_weight(texts) for _, texts in sources]
+        shares[lang] = {name: round(w / sum(weights), 4)
+                        for (name, _), w in zip(sources, weights, strict=True)}
+        pairs += [(rng.choices(samplers, weights)[0].draw(rng.choice(LENGTHS)), c)
+                  for _ in range(PER_LANGUAGE)]
+    kinds = sorted(others)
+    samplers = [SnippetSampler(others[k], rng) for k in kinds]
     weights = [OTHER_WEIGHT.get(k, 1.0) for k in kinds]
-    log("other: " + ", ".join(f"{k} {len(by_kind[k])} files" for k in kinds))
-    for _ in range(2 * PER_LANGUAGE):
+    log("other: " + ", ".join(f"{k} {len(others[k])} files" for k in kinds))
+    for _ in range(OTHER_SNIPPETS):
         sampler = rng.choices(samplers, weights)[0]
         pairs.append((sampler.draw(rng.choice(LENGTHS)), len(CLASSES) - 1))
-    return pairs, {k: len(by_kind[k]) for k in kinds}
+    return pairs, shares, {k: len(others[k]) for k in kinds}
 
 
 def choose_keep(pairs: list[tuple[str, int]]) -> list[str]:
@@ -107,7 +168,7 @@ L2 = 1e-6
 EPOCHS = 15
 
 
-def fit(cols, vals, starts, labels, n_features, seed, batch=256, lr=0.02):
+def fit(cols, vals, starts, labels, n_features, seed, batch=256, lr=0.02, l2=L2):
     """Softmax regression by mini-batch Adam (learning rate decaying linearly to zero);
     returns (weights [F, C], bias [C])."""
     n, k = len(labels), len(CLASSES)
@@ -136,7 +197,7 @@ def fit(cols, vals, starts, labels, n_features, seed, batch=256, lr=0.02):
             p /= len(rows)
             g_w = np.zeros_like(w)
             np.add.at(g_w, c, x[:, None] * p[row_of])
-            g_w += L2 * w
+            g_w += l2 * w
             g_b = p.sum(0)
             step += 1
             rate = lr * (1 - (step - 1) / total)  # linear decay to zero
@@ -161,10 +222,42 @@ def accuracy(cols, vals, starts, labels, w, b) -> float:
     return float((scores(cols, vals, row_of, len(labels), w, b).argmax(1) == labels).mean())
 
 
-def train(overrides: dict[str, str], seed: int = 0) -> dict:
+def naive_bayes(cols, vals, starts, labels, n_features, alpha: float = 0.5):
+    """Multinomial naive Bayes on the (sublinear) feature values: log P(feature | class),
+    centred per feature (softmax ignores a feature's common offset), and log class priors."""
+    sums = np.zeros((n_features, len(CLASSES)))
+    np.add.at(sums, (cols, np.repeat(labels, np.diff(starts))), vals)
+    theta = np.log(sums + alpha) - np.log(sums.sum(0) + alpha * n_features)
+    w = theta - theta.mean(1, keepdims=True)
+    prior = (np.bincount(labels, minlength=len(CLASSES)) + 1) / (len(labels) + len(CLASSES))
+    return w, np.log(prior)
+
+
+def _model(kind, keep, names, top, w, b, provenance) -> dict:
+    wq, bq = np.round(w * SCALE).astype(int), np.round(b * SCALE).astype(int)
+    used = np.flatnonzero(np.abs(wq).sum(1) > 0)
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "classes": list(CLASSES),
+        "keep": keep,
+        "scale": SCALE,
+        "bias": bq.tolist(),
+        "features": {names[top[i]]: wq[i].tolist() for i in used},
+        "trained_on": provenance,
+    }
+
+
+def train(overrides: dict[str, str], seed: int = 0, kinds: tuple[str, ...] = ("logreg",),
+          use_default: bool = True, l2: float = L2) -> dict[str, dict]:
+    """{kind: model dict} for each of `kinds`, all from the same snippets."""
     rng = random.Random(seed)
     t0 = time.perf_counter()
-    pairs, other_kinds = draw_snippets(rng, overrides)
+    ours, others = gather(overrides, use_default)
+    pairs, shares, other_kinds = draw_snippets(rng, ours, others)
+    for lang, share in shares.items():
+        log(f"{lang} sources (share of draws): "
+            + ", ".join(f"{n} {v:.1%}" for n, v in sorted(share.items(), key=lambda kv: -kv[1])))
     labels = np.array([c for _, c in pairs])
     keep = choose_keep(pairs)
     cols, vals, starts, names = vectorize(pairs, keep)
@@ -172,52 +265,81 @@ def train(overrides: dict[str, str], seed: int = 0) -> dict:
     frequent = np.flatnonzero(df >= MIN_DF)
     log(f"{len(pairs)} snippets, {len(keep)} kept words, {len(names)} features, "
         f"{len(frequent)} in {MIN_DF}+ snippets ({time.perf_counter() - t0:.0f} s)")
+    provenance = {"snippets": len(pairs), "seed": seed, "l2": l2, "lengths": list(LENGTHS),
+                  "projects": [p.key for p in projects.projects("train")],
+                  "source_shares": shares, "other_files": other_kinds}
     c1, v1, s1 = restrict(cols, vals, starts, frequent)
-    w, b = fit(c1, v1, s1, labels, len(frequent), seed)
-    # Importance: how far a feature moves the classes apart, times how often it occurs.
-    importance = (w.max(1) - w.min(1)) * np.sqrt(df[frequent])
-    top = np.sort(frequent[np.argsort(-importance, kind="stable")[:MAX_FEATURES]])
-    c2, v2, s2 = restrict(cols, vals, starts, top)
-    w, b = fit(c2, v2, s2, labels, len(top), seed + 1)
-    wq, bq = np.round(w * SCALE).astype(int), np.round(b * SCALE).astype(int)
-    log(f"{len(top)} features; training accuracy {accuracy(c2, v2, s2, labels, w, b):.4f} "
-        f"(quantized {accuracy(c2, v2, s2, labels, wq / SCALE, bq / SCALE):.4f})")
-    used = np.flatnonzero(np.abs(wq).sum(1) > 0)
-    return {
-        "format": FORMAT,
-        "classes": list(CLASSES),
-        "keep": keep,
-        "scale": SCALE,
-        "bias": bq.tolist(),
-        "features": {names[top[i]]: wq[i].tolist() for i in used},
-        "trained_on": {
-            "snippets": len(pairs), "seed": seed, "lengths": list(LENGTHS),
-            "sources": {lang: corpora.find_source(lang, overrides.get(lang)).description
-                        for lang in corpora.LANGUAGES},
-            "other_files": other_kinds,
-        },
-    }
+    out = {}
+    if "nb" in kinds:
+        w, b = naive_bayes(c1, v1, s1, labels, len(frequent))
+        importance = (w.max(1) - w.min(1)) * np.sqrt(df[frequent])
+        top = np.sort(frequent[np.argsort(-importance, kind="stable")[:MAX_FEATURES]])
+        c2, v2, s2 = restrict(cols, vals, starts, top)
+        w, b = naive_bayes(c2, v2, s2, labels, len(top))
+        log(f"nb: {len(top)} features; training accuracy "
+            f"{accuracy(c2, v2, s2, labels, w, b):.4f}")
+        out["nb"] = _model("nb", keep, names, top, w, b, provenance)
+    if "logreg" in kinds or "ensemble" in kinds:
+        w, b = fit(c1, v1, s1, labels, len(frequent), seed, l2=l2)
+        # Importance: how far a feature moves the classes apart, times how often it occurs.
+        importance = (w.max(1) - w.min(1)) * np.sqrt(df[frequent])
+        top = np.sort(frequent[np.argsort(-importance, kind="stable")[:MAX_FEATURES]])
+        c2, v2, s2 = restrict(cols, vals, starts, top)
+        w, b = fit(c2, v2, s2, labels, len(top), seed + 1, l2=l2)
+        log(f"logreg: {len(top)} features; training accuracy "
+            f"{accuracy(c2, v2, s2, labels, w, b):.4f}")
+        if "logreg" in kinds:
+            out["logreg"] = _model("logreg", keep, names, top, w, b, provenance)
+        if "ensemble" in kinds:
+            w_nb, b_nb = naive_bayes(c2, v2, s2, labels, len(top))
+            w_e, b_e = (w + w_nb) / 2, (b + b_nb) / 2
+            log(f"ensemble: training accuracy {accuracy(c2, v2, s2, labels, w_e, b_e):.4f}")
+            out["ensemble"] = _model("ensemble", keep, names, top, w_e, b_e, provenance)
+    return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m submodel.router.train", description=__doc__)
-    parser.add_argument("--out", default=str(MODEL_PATH),
-                        help="where to write the model (default: the package's model.json)")
-    parser.add_argument("--calib", action="append", default=[], metavar="LANG=PATH",
-                        help="a language's training source instead of the default (repeatable)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling and training seed")
-    args = parser.parse_args(argv)
-    try:
-        model = train(corpora.parse_calib_flags(args.calib), args.seed)
-    except (corpora.CorpusError, ValueError) as e:
-        print(f"router.train: error: {e}", file=sys.stderr)
-        return 2
-    tmp = f"{args.out}.tmp-{os.getpid()}"
+def _write(model: dict, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(model, f, separators=(",", ":"), sort_keys=False)
         f.write("\n")
-    os.replace(tmp, args.out)
-    log(f"wrote {args.out} ({os.path.getsize(args.out) / 1e3:.0f} kB)")
+    os.replace(tmp, path)
+    log(f"wrote {path} ({os.path.getsize(path) / 1e3:.0f} kB)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m submodel.router.train",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(MODEL_PATH),
+                        help="where to write the model (default: the package's model.json)")
+    parser.add_argument("--kind", choices=KINDS, default="logreg",
+                        help="the model to write to --out (default: logreg)")
+    parser.add_argument("--compare-dir", default=None, metavar="DIR",
+                        help="also write every kind to DIR/model-KIND.json, for the bench's "
+                        "--model")
+    parser.add_argument("--calib", action="append", default=[], metavar="LANG=PATH",
+                        help="a language's default source instead of the usual (repeatable)")
+    parser.add_argument("--no-default-sources", action="store_true",
+                        help="train on the pinned projects only (no default corpora, no "
+                        "\"other\" files of this machine)")
+    parser.add_argument("--seed", type=int, default=0, help="sampling and training seed")
+    parser.add_argument("--l2", type=float, default=L2,
+                        help=f"the logistic regression's L2 penalty (default: {L2:g})")
+    args = parser.parse_args(argv)
+    if args.l2 < 0:
+        parser.error("--l2 must be >= 0")
+    kinds = KINDS if args.compare_dir else (args.kind,)
+    try:
+        models = train(corpora.parse_calib_flags(args.calib), args.seed, kinds,
+                       not args.no_default_sources, args.l2)
+    except (corpora.CorpusError, fetch.FetchError, ValueError) as e:
+        print(f"router.train: error: {e}", file=sys.stderr)
+        return 2
+    _write(models[args.kind], args.out)
+    if args.compare_dir:
+        os.makedirs(args.compare_dir, exist_ok=True)
+        for kind, model in models.items():
+            _write(model, os.path.join(args.compare_dir, f"model-{kind}.json"))
     return 0
 
 
