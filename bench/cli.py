@@ -55,6 +55,18 @@ client's counts, and gives p50/p99 latency and the server's RSS per time window.
 OUT/soak.json and soak.md."""
 
 
+RECIPES_HELP = """\
+Mask recipes side by side, from what `submodel prune`, `bench proxy` and `bench passk --greedy`
+wrote (nothing is run): each store's recipe and prune time per language; per (sub-model,
+language) greedy pass@1, proxy agreement and KL; retention with its paired bootstrap interval;
+and the Spearman rank correlation of the proxy with pass@1 over every mask cell that has both
+(with a permutation p-value), i.e. whether the proxy can choose recipes. Writes
+OUT/recipes.json and recipes.md.
+
+  submodel bench recipes --run raw=stores/a,proxy=results/proxy-a,greedy=results/greedy-a \\
+      --run selfgen=stores/b,proxy=results/proxy-b,greedy=results/greedy-b"""
+
+
 def _csv(choices: tuple[str, ...] | None = None):
     def parse(text: str) -> tuple[str, ...]:
         items = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
@@ -221,6 +233,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     so.add_argument("--out", default="results/soak", help="output directory (default "
                                                           "results/soak)")
     so.set_defaults(func=run_soak)
+
+    rc = kinds.add_parser("recipes", help="mask recipes side by side: greedy pass@1, proxy, "
+                                          "prune time; does the proxy predict pass@1",
+                          description=RECIPES_HELP,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    rc.add_argument("--run", action="append", required=True, metavar="NAME=STORE[,proxy=DIR]"
+                    "[,greedy=DIR]", help="one recipe: its store, the --out of its `bench proxy` "
+                    "and of its `bench passk --greedy` (repeatable)")
+    rc.add_argument("--out", default="results/recipes", help="output directory (default "
+                                                              "results/recipes)")
+    rc.set_defaults(func=run_recipes)
 
 
 # ---- passk ------------------------------------------------------------------------------------
@@ -500,6 +523,23 @@ def run_load(args: argparse.Namespace) -> int:
     except (LoadError, ServerError) as e:
         raise CLIError(str(e)) from None
     print("wrote " + ", ".join(str(p) for p in write_load(results, out)))
+    return 0
+
+
+# ---- recipes ------------------------------------------------------------------------------------
+
+def run_recipes(args: argparse.Namespace) -> int:
+    from submodel.bench.recipes import RecipesError, compare, parse_run
+
+    try:
+        result = compare([parse_run(r) for r in args.run], Path(args.out))
+    except RecipesError as e:
+        raise CLIError(str(e)) from None
+    for name, c in result["correlation"].items():
+        if c:
+            print(f"proxy {name} vs greedy pass@1: Spearman rho {c['rho']:+.2f} over "
+                  f"{c['cells']} cells (p = {c['p']:.3f})")
+    print(f"wrote {Path(args.out) / 'recipes.json'}, {Path(args.out) / 'recipes.md'}")
     return 0
 
 
