@@ -1,4 +1,4 @@
-"""CLI: `submodel prune` and `submodel info`."""
+"""CLI: `submodel prune`, `submodel remove-language` and `submodel info`."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run Wanda (or magnitude) pruning of a base model once per language, "
         "calibrated on real code of that language, and write a sub-model store: the dense "
         "weights once, one bit-packed mask per language, a manifest and reports. An "
-        "interrupted run resumes with the languages it already finished.",
+        "interrupted run resumes with the languages it already finished. Given a finished "
+        "store as --out, it adds the languages the store lacks (same base model and recipe "
+        "flags required) and leaves the others' masks untouched.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="qwen2.5-coder-0.5b",
                    help="alias (qwen2.5-coder-0.5b, qwen2.5-coder-1.5b, gemma-3-270m, "
                    "smollm2-135m), a .gguf file, or a Hugging Face model directory")
-    p.add_argument("--out", required=True, type=Path, help="store directory to create")
+    p.add_argument("--out", required=True, type=Path,
+                   help="store directory to create, or a finished store to add languages to")
     p.add_argument("--languages", default=DEFAULT_LANGUAGES,
                    help="comma-separated languages, one mask each")
     p.add_argument("--calib", action="append", default=[], metavar="LANG=PATH",
@@ -68,6 +71,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_prune)
 
+    r = sub.add_parser(
+        "remove-language", help="drop one language's mask from a store",
+        description="Remove LANG from a finished store: the reports are recomputed without it, "
+        "the manifest is rewritten atomically, then its mask file is deleted. A server "
+        "serving the store drops it on SIGHUP or the ReloadSubModels RPC. The last language "
+        "of a store cannot be removed.")
+    r.add_argument("store", type=Path, help="store directory")
+    r.add_argument("language", help="the language to remove")
+    r.set_defaults(func=run_remove_language)
+
     i = sub.add_parser("info", help="describe a sub-model store",
                        description="Print a store's manifest in human form: base model, recipe, "
                        "per-language sparsity and the mask overlap table. Verifies the store "
@@ -104,6 +117,18 @@ def run_prune(args: argparse.Namespace) -> int:
     except (ValueError, corpora.CorpusError, ModelError, StoreError) as e:
         raise CLIError(str(e)) from None
     print(f"wrote {store.path} ({', '.join(store.languages)})")
+    return 0
+
+
+def run_remove_language(args: argparse.Namespace) -> int:
+    from submodel.pruning.edit import remove_language
+    from submodel.pruning.store import StoreError
+
+    try:
+        store = remove_language(args.store, args.language)
+    except StoreError as e:
+        raise CLIError(str(e)) from None
+    print(f"removed {args.language} from {store.path} (now {', '.join(store.languages)})")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,17 +11,25 @@ import torch
 from tqdm import tqdm
 
 from submodel.pruning import calibration, corpora
-from submodel.pruning.models import DTYPES, load_model, resolve_model
+from submodel.pruning.edit import add_masks, recipe_of, shared_recipe
+from submodel.pruning.models import DTYPES, load_model, resolve_model, sha256_file
 from submodel.pruning.owl import owl_block_sparsity
 from submodel.pruning.recipe import MaskRecipe
 from submodel.pruning.report import overlap_report, plot_overlap, sparsity_report
 from submodel.pruning.store import (
+    DENSE_FILE,
+    RECIPE_DEFAULTS,
     Store,
     StoreBuilder,
+    StoreError,
     load_hf_model,
     load_tokenizer,
+    open_store,
     parse_pattern,
     read_masks,
+    recipe_differences,
+    save_safetensors_atomic,
+    with_defaults,
 )
 from submodel.pruning.wanda import magnitude_masks, prunable_linears, wanda_masks
 
@@ -132,11 +141,16 @@ def target_sparsity(cfg: PruneConfig, language: str) -> float:
 
 
 def prune(cfg: PruneConfig) -> Store:
+    """Build the store at cfg.out, resuming a partial build; or, when cfg.out is a finished
+    store (and not --force), add the languages it lacks to it (see `add_languages`)."""
     validate(cfg)
     sources = {} if cfg.method == "magnitude" else {
         lang: corpora.find_source(lang, cfg.calib.get(lang)) for lang in cfg.languages}
     source = resolve_model(cfg.model)
-    builder = StoreBuilder(cfg.out, _recipe(cfg, source.id, source.sha256, sources), cfg.force)
+    recipe = _recipe(cfg, source.id, source.sha256, sources)
+    if (cfg.out / "manifest.json").is_file() and not cfg.force:
+        return add_languages(cfg, recipe, sources)
+    builder = StoreBuilder(cfg.out, recipe, cfg.force)
     if not builder.has_base():
         say(cfg, f"loading {source.id} ({source.kind}) and writing the dense base ({cfg.dtype})")
         model, tokenizer = load_model(source, dtype=torch.float32)
@@ -148,26 +162,12 @@ def prune(cfg: PruneConfig) -> Store:
     model = load_hf_model(builder.base_dir, calibration_dtype(DTYPES[cfg.dtype], cfg.device))
     prunable = {name: (lin.out_features, lin.in_features)
                 for name, lin in prunable_linears(model).items()}
-    pattern = parse_pattern(cfg.pattern)
     done = set(builder.done_languages())
     for lang in cfg.languages:
         if lang in done:
             say(cfg, f"{lang}: already pruned in an earlier run, kept")
             continue
-        started = time.perf_counter()
-        target = target_sparsity(cfg, lang)
-        info: dict = {"sparsity": target}
-        if cfg.method == "magnitude":
-            masks = magnitude_masks(model, target, pattern)
-        else:
-            docs = corpora.documents(sources[lang], "calib")
-            ids = calibration.calibration_windows(
-                cfg.calib_kind, model, tokenizer, docs, lang, cfg.nsamples, cfg.seqlen,
-                cfg.seed, cache_key=f"{source.id}|{source.sha256}|{sources[lang].description}"
-                f"|{model.dtype}", progress=lambda m: say(cfg, m))
-            info.update(calibration_tokens=int(ids.numel()), calibration_documents=len(docs))
-            masks = _wanda_language(cfg, model, ids, lang, target, pattern, info)
-        info["seconds"] = round(time.perf_counter() - started, 2)
+        masks, info = _language_masks(cfg, model, tokenizer, sources, recipe, lang)
         builder.write_mask(lang, masks, info)
         say(cfg, f"{lang}: masks written in {info['seconds']:.1f}s")
     all_masks = {lang: read_masks(builder.mask_path(lang)) for lang in cfg.languages}
@@ -177,6 +177,64 @@ def prune(cfg: PruneConfig) -> Store:
     if len(cfg.languages) > 1:
         plot_overlap(overlap, builder.work / "report" / "overlap.png")
     return builder.finalize(prunable, list(cfg.languages))
+
+
+def add_languages(cfg: PruneConfig, recipe: dict, sources: dict[str, corpora.Source]) -> Store:
+    """Add cfg.languages that the finished store at cfg.out lacks, leaving its other masks
+    untouched. The store must have been made from the same base model (its sha256 and the
+    dense file's, as the manifest records them) with the same recipe flags, or the new mask
+    would not be comparable with the others: a difference is refused in one line naming it.
+    Languages the store already has are kept as they are."""
+    store = open_store(cfg.out, verify=False)
+    old = with_defaults(recipe_of(store.manifest),
+                        {k: v for k, v in RECIPE_DEFAULTS.items() if k in recipe})
+    differs = recipe_differences(shared_recipe(old), shared_recipe(recipe))
+    if differs:
+        raise StoreError(f"{store.path}: built with another recipe (differs in "
+                         f"{', '.join(differs)}); pass the store's flags to add a language, or "
+                         "--force to rebuild it")
+    new = [lang for lang in cfg.languages if lang not in store.manifest["languages"]]
+    for lang in cfg.languages:
+        if lang not in new:
+            say(cfg, f"{lang}: already in {store.path}, kept")
+    if not new:
+        return open_store(store.path)
+    dense = store.manifest["files"].get(DENSE_FILE)
+    if dense is None or sha256_file(store.dense_file) != dense:
+        raise StoreError(f"{store.dense_file}: sha256 does not match the manifest; the base "
+                         "weights are damaged, not adding to this store")
+    tokenizer = load_tokenizer(store.base_dir)
+    model = load_hf_model(store.base_dir, calibration_dtype(DTYPES[cfg.dtype], cfg.device))
+    infos = {}
+    for lang in new:
+        masks, info = _language_masks(cfg, model, tokenizer, sources, recipe, lang)
+        save_safetensors_atomic(store.path / "masks" / f"{lang}.safetensors", masks,
+                                metadata={"info": json.dumps(info, sort_keys=True)})
+        infos[lang] = info
+        say(cfg, f"{lang}: masks written in {info['seconds']:.1f}s")
+    return add_masks(store, infos, recipe)
+
+
+def _language_masks(cfg: PruneConfig, model, tokenizer, sources: dict[str, corpora.Source],
+                    recipe: dict, lang: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """One language's packed masks and how they were made (the manifest's language entry)."""
+    started = time.perf_counter()
+    target = target_sparsity(cfg, lang)
+    pattern = parse_pattern(cfg.pattern)
+    info: dict = {"sparsity": target}
+    if cfg.method == "magnitude":
+        masks = magnitude_masks(model, target, pattern)
+    else:
+        base = recipe["base_model"]
+        docs = corpora.documents(sources[lang], "calib")
+        ids = calibration.calibration_windows(
+            cfg.calib_kind, model, tokenizer, docs, lang, cfg.nsamples, cfg.seqlen,
+            cfg.seed, cache_key=f"{base['id']}|{base['sha256']}|{sources[lang].description}"
+            f"|{model.dtype}", progress=lambda m: say(cfg, m))
+        info.update(calibration_tokens=int(ids.numel()), calibration_documents=len(docs))
+        masks = _wanda_language(cfg, model, ids, lang, target, pattern, info)
+    info["seconds"] = round(time.perf_counter() - started, 2)
+    return masks, info
 
 
 def _wanda_language(cfg: PruneConfig, model, ids: torch.Tensor, lang: str, target: float,

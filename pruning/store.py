@@ -176,6 +176,19 @@ def _verify_file(root: Path, rel: str, want: str) -> None:
         raise StoreError(f"{path}: sha256 mismatch (file damaged or edited)")
 
 
+def verify_language(store: Store, language: str, check_sha256: bool = True) -> None:
+    """One language's mask file: its sha256 against the manifest (unless told not to), then
+    shapes and the kept count of every row. Raises StoreError naming the file. A server
+    reloading its mask set runs this for each new or changed mask before serving it."""
+    if check_sha256:
+        rel = store.manifest["languages"][language]["file"]
+        digest = store.manifest["files"].get(rel)
+        if digest is None:
+            raise StoreError(f"{store.path / rel}: not listed in the manifest's files")
+        _verify_file(store.path, rel, digest)
+    _verify_masks(store, language)
+
+
 def _verify_masks(store: Store, language: str) -> None:
     path = store.mask_file(language)
     try:

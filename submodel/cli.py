@@ -8,7 +8,7 @@ import sys
 
 # Each module exposes register(subparsers); its parsers set `func(args) -> int`.
 COMMAND_MODULES = (
-    "submodel.pruning.cli",  # prune, info
+    "submodel.pruning.cli",  # prune, remove-language, info
     "submodel.server.cli",  # serve, generate
     "submodel.router.cli",  # route
     "submodel.bench.cli",  # bench
