@@ -54,6 +54,16 @@ def _pygments_patterns() -> tuple[tuple[str, str], ...]:
     return tuple(patterns)
 
 
+@functools.lru_cache(maxsize=64)
+def filename_globs(language: str) -> tuple[str, ...]:
+    """File-name globs of the Pygments lexers that have `language` among their aliases
+    ('go' -> ('*.go',)): how a store's language that is none of ours is found by file name."""
+    from pygments.lexers import get_all_lexers
+
+    return tuple(glob for _name, aliases, filenames, _mimetypes in get_all_lexers(plugins=False)
+                 if language in aliases for glob in filenames)
+
+
 @functools.lru_cache(maxsize=4096)
 def language_of_filename(filename: str) -> str | None:
     """One of LANGUAGES, OTHER (a known language or format that is not ours: .rs, .go, .ts,

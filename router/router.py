@@ -10,6 +10,9 @@ Decisions for the inputs that look like ours (the trainer's labels in `projects.
 
 from __future__ import annotations
 
+import fnmatch
+import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -17,6 +20,7 @@ from submodel.router.languages import (
     DENSE,
     LANGUAGES,
     OTHER,
+    filename_globs,
     language_of_filename,
     normalize_language,
 )
@@ -38,13 +42,21 @@ class Detection:
     source: str  # one of SOURCES
 
 
-class Router:
-    """Routes text to one of `languages` (each must be one of LANGUAGES) or to "dense".
+EXTRA_NAME = re.compile(r"[a-z0-9_+#-]+")  # what `prune --calib LANG=PATH` accepts
 
-    Content detection picks the most probable class among our four languages and "other"
-    (C, Go, Rust, TypeScript, shell, SQL, data formats, prose); it routes to that language only
-    if it is served here and its probability is at least `threshold`, else to dense (source
-    "fallback", confidence = that top probability).
+
+class Router:
+    """Routes text to one of `languages` or to "dense".
+
+    Content detection picks the most probable class among our four languages (LANGUAGES) and
+    "other" (C, Go, Rust, TypeScript, shell, SQL, data formats, prose); it routes to that
+    language only if it is served here and its probability is at least `threshold`, else to
+    dense (source "fallback", confidence = that top probability).
+
+    A served language that is none of LANGUAGES (a store can add any, e.g. `go`) has no class
+    in the content model, so it is reached by hint (its exact name) and by file name (the
+    globs of the Pygments lexers that have its name among their aliases: `go` -> `*.go`);
+    its content alone goes to dense, as "other".
     """
 
     def __init__(self, languages: Iterable[str] = LANGUAGES,
@@ -52,15 +64,23 @@ class Router:
         served = []
         for name in languages:
             lang = normalize_language(name)
+            if lang is None and EXTRA_NAME.fullmatch(name.strip().lower()):
+                lang = name.strip().lower()
             if lang is None or lang == DENSE:
-                raise UnknownLanguage(f"cannot route to {name!r}: the router knows "
-                                      f"{', '.join(LANGUAGES)}")
+                raise UnknownLanguage(f"cannot route to {name!r}: a language is one of "
+                                      f"{', '.join(LANGUAGES)} or a name of [a-z0-9_+#-]")
             served.append(lang)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"threshold must be in [0, 1], got {threshold}")
         self.languages = tuple(dict.fromkeys(served))
         self.threshold = threshold
         self.model = MODEL if model is None else model  # another one: the bench's --model
+        self.extra = {lang: filename_globs(lang) for lang in self.languages
+                      if lang not in LANGUAGES}
+
+    def serving(self, languages: Iterable[str]) -> Router:
+        """This router for another set of languages (a server reloaded its sub-models)."""
+        return Router(languages, self.threshold, self.model)
 
     def detect(self, text: str, filename: str | None = None,
                hint: str | None = None) -> Detection:
@@ -70,6 +90,8 @@ class Router:
         """
         if hint and hint.strip():
             lang = normalize_language(hint)
+            if lang is None and hint.strip().lower() in self.extra:
+                lang = hint.strip().lower()
             if lang == DENSE:
                 return Detection(DENSE, 1.0, "hint")
             if lang not in self.languages:
@@ -79,6 +101,8 @@ class Router:
             return Detection(lang, 1.0, "hint")
         if filename and filename.strip():
             lang = language_of_filename(filename)
+            if lang == OTHER and self.extra:
+                lang = self._extra_of_filename(filename) or OTHER
             if lang == OTHER:
                 return Detection(DENSE, 1.0, "filename")
             if lang is not None:
@@ -91,6 +115,12 @@ class Router:
         if lang in self.languages and confidence >= self.threshold:
             return Detection(lang, confidence, "content")
         return Detection(DENSE, confidence, "fallback")
+
+    def _extra_of_filename(self, filename: str) -> str | None:
+        base = os.path.basename(filename.strip().replace("\\", "/"))
+        found = [lang for lang, globs in self.extra.items()
+                 if any(fnmatch.fnmatchcase(base, g) for g in globs)]
+        return found[0] if len(found) == 1 else None
 
     def probabilities(self, text: str) -> dict[str, float]:
         """The content detector's probability of each class (ours and "other")."""

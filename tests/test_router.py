@@ -216,9 +216,25 @@ def test_threshold_fallback():
     assert detect("   \n\t") == Detection("dense", 0.0, "fallback")
 
 
+def test_a_language_without_a_content_class_is_routed_by_hint_and_filename():
+    router = Router(["python", "go"])
+    assert router.languages == ("python", "go")
+    assert router.detect("x", hint="go") == Detection("go", 1.0, "hint")
+    assert router.detect("x", hint=" Go ") == Detection("go", 1.0, "hint")
+    assert router.detect("package main", filename="cmd/main.go") == Detection("go", 1.0,
+                                                                             "filename")
+    assert router.detect(PY, filename="a.rs") == Detection("dense", 1.0, "filename")
+    assert router.detect("package main\n\nfunc main() {}\n").language == "dense"
+    assert router.serving(["go"]).detect(PY, hint="go").language == "go"
+    with pytest.raises(UnknownLanguage, match="not served"):
+        router.serving(["go"]).detect(PY, hint="python")
+
+
 def test_bad_router_arguments():
     with pytest.raises(UnknownLanguage):
-        Router(["python", "cobol"])
+        Router(["python", "no such language"])
+    with pytest.raises(UnknownLanguage):
+        Router(["dense"])
     with pytest.raises(ValueError, match="threshold"):
         Router(threshold=1.5)
 
