@@ -26,6 +26,7 @@ class Reason(StrEnum):
     DRAINING = "draining"  # shutting down: retry on another replica
     DEADLINE_EXCEEDED = "deadline_exceeded"
     CANCELLED = "cancelled"  # the client went away
+    STORE_INVALID = "store_invalid"  # a reload found the store damaged; the old set serves
     INTERNAL = "internal"  # a bug or an engine failure (see the server log)
 
 
@@ -65,6 +66,24 @@ class DrainingError(EngineError):
     """The engine is shutting down and takes no new work (gRPC UNAVAILABLE)."""
 
     default_reason = Reason.DRAINING
+
+
+class StoreInvalidError(EngineError):
+    """A reload of the sub-models refused: the store on disk is damaged or made from other
+    base weights; the message names the file. The languages served before keep serving
+    (gRPC FAILED_PRECONDITION)."""
+
+    default_reason = Reason.STORE_INVALID
+
+
+@dataclass(frozen=True)
+class Reload:
+    """What a reload of the sub-models changed (each sorted)."""
+
+    languages: tuple[str, ...]  # served now
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    changed: tuple[str, ...]  # served before and now, with another mask file
 
 
 @dataclass(frozen=True)
@@ -138,3 +157,6 @@ class EngineObserver:
     def token_latency(self, seconds: float) -> None: ...
 
     def weight_bytes(self, kind: str, nbytes: int) -> None: ...
+
+    def sub_models(self, count: int) -> None:
+        """Language sub-models served, at start and after each reload."""

@@ -1,7 +1,8 @@
 """The server process: gRPC (Generator + health + reflection) on one port, the OpenAI-compatible
 HTTP API on another, both over one engine; /metrics over HTTP; and a graceful drain on SIGTERM
 (health NOT_SERVING, every new request refused as unavailable, finish what is in flight up to a
-grace period, stop once clients have gone quiet, exit 0)."""
+grace period, stop once clients have gone quiet, exit 0). SIGHUP reloads the sub-models from
+the store, as the ReloadSubModels RPC does."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from submodel.server.api import EngineError
 from submodel.server.auth import BearerTokenInterceptor
 from submodel.server.drain import DrainGate
 from submodel.server.generation import Generations
@@ -114,6 +116,26 @@ def wait_for_signal() -> int:
     return received[0]
 
 
+def reload_on_sighup(generations: Generations):
+    """Install a SIGHUP handler that reloads the sub-models on a thread of its own (the
+    handler runs on the main thread, which must stay free for SIGTERM); returns the previous
+    handler. The outcome goes to the log (and metrics), as there is no caller to answer."""
+
+    def reload() -> None:
+        try:
+            generations.reload()
+        except EngineError as e:  # refused (logged by reload) or shutting down
+            log.warning("SIGHUP reload: %s", e.message)
+        except Exception:
+            log.exception("SIGHUP reload failed")
+
+    def handler(_signum, _frame) -> None:
+        log.info("SIGHUP: reloading the sub-models")
+        threading.Thread(target=reload, name="submodel-reload", daemon=True).start()
+
+    return signal.signal(signal.SIGHUP, handler)
+
+
 def serve(engine_factory, router, listener: Listener, *, workers: int, grace: float,
           metrics: Metrics, metrics_address: tuple[str, int] | None,
           http_listener: HttpListener | None = None) -> int:
@@ -144,7 +166,11 @@ def serve(engine_factory, router, listener: Listener, *, workers: int, grace: fl
             api.start(HttpApi(generations, http_listener.token).app, FLUSH_SECONDS)
             log.info("serving the OpenAI-compatible API on %s://%s/v1",
                      "https" if api.tls else "http", _address(http_listener.host, api.port))
-        signum = wait_for_signal()
+        previous = reload_on_sighup(generations)
+        try:
+            signum = wait_for_signal()
+        finally:
+            signal.signal(signal.SIGHUP, previous)
         log.info("%s: draining, %d request(s) in flight (grace %.0f s)",
                  signal.Signals(signum).name, service.in_flight, grace)
         drained = server.drain(grace)

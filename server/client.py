@@ -43,6 +43,10 @@ class Client:
         return self.stub.ListSubModels(pb.ListSubModelsRequest(), timeout=timeout,
                                        metadata=self.metadata)
 
+    def reload(self, timeout: float | None = None) -> pb.ReloadSubModelsResponse:
+        return self.stub.ReloadSubModels(pb.ReloadSubModelsRequest(), timeout=timeout,
+                                         metadata=self.metadata)
+
     def close(self) -> None:
         self.channel.close()
 

@@ -1,6 +1,13 @@
 """The engine: one copy of the dense weights, every language's mask, a KV cache of slots, and
 a scheduler thread that runs continuous batching over them.
 
+The set of languages can change while serving (`reload`): new and changed masks are loaded and
+verified on the caller's thread, then the engine thread swaps the set between two steps.
+Requests already submitted for a removed language, and requests running on a language whose
+mask changed, finish on the mask they started with: at the swap they move to a retired key
+(`python~1`) that keeps the old mask until the last of them ends. Nothing in flight is
+refused or disturbed; only new requests see the new set.
+
 Each step: drop cancelled and expired sequences, pick the language(s) to run, admit waiting
 requests into free slots (prefilling them), then run one decode step for the batch. With a
 strategy that cannot mix languages in one step (swap, replicas), a language keeps the batch for
@@ -20,7 +27,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from submodel.pruning.store import Store
+from submodel.pruning.store import DENSE_FILE, Store, StoreError, open_store, verify_language
 from submodel.server.api import (
     DENSE,
     DoneEvent,
@@ -31,6 +38,8 @@ from submodel.server.api import (
     InvalidRequestError,
     QueueFullError,
     Reason,
+    Reload,
+    StoreInvalidError,
     TokenEvent,
     UnknownLanguageError,
 )
@@ -57,6 +66,7 @@ class RequestHandle:
         self.id = next(self._ids)
         self.request = request
         self.language = request.language
+        self.key = request.language  # the engine's mask key: a retired one after a reload
         self.prompt_ids = prompt_ids
         self.prompt_tokens = len(prompt_ids)
         self.submitted = time.monotonic()
@@ -95,7 +105,17 @@ class Sequence:
     language: str = field(init=False)
 
     def __post_init__(self) -> None:
-        self.language = self.handle.language
+        self.language = self.handle.key
+
+
+@dataclass
+class _Change:
+    """A verified mask set waiting for the engine thread (see Engine.reload)."""
+
+    store: Store
+    masks: dict[str, list[torch.Tensor]]  # every language served after the swap
+    retire: set[str]  # languages served before whose in-flight work keeps the old mask
+    applied: bool = False
 
 
 class Engine:
@@ -123,10 +143,8 @@ class Engine:
         names = [weight_name(i) for i in range(7 * self.args.n_layers)]
         weights = [state.pop(n) for n in names]
         other_bytes = sum(t.numel() * t.element_size() for t in state.values())
-        masks = {}
-        for lang in self.languages:
-            loaded = store.load_mask(lang)
-            masks[lang] = [loaded[n] for n in names]
+        self.names = names
+        masks = {lang: self._load_mask(store, lang) for lang in self.languages}
         self.model = Transformer(self.args, state, device)
         self.strategy = make_strategy(strategy, weights, names, masks, store.dense_file,
                                       self.model.lm_head)
@@ -134,10 +152,12 @@ class Engine:
         slots = max_batch if self.mixes_languages else 2 * max_batch  # room for paused ones
         self.cache = KVCache(self.args, slots, self.max_context, self.dtype, device)
         self.free_slots = list(range(slots))
-        sizes = self.strategy.resident_bytes()
-        sizes["dense"] += other_bytes  # embeddings, lm_head, norms, biases
-        for kind, nbytes in sizes.items():
-            self.observer.weight_bytes(kind, nbytes)
+        self.other_bytes = other_bytes  # embeddings, lm_head, norms, biases
+        self._report_weights()
+        self.retired: set[str] = set()  # mask keys of finishing work on an old mask
+        self.pending: _Change | None = None
+        self.reload_lock = threading.Lock()  # one reload at a time
+        self._retire_ids = itertools.count(1)
 
         self.waiting: dict[str, deque[RequestHandle]] = {
             lang: deque() for lang in [*self.languages, DENSE]}
@@ -168,6 +188,8 @@ class Engine:
         with self.lock:
             if not self.accepting:
                 raise DrainingError("the server is shutting down; retry on another replica")
+            if request.language not in self.languages and request.language != DENSE:
+                raise self._unknown(request.language)  # removed by a reload since _validate
             if sum(len(q) for q in self.waiting.values()) >= self.max_queue:
                 raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); "
                                      "retry later")
@@ -202,10 +224,8 @@ class Engine:
 
     def _validate(self, r: GenerationRequest) -> None:
         p = r.params
-        if r.language not in self.waiting:
-            raise UnknownLanguageError(f"language '{r.language}' is not served (have "
-                                       f"{', '.join(self.languages)} and {DENSE})",
-                                       field="language")
+        if r.language not in self.languages and r.language != DENSE:
+            raise self._unknown(r.language)
         problems: list[tuple[str, str]] = []  # (field, what is wrong)
         if r.messages:
             if r.prompt or r.suffix is not None:
@@ -230,6 +250,81 @@ class Engine:
         if problems:
             raise InvalidRequestError("; ".join(why for _, why in problems),
                                       field=problems[0][0])
+
+    def _unknown(self, language: str) -> UnknownLanguageError:
+        return UnknownLanguageError(f"language '{language}' is not served (have "
+                                    f"{', '.join(self.languages)} and {DENSE})",
+                                    field="language")
+
+    def reload(self, path: str | None = None) -> Reload:
+        """Serve the languages the store's manifest lists now (the store this engine serves,
+        or `path`, which must hold the same base weights).
+
+        New and changed masks (by the manifest's sha256) are read and verified here, on the
+        caller's thread: sha256, shapes, kept count per row. A bad one raises
+        StoreInvalidError naming its file, and the engine keeps its set. Then the engine
+        thread swaps the set between two steps (see the module docstring for what happens
+        to requests in flight) and this returns once it has."""
+        with self.reload_lock:
+            try:
+                store = open_store(path or self.store.path, verify=False)
+                self._check_base(store)
+                masks, changed = {}, set()
+                for lang in store.languages:
+                    if lang in self.languages and self._digest(store, lang) == self._digest(
+                            self.store, lang):
+                        masks[lang] = self.strategy.masks[lang]
+                    else:
+                        verify_language(store, lang)
+                        masks[lang] = self._load_mask(store, lang)
+                        changed.add(lang)
+            except StoreError as e:
+                raise StoreInvalidError(f"reload refused, still serving "
+                                        f"{', '.join(self.languages)}: {e}") from None
+            finally:
+                release_team()  # the checks' torch work (one OpenMP team at a time: omp.py)
+            before = set(self.languages)
+            change = _Change(store, masks, retire=before - set(masks) | (changed & before))
+            with self.lock:
+                if self.stopping or self.thread is None or not self.thread.is_alive():
+                    if self.stopping:
+                        raise DrainingError("the server is shutting down; not reloading")
+                    self._apply(change)  # no engine thread: nothing runs concurrently
+                else:
+                    self.pending = change
+                    self.lock.notify_all()
+                    self.lock.wait_for(lambda: change.applied or self.stopping)
+                    if not change.applied:
+                        raise DrainingError("the server is shutting down; not reloading")
+            after = set(masks)
+            return Reload(languages=tuple(sorted(after)), added=tuple(sorted(after - before)),
+                          removed=tuple(sorted(before - after)),
+                          changed=tuple(sorted(changed & before)))
+
+    def _check_base(self, store: Store) -> None:
+        """A reload swaps masks only: the dense weights (by sha256) and layers must match."""
+        ours = self.store.manifest["files"].get(DENSE_FILE)
+        if store.manifest["files"].get(DENSE_FILE) != ours:
+            raise StoreError(f"{store.dense_file}: other base weights than the ones served "
+                             "(sha256 differs); restart the server to serve them")
+        if store.prunable != self.store.prunable:
+            raise StoreError(f"{store.path / 'manifest.json'}: other prunable layers than "
+                             "the ones served; restart the server to serve them")
+
+    @staticmethod
+    def _digest(store: Store, language: str) -> str | None:
+        return store.manifest["files"].get(store.manifest["languages"][language]["file"])
+
+    def _load_mask(self, store: Store, language: str) -> list[torch.Tensor]:
+        loaded = store.load_mask(language)
+        return [loaded[n] for n in self.names]
+
+    def _report_weights(self) -> None:
+        sizes = self.strategy.resident_bytes()
+        sizes["dense"] += self.other_bytes
+        for kind, nbytes in sizes.items():
+            self.observer.weight_bytes(kind, nbytes)
+        self.observer.sub_models(len(self.languages))
 
     def _end_token_ids(self, config: dict) -> set[int]:
         ids = set()
@@ -258,10 +353,15 @@ class Engine:
                     release_team()
                     self.parked = True
                     self.lock.notify_all()  # wait_parked()
-                self.lock.wait_for(lambda: self.stopping or not self._idle())
+                self.lock.wait_for(lambda: self.stopping or self.pending is not None
+                                   or not self._idle())
                 self.parked = False
                 if self.stopping:
                     break
+                if self.pending is not None:
+                    self._apply(self.pending)
+                    self.pending = None
+                    self.lock.notify_all()  # reload() waits for it
             try:
                 self._step()
             except Exception:
@@ -279,7 +379,55 @@ class Engine:
         for handle in waiting:
             self._abandon(handle, "cancelled")
 
+    def _apply(self, change: _Change) -> None:
+        """Swap the mask set, between steps (engine thread, or no engine thread; self.lock
+        held). In-flight work of a retired language moves to a key of its own that keeps
+        the old mask; a removed language's waiting requests go along."""
+        old = self.strategy.masks
+        keep = {key: old[key] for key in self.retired}
+        for lang in change.retire:
+            removed = lang not in change.masks
+            running = [s for s in self.running if s.language == lang]
+            waiting = self.waiting.pop(lang) if removed else deque()
+            if not running and not waiting:
+                continue
+            key = f"{lang}~{next(self._retire_ids)}"
+            keep[key] = old[lang]
+            for seq in running:
+                seq.language = seq.handle.key = key
+            for handle in waiting:
+                handle.key = key
+            self.waiting[key] = waiting
+            self.retired.add(key)
+        for lang in set(self.languages) - set(change.masks):
+            self.waiting.pop(lang, None)  # emptied above
+        for lang in change.masks:
+            self.waiting.setdefault(lang, deque())
+        self.strategy.set_masks({**change.masks, **keep})
+        self.store = change.store
+        self.languages = sorted(change.masks)
+        change.applied = True
+        self._report_weights()
+        log.info("serving %s (%d retired mask(s) finishing)", ", ".join(self.languages),
+                 len(self.retired))
+
+    def _drop_retired(self) -> None:
+        """Free the old masks whose last request has ended."""
+        with self.lock:
+            done = {key for key in self.retired if not self.waiting[key]
+                    and not any(s.language == key for s in self.running)}
+            if not done:
+                return
+            for key in done:
+                del self.waiting[key]
+            self.retired -= done
+            self.strategy.set_masks({k: v for k, v in self.strategy.masks.items()
+                                     if k not in done})
+            self._report_weights()
+
     def _step(self) -> None:
+        if self.retired:
+            self._drop_retired()
         now = time.monotonic()
         for seq in list(self.running):
             if seq.handle.cancelled or seq.handle.expired(now):
@@ -305,7 +453,8 @@ class Engine:
                 if len(keep) != len(q):
                     dropped += [h for h in q if h not in keep]
                     self.waiting[lang] = deque(keep)
-                    self.observer.queue_depth(lang, len(keep))
+                    if lang not in self.retired:
+                        self.observer.queue_depth(lang, len(keep))
         for handle in dropped:
             self._abandon(handle, "cancelled" if handle.cancelled else "deadline")
 
@@ -343,7 +492,8 @@ class Engine:
                 if len(self.free_slots) < n or in_batch + n > self.max_batch:
                     break
                 handle = q.popleft()
-                self.observer.queue_depth(handle.language, len(q))
+                if handle.key == handle.language:  # a retired key has no gauge
+                    self.observer.queue_depth(handle.language, len(q))
                 handle.slots = [self.free_slots.pop(0) for _ in range(n)]
                 in_batch += n
                 admitted.append(handle)
@@ -352,7 +502,7 @@ class Engine:
     def _prefill(self, handle: RequestHandle) -> None:
         handle.admitted = time.monotonic()
         params = handle.request.params
-        self._prepare([handle.language])
+        self._prepare([handle.key])
         ids = torch.tensor([handle.prompt_ids])
         positions = torch.arange(len(handle.prompt_ids))[None]
         logits = self.model.forward(ids, positions, self.cache, torch.tensor(handle.slots[:1]),

@@ -39,6 +39,7 @@ STATUS = {
     Reason.DRAINING: Status(S.UNAVAILABLE, 503, "server_error"),
     Reason.DEADLINE_EXCEEDED: Status(S.DEADLINE_EXCEEDED, 504, "server_error"),
     Reason.CANCELLED: Status(S.CANCELLED, 499, "server_error"),
+    Reason.STORE_INVALID: Status(S.FAILED_PRECONDITION, 409, "server_error"),
     Reason.INTERNAL: Status(S.INTERNAL, 500, "server_error"),
 }
 OK = "ok"

@@ -5,6 +5,7 @@ requests batch together."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -18,12 +19,16 @@ from submodel.server.api import (
     InvalidRequestError,
     Message,
     Reason,
+    Reload,
     SamplingParams,
+    StoreInvalidError,
     TokenEvent,
     UnknownLanguageError,
 )
 from submodel.server.errors import status_label
 from submodel.server.metrics import UNROUTED, Metrics
+
+log = logging.getLogger("submodel.server")
 
 EARLY = ("cancelled", "deadline", "error")  # finish reasons that fail the request
 DEFAULT_MAX_TOKENS = 256
@@ -139,6 +144,25 @@ class Generations:
         self.metrics = metrics
         self.in_flight = 0  # generations admitted by the engine and not finished
         self._lock = threading.Lock()
+
+    def reload(self) -> Reload:
+        """Reload the engine's sub-models from its store (the ReloadSubModels RPC, SIGHUP),
+        then route to the new set. Between the engine's swap and the router's, a request
+        routed to a removed language is answered NOT_FOUND and one hinted to an added
+        language too: the reload has not returned yet. A refused reload (StoreInvalidError,
+        naming the bad file) is logged and changes nothing."""
+        try:
+            result = self.engine.reload()
+        except StoreInvalidError as e:
+            self.metrics.reloaded("refused")
+            log.error("%s", e.message)
+            raise
+        self.router = self.router.serving(result.languages)
+        self.metrics.reloaded("ok")
+        log.info("reloaded sub-models: serving %s (added: %s; removed: %s; changed: %s)",
+                 ", ".join(result.languages), ", ".join(result.added) or "none",
+                 ", ".join(result.removed) or "none", ", ".join(result.changed) or "none")
+        return result
 
     def call(self, protocol: str) -> Call:
         return Call(self.metrics, protocol)

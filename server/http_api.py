@@ -165,7 +165,6 @@ class HttpApi:
         self.generations = generations
         engine = generations.engine
         self.base_name = engine.store.manifest["base_model"]["id"]
-        self.languages = tuple(engine.languages)
         self.created = schema.now()
         app = Starlette(routes=[
             Path("/v1/models", self.models, methods=["GET"]),
@@ -175,6 +174,11 @@ class HttpApi:
             Path("/v1/health", self.health, methods=["GET"]),
         ], exception_handlers={EngineError: _engine_error, Exception: _internal})
         self.app = BearerToken(app, token) if token else app
+
+    @property
+    def languages(self) -> tuple[str, ...]:
+        """The engine's languages now: a reload (SIGHUP, ReloadSubModels) changes them."""
+        return tuple(self.generations.engine.languages)
 
     # ---- inspection ------------------------------------------------------------------
 
@@ -199,7 +203,7 @@ class HttpApi:
 
     def _known_language(self, name: str) -> str | None:
         """Tabby's language id as a hint, if it names a sub-model here."""
-        lang = normalize_language(name)
+        lang = normalize_language(name) or name.strip().lower()  # a store may add any
         return lang if lang in (*self.languages, DENSE) else None
 
     # ---- generation ------------------------------------------------------------------

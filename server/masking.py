@@ -57,6 +57,12 @@ class MaskStrategy:
         self.prefill_lang = row_languages[0]
         return 0.0
 
+    def set_masks(self, masks: dict[str, list[torch.Tensor]]) -> None:
+        """Serve this set of masks from the next `prepare` on (a reload). The engine thread
+        calls it between steps, so no forward ever sees two sets."""
+        self.masks = masks
+        self.languages = sorted(masks)
+
     def _index(self, language: str) -> int:
         return -1 if language == DENSE else self.languages.index(language)
 
@@ -96,7 +102,16 @@ class SwapStrategy(MaskStrategy):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.active = DENSE
+        self.active: str | None = DENSE  # None: the live mask is no longer served by name
+        self.live: list[torch.Tensor] | None = None  # the mask the live weights carry
+
+    def set_masks(self, masks):
+        """The live weights keep their mask; `active` follows it to whatever name serves it
+        now (a retired language's requests run on it under another key), or becomes None so
+        that the next switch starts from the live mask."""
+        super().set_masks(masks)
+        if self.live is not None:
+            self.active = next((k for k, v in masks.items() if v is self.live), None)
 
     def prepare(self, row_languages: list[str]) -> float:
         assert len(set(row_languages)) == 1, "swap serves one language per batch"
@@ -107,7 +122,7 @@ class SwapStrategy(MaskStrategy):
         if language == self.active:
             return 0.0
         started = time.perf_counter()
-        old = self.masks.get(self.active)
+        old = self.live
         new = self.masks.get(language)
         with mapped_tensors(self.dense_file, self.names) as source:
             for i, weight in enumerate(self.weights):
@@ -118,6 +133,7 @@ class SwapStrategy(MaskStrategy):
                                     None if new is None else new[i])
                 del src
         self.active = language
+        self.live = new
         return time.perf_counter() - started
 
 
@@ -127,13 +143,18 @@ class FusedStrategy(MaskStrategy):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        # index -> [L, out, ceil(in/8)]: every language's bits of one weight, side by side
-        self.stacked = [torch.stack([self.masks[lang][i] for lang in self.languages])
-                        if self.languages else _no_masks(w) for i, w in enumerate(self.weights)]
-        self.masks = {lang: [s[k] for s in self.stacked]  # views: no second copy
-                      for k, lang in enumerate(self.languages)}
+        self.set_masks(self.masks)
         self.gemm_groups: list[tuple[int, torch.Tensor]] = []
         self.gemv_rows = torch.empty(0, dtype=torch.long)
+
+    def set_masks(self, masks):
+        """Restack: index -> [L, out, ceil(in/8)], every language's bits of one weight side by
+        side; the per-language masks become views of the stack (no second copy once the old
+        stack is dropped)."""
+        super().set_masks(masks)
+        self.stacked = [torch.stack([masks[lang][i] for lang in self.languages])
+                        if self.languages else _no_masks(w) for i, w in enumerate(self.weights)]
+        self.masks = {lang: [s[k] for s in self.stacked] for k, lang in enumerate(self.languages)}
 
     def prepare(self, row_languages):
         """Plans the decode step: a language with enough rows goes through W*M and torch's GEMM
@@ -190,12 +211,20 @@ class ReplicaStrategy(MaskStrategy):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.replicas = {}
-        for lang, per in self.masks.items():
-            self.replicas[lang] = [
-                kernels.apply_mask_into(w, m, torch.empty_like(w))
-                for w, m in zip(self.weights, per, strict=True)]
+        self.replicas: dict[str, list[torch.Tensor]] = {}
+        self.set_masks(self.masks)
         self.active = DENSE
+
+    def set_masks(self, masks):
+        """Materialize the masks not seen before; a mask kept (under any name) keeps its
+        replica."""
+        previous = self.masks  # keeps the old lists alive while their ids are compared
+        old = {id(previous[lang]): replica for lang, replica in self.replicas.items()}
+        super().set_masks(masks)
+        self.replicas = {
+            lang: old.get(id(per)) or [kernels.apply_mask_into(w, m, torch.empty_like(w))
+                                       for w, m in zip(self.weights, per, strict=True)]
+            for lang, per in masks.items()}
 
     def prepare(self, row_languages):
         assert len(set(row_languages)) == 1, "replicas serve one language per batch"

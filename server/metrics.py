@@ -55,6 +55,13 @@ class Metrics(EngineObserver):
         self.weights = Gauge(
             "submodel_weight_bytes", "Resident bytes of model weights: dense, masks, extra "
             "(anything a strategy keeps beyond them).", ["kind"], registry=r)
+        self.sub_model_count = Gauge(
+            "submodel_sub_models", "Language sub-models served (dense not counted); changes "
+            "on a reload.", registry=r)
+        self.reloads = Counter(
+            "submodel_reloads_total", "Reloads of the sub-model set (SIGHUP or the "
+            "ReloadSubModels RPC) by result: ok, or refused (the old set kept serving).",
+            ["result"], registry=r)
         self.router_confidence = Histogram(
             "submodel_router_confidence", "Confidence of each routing decision.",
             buckets=CONFIDENCE, registry=r)
@@ -77,6 +84,13 @@ class Metrics(EngineObserver):
         self.weights.labels(kind).set(nbytes)
 
     # Service side.
+    def sub_models(self, count: int) -> None:
+        self.sub_model_count.set(count)
+
+    def reloaded(self, result: str) -> None:
+        """A reload ended with `result`: ok, or refused."""
+        self.reloads.labels(result).inc()
+
     def routed(self, confidence: float) -> None:
         self.router_confidence.observe(confidence)
 

@@ -126,12 +126,11 @@ def cancel_with(context: grpc.ServicerContext) -> Callable[[object], None]:
 
 
 class GeneratorService:
-    """Implements the four RPCs over the shared `Generations`."""
+    """Implements the RPCs over the shared `Generations`."""
 
     def __init__(self, generations: Generations) -> None:
         self.generations = generations
         self.engine = generations.engine
-        self.router = generations.router
 
     @property
     def in_flight(self) -> int:
@@ -205,7 +204,8 @@ class GeneratorService:
         sparsity = store.report("sparsity.json") or {}
         response = pb.ListSubModelsResponse(
             base_model=m["base_model"]["id"], method=m["method"], pattern=m["pattern"],
-            strategy=self.engine.strategy.name, router_threshold=self.router.threshold)
+            strategy=self.engine.strategy.name,
+            router_threshold=self.generations.router.threshold)
         response.sub_models.add(id=DENSE, dense=True)
         for lang in self.engine.languages:
             response.sub_models.add(
@@ -214,6 +214,15 @@ class GeneratorService:
         for pair in (store.report("overlap.json") or {}).get("pairs", []):
             response.overlap.add(a=pair["a"], b=pair["b"], jaccard_distance=pair["overall"])
         return response
+
+
+    @grpc_errors
+    def ReloadSubModels(self, request, context):  # noqa: N802
+        if isinstance(request, Undecodable):
+            raise InvalidRequestError(request.message)
+        result = self.generations.reload()
+        return pb.ReloadSubModelsResponse(languages=result.languages, added=result.added,
+                                          removed=result.removed, changed=result.changed)
 
 
 def add_to_server(service: GeneratorService, server: grpc.Server) -> None:
@@ -234,5 +243,7 @@ def add_to_server(service: GeneratorService, server: grpc.Server) -> None:
                                 pb.DetectLanguageResponse),
         "ListSubModels": unary(service.ListSubModels, pb.ListSubModelsRequest,
                                pb.ListSubModelsResponse),
+        "ReloadSubModels": unary(service.ReloadSubModels, pb.ReloadSubModelsRequest,
+                                 pb.ReloadSubModelsResponse),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -189,3 +189,19 @@ class ListSubModelsResponse(_message.Message):
     router_threshold: float
     overlap: _containers.RepeatedCompositeFieldContainer[LanguagePairOverlap]
     def __init__(self, sub_models: _Optional[_Iterable[_Union[SubModel, _Mapping]]] = ..., base_model: _Optional[str] = ..., method: _Optional[str] = ..., pattern: _Optional[str] = ..., strategy: _Optional[str] = ..., router_threshold: _Optional[float] = ..., overlap: _Optional[_Iterable[_Union[LanguagePairOverlap, _Mapping]]] = ...) -> None: ...
+
+class ReloadSubModelsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ReloadSubModelsResponse(_message.Message):
+    __slots__ = ("languages", "added", "removed", "changed")
+    LANGUAGES_FIELD_NUMBER: _ClassVar[int]
+    ADDED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    languages: _containers.RepeatedScalarFieldContainer[str]
+    added: _containers.RepeatedScalarFieldContainer[str]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    changed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, languages: _Optional[_Iterable[str]] = ..., added: _Optional[_Iterable[str]] = ..., removed: _Optional[_Iterable[str]] = ..., changed: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -61,6 +61,11 @@ class GeneratorStub:
                 request_serializer=submodel_dot_v1_dot_submodel__pb2.ListSubModelsRequest.SerializeToString,
                 response_deserializer=submodel_dot_v1_dot_submodel__pb2.ListSubModelsResponse.FromString,
                 _registered_method=True)
+        self.ReloadSubModels = channel.unary_unary(
+                '/submodel.v1.Generator/ReloadSubModels',
+                request_serializer=submodel_dot_v1_dot_submodel__pb2.ReloadSubModelsRequest.SerializeToString,
+                response_deserializer=submodel_dot_v1_dot_submodel__pb2.ReloadSubModelsResponse.FromString,
+                _registered_method=True)
 
 
 class GeneratorServicer:
@@ -102,6 +107,17 @@ class GeneratorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReloadSubModels(self, request, context):
+        """Admin: serve the languages the store's manifest lists now (after `submodel prune --out
+        STORE --languages NEW` or `submodel remove-language`); SIGHUP does the same. New and
+        changed masks are verified (sha256, shapes) before anything changes; a damaged one fails
+        the call with FAILED_PRECONDITION naming its file, and the old set keeps serving.
+        Requests in flight finish on the mask they started with. Needs the bearer token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GeneratorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -124,6 +140,11 @@ def add_GeneratorServicer_to_server(servicer, server):
                     servicer.ListSubModels,
                     request_deserializer=submodel_dot_v1_dot_submodel__pb2.ListSubModelsRequest.FromString,
                     response_serializer=submodel_dot_v1_dot_submodel__pb2.ListSubModelsResponse.SerializeToString,
+            ),
+            'ReloadSubModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReloadSubModels,
+                    request_deserializer=submodel_dot_v1_dot_submodel__pb2.ReloadSubModelsRequest.FromString,
+                    response_serializer=submodel_dot_v1_dot_submodel__pb2.ReloadSubModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -241,6 +262,33 @@ class Generator:
             '/submodel.v1.Generator/ListSubModels',
             submodel_dot_v1_dot_submodel__pb2.ListSubModelsRequest.SerializeToString,
             submodel_dot_v1_dot_submodel__pb2.ListSubModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReloadSubModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/submodel.v1.Generator/ReloadSubModels',
+            submodel_dot_v1_dot_submodel__pb2.ReloadSubModelsRequest.SerializeToString,
+            submodel_dot_v1_dot_submodel__pb2.ReloadSubModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
