@@ -46,7 +46,7 @@ def test_reflection_lists_services(grpcurl):
     r = grpcurl("list", "submodel.v1.Generator")
     assert set(r.stdout.split()) == {f"submodel.v1.Generator.{m}" for m in
                                      ("Generate", "GenerateStream", "DetectLanguage",
-                                      "ListSubModels")}
+                                      "ListSubModels", "ReloadSubModels")}
 
 
 def test_generate_from_json(grpcurl):

@@ -24,6 +24,9 @@ DESIGN_NAMES = {  # DESIGN.md "Metrics" (+ `protocol`, issue 13): name -> label 
     "submodel_mask_switch_seconds": set(),
     "submodel_weight_bytes": {"kind"},
     "submodel_router_confidence": set(),
+    # sub-models added and removed while serving (DESIGN.md "Beyond one machine")
+    "submodel_sub_models": set(),
+    "submodel_reloads_total": {"result"},
 }
 
 
@@ -37,6 +40,8 @@ def busy_metrics() -> Metrics:
     m.weight_bytes("dense", 1000)
     m.weight_bytes("masks", 125)
     m.routed(0.93)
+    m.sub_models(4)
+    m.reloaded("ok")
     m.admitted("python", 17)
     m.first_token("python", 0.2)
     m.generated("python", 5)

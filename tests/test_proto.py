@@ -54,9 +54,10 @@ def test_committed_files_match_regenerated(fresh):
         assert (committed / name).read_text() == path.read_text(), f"{name}: {REGENERATE}"
 
 
-def test_service_has_the_four_rpcs():
+def test_service_has_the_five_rpcs():
     service = submodel_pb2.DESCRIPTOR.services_by_name["Generator"]
     methods = {m.name: m for m in service.methods}
-    assert set(methods) == {"Generate", "GenerateStream", "DetectLanguage", "ListSubModels"}
+    assert set(methods) == {"Generate", "GenerateStream", "DetectLanguage", "ListSubModels",
+                            "ReloadSubModels"}
     assert methods["GenerateStream"].server_streaming
     assert not methods["Generate"].server_streaming
