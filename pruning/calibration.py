@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria
 
 from submodel.pruning import corpora
 from submodel.pruning.tasks import Task, end_of_body, sample_tasks
@@ -88,6 +89,28 @@ def self_generated(model, tokenizer, docs: list[corpora.Document], nsamples: int
 
 
 @torch.no_grad()
+class BodyEnded(StoppingCriteria):
+    """Per row: has the function its task prompt opened ended? Generation stops once every row
+    has (most bodies end well before the token limit). Checked every CHECK_EVERY tokens."""
+
+    CHECK_EVERY = 8
+
+    def __init__(self, tokenizer, tasks: list[Task], width: int) -> None:
+        self.tokenizer, self.tasks, self.width = tokenizer, tasks, width
+        self.done = torch.zeros(len(tasks), dtype=torch.bool)
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        new = input_ids.shape[1] - self.width
+        if new % self.CHECK_EVERY == 0:
+            for i, task in enumerate(self.tasks):
+                if not self.done[i]:
+                    text = self.tokenizer.decode(input_ids[i, self.width:],
+                                                 skip_special_tokens=True)
+                    cut = end_of_body(task.language, task.prompt, text)
+                    self.done[i] = len(cut) < len(text.rstrip())
+        return self.done.clone()
+
+
 def dense_bodies(model, tokenizer, tasks: list[Task], max_new_tokens: int = TASK_MAX_NEW_TOKENS,
                  progress: Callable[[str], None] | None = None) -> list[str]:
     """The dense model's greedy body for each task prompt, cut where its function ends."""
@@ -102,7 +125,8 @@ def dense_bodies(model, tokenizer, tasks: list[Task], max_new_tokens: int = TASK
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded])  # left padding
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded])
         out = model.generate(ids, attention_mask=mask, do_sample=False,
-                             max_new_tokens=max_new_tokens, pad_token_id=pad)
+                             max_new_tokens=max_new_tokens, pad_token_id=pad,
+                             stopping_criteria=[BodyEnded(tokenizer, batch, width)])
         for task, row in zip(batch, out[:, width:], strict=True):
             text = tokenizer.decode(row, skip_special_tokens=True)
             bodies.append(end_of_body(task.language, task.prompt, text))

@@ -137,3 +137,24 @@ def test_generated_kinds_are_seeded_cached_and_shaped(tmp_path, monkeypatch):
                                             cache_key="tiny")
     assert mixed.shape == (4, 48) and len(calls) == generated  # the parts came from the cache
     assert torch.equal(mixed[:2], corpora.sample_windows(tok, docs, 2, 48, 1))
+
+
+def test_generation_stops_per_row_once_its_function_has_ended():
+    class Chars:  # a tokenizer whose token ids are character codes
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(int(i)) for i in ids)
+
+    from submodel.pruning.tasks import Task
+
+    prompt = 'def f():\n    """Doc."""\n'
+    tasks = [Task("python", "a", prompt, ""), Task("python", "b", prompt, ""),
+             Task("java", "c", "int f() {\n", "")]
+    stop = calibration.BodyEnded(Chars(), tasks, width=2)
+    stop.CHECK_EVERY = 1
+    rows = ["    return 1\n\ndef g", "    return 1\n    ", "  return 1;\n}\nint"]
+    width = max(map(len, rows))
+    ids = torch.tensor([[0, 0] + [ord(c) for c in r.ljust(width)] for r in rows])
+    assert stop(ids, None).tolist() == [True, False, True]
+    # a row once done stays done, whatever padding follows
+    assert stop(torch.cat([ids, torch.zeros(3, 1, dtype=torch.long)], 1), None).tolist() == [
+        True, False, True]
