@@ -35,8 +35,8 @@ from submodel.bench.report import write_json
 from submodel.pruning import corpora
 from submodel.pruning import masks as bits
 from submodel.pruning.store import Store, StoreError, open_store
+from submodel.vocabulary import DENSE
 
-DENSE = "dense"
 HELDOUT_SEED = 1234  # calibration uses the store's seed (0 by default) on other files anyway
 HEAD_CHUNK = 256  # tokens per lm_head chunk: bounds the [tokens, vocab] float32 logits
 

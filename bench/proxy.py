@@ -36,8 +36,8 @@ from submodel.pruning import corpora
 from submodel.pruning.calibration import dense_bodies
 from submodel.pruning.store import Store
 from submodel.pruning.tasks import Task, sample_tasks
+from submodel.vocabulary import DENSE
 
-DENSE = "dense"
 PROXY_TOPK = 32
 TUNING_SEED = 4321
 # Python tuning code: third-party packages this project installs (so every machine with the

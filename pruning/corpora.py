@@ -28,24 +28,8 @@ from pathlib import Path
 
 import torch
 
-LANGUAGES = ("python", "java", "cpp", "javascript")
-EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "python": (".py",),
-    "java": (".java",),
-    "cpp": (".cpp", ".cc", ".cxx", ".hpp", ".hh", ".hxx", ".h"),
-    "javascript": (".js", ".mjs", ".cjs"),
-    "typescript": (".ts", ".tsx"),
-    "c": (".c", ".h"),
-    "go": (".go",),
-    "rust": (".rs",),
-    "csharp": (".cs",),
-    "php": (".php",),
-    "ruby": (".rb",),
-    "shell": (".sh", ".bash"),
-}
-ALIASES = {"c++": "cpp", "cxx": "cpp", "js": "javascript", "py": "python", "ts": "typescript",
-           "c#": "csharp", "cs": "csharp", "rs": "rust", "golang": "go", "sh": "shell"}
-DISPLAY = {"python": "Python", "java": "Java", "cpp": "C++", "javascript": "JavaScript"}
+from submodel.vocabulary import ALIAS, CORPUS_EXTENSIONS, DISPLAY, OTHER_ALIASES
+
 SPLITS = ("calib", "heldout")
 HELDOUT_PERCENT = 10
 MIN_FILES_FOR_HELDOUT = 10  # a smaller source is used whole for calibration
@@ -112,7 +96,7 @@ class Source:
 def canonical_language(name: str) -> str:
     """'C++' -> 'cpp', 'js' -> 'javascript'; other names are lower-cased."""
     name = name.strip().lower()
-    return ALIASES.get(name, name)
+    return ALIAS.get(name) or OTHER_ALIASES.get(name, name)
 
 
 def parse_calib_flags(values: list[str]) -> dict[str, str]:
@@ -333,7 +317,7 @@ def _read_jsonl(source: Source):
 def _override_source(language: str, spec: str) -> Source:
     flag = f"--calib {language}={spec}"
     path = Path(spec).expanduser()
-    exts = EXTENSIONS.get(language)
+    exts = CORPUS_EXTENSIONS.get(language)
     if glob.has_magic(spec):
         root = _glob_root(spec)
         matches = sorted(p for p in glob.glob(os.path.expanduser(spec), recursive=True)
@@ -395,7 +379,7 @@ def _python_source() -> Source | None:
     if not root.is_dir():
         return None
     skip = frozenset(PY_SKIP_DIRS) | {d.name for d in root.glob("config-*")}
-    names = walk_files(root, EXTENSIONS["python"], skip)
+    names = walk_files(root, CORPUS_EXTENSIONS["python"], skip)
     version = "{}.{}".format(*sys.version_info[:2])
     return Source("python", f"CPython {version} standard library {root} ({len(names)} files)",
                   "files", root, names)
@@ -411,7 +395,7 @@ def _java_source() -> Source | None:
     candidates += sorted(glob.glob("/usr/lib/jvm/*/lib/src.zip"), reverse=True)
     for c in candidates:
         if os.path.isfile(c):  # Debian's src.zip links dangle without openjdk-17-source
-            return zip_source("java", Path(c).resolve(), EXTENSIONS["java"], JAVA_MODULES,
+            return zip_source("java", Path(c).resolve(), CORPUS_EXTENSIONS["java"], JAVA_MODULES,
                                "JDK sources")
     return None
 
@@ -420,7 +404,8 @@ def _cpp_source() -> Source | None:
     doc = Path("/usr/share/doc")
     trees = [newest_dir(doc.glob(pattern)) for pattern in CPP_EXAMPLE_TREES]
     trees = [t for t in trees if t is not None]
-    names = tuple(sorted(n for t in trees for n in walk_files(doc, EXTENSIONS["cpp"], root=t)))
+    exts = CORPUS_EXTENSIONS["cpp"]
+    names = tuple(sorted(n for t in trees for n in walk_files(doc, exts, root=t)))
     if names:
         where = " + ".join(str(t) for t in trees)
         return Source("cpp", f"C++ example programs {where} ({len(names)} files)", "files",
@@ -456,7 +441,7 @@ def _javascript_source() -> Source | None:
         if (npm_dir / "package.json").is_file():
             # npm from nodejs.org bundles its dependencies; Debian's npm has them beside it
             root = npm_dir if (npm_dir / "node_modules").is_dir() else npm_dir.parent
-            names = walk_files(root, EXTENSIONS["javascript"])
+            names = walk_files(root, CORPUS_EXTENSIONS["javascript"])
             return Source("javascript", f"npm's package tree {root} ({len(names)} files)",
                           "files", root, names)
     return None

@@ -23,6 +23,7 @@ from submodel.pruning.store import (
     read_masks,
 )
 from submodel.pruning.wanda import magnitude_masks, prunable_linears, wanda_masks
+from submodel.vocabulary import LANGUAGES
 
 METHODS = ("wanda", "magnitude")
 
@@ -31,7 +32,7 @@ METHODS = ("wanda", "magnitude")
 class PruneConfig:
     model: str
     out: Path
-    languages: tuple[str, ...] = corpora.LANGUAGES
+    languages: tuple[str, ...] = LANGUAGES
     calib: dict[str, str] = field(default_factory=dict)  # language -> override path
     calib_kind: str = "raw"  # calibration.KINDS
     nsamples: int = 128

@@ -13,14 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from submodel.router.languages import (
-    DENSE,
-    LANGUAGES,
-    OTHER,
-    language_of_filename,
-    normalize_language,
-)
+from submodel.router.languages import language_of_filename, normalize_language
 from submodel.router.model import ContentModel
+from submodel.vocabulary import DENSE, LANGUAGES, OTHER
 
 SOURCES = ("hint", "filename", "content", "fallback")
 DEFAULT_THRESHOLD = 0.5

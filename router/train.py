@@ -33,10 +33,11 @@ from submodel.router import fetch, projects
 from submodel.router.features import count, tf, tokenize
 from submodel.router.model import FORMAT, MODEL_PATH
 from submodel.router.snippets import SnippetSampler
+from submodel.vocabulary import LANGUAGES, OTHER
 
 from . import other
 
-CLASSES = (*corpora.LANGUAGES, "other")
+CLASSES = (*LANGUAGES, OTHER)
 KINDS = ("logreg", "nb", "ensemble")
 LENGTHS = (1, 1, 1, 2, 2, 3, 4, 6, 8, 12, 20, 40)  # lines per training snippet, drawn uniformly
 PER_LANGUAGE = 16000  # training snippets per language
@@ -63,7 +64,7 @@ def _lines(texts: list[str]) -> int:
 def gather(overrides: dict[str, str], use_default: bool = True):
     """({language: [(source name, texts)]}, {other kind: texts}) from the train projects, the
     default corpora and this machine's "other" files; logs what it read."""
-    ours: dict[str, list[tuple[str, list[str]]]] = {lang: [] for lang in corpora.LANGUAGES}
+    ours: dict[str, list[tuple[str, list[str]]]] = {lang: [] for lang in LANGUAGES}
     others: dict[str, list[str]] = {}
     for project in projects.projects("train"):
         by_label: dict[str, list[str]] = {}
@@ -77,7 +78,7 @@ def gather(overrides: dict[str, str], use_default: bool = True):
         log(f"{project.key}: " + ", ".join(f"{label} {len(t)} files {_lines(t)} lines"
                                            for label, t in sorted(by_label.items())))
     if use_default:
-        for lang in corpora.LANGUAGES:
+        for lang in LANGUAGES:
             try:
                 source = corpora.find_source(lang, overrides.get(lang))
             except corpora.CorpusError as e:
@@ -104,7 +105,7 @@ def draw_snippets(rng: random.Random, ours, others):
     """(text, class index) training pairs, and what fed them: per language each source's share
     of the draw weight, per "other" kind its number of files."""
     pairs, shares = [], {}
-    for c, lang in enumerate(corpora.LANGUAGES):
+    for c, lang in enumerate(LANGUAGES):
         sources = ours[lang]
         if not sources:
             raise ValueError(f"no training source for {lang}")

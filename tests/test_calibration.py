@@ -9,6 +9,7 @@ from submodel.bench.hygiene import humaneval_ngrams, ngrams, shares_ngram
 from submodel.pruning import calibration, corpora
 from submodel.pruning.corpora import Document
 from submodel.pruning.tasks import end_of_body, extract_tasks, sample_tasks
+from submodel.vocabulary import LANGUAGES
 
 PY = '''import os
 
@@ -108,7 +109,7 @@ def test_default_calibration_sources_hold_no_humaneval_13_gram():
     """The hygiene rule on the data recipes are calibrated and tuned on (a sample of tasks and
     raw windows per language)."""
     grams = humaneval_ngrams()
-    for lang in corpora.LANGUAGES:
+    for lang in LANGUAGES:
         docs = corpora.documents(corpora.find_source(lang), "calib")
         for task in sample_tasks(docs, lang, 40, seed=0):
             assert not shares_ngram(task.prompt + task.body, grams), (lang, task.name)
