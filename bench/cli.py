@@ -407,7 +407,7 @@ def _pct(x: float | None) -> str:
 
 def run_proxy(args: argparse.Namespace) -> int:
     from submodel.bench.proxy import ProxyError, run
-    from submodel.pruning.corpora import CorpusError, parse_calib_flags
+    from submodel.corpora import CorpusError, parse_calib_flags
     from submodel.pruning.store import StoreError, open_store
 
     if args.tasks < 1:

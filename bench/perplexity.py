@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from tqdm import tqdm
 
+from submodel import corpora
 from submodel.bench.report import write_json
-from submodel.pruning import corpora
+from submodel.corpora.windows import sample_windows
 from submodel.pruning import masks as bits
 from submodel.pruning.store import Store, StoreError, open_store
 from submodel.vocabulary import DENSE
@@ -103,7 +104,7 @@ def heldout_windows(store: Store, languages: list[str], nsamples: int, seqlen: i
     for lang in languages:
         source = corpora.find_source(lang, calib.get(lang))
         docs = corpora.documents(source, "heldout")
-        windows[lang] = corpora.sample_windows(tokenizer, docs, nsamples, seqlen, HELDOUT_SEED)
+        windows[lang] = sample_windows(tokenizer, docs, nsamples, seqlen, HELDOUT_SEED)
         sources[lang] = source.description
     return windows, sources
 

@@ -79,7 +79,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from submodel.pruning import corpora
+    from submodel import corpora
     from submodel.pruning.models import ModelError
     from submodel.pruning.prune import PruneConfig, prune
     from submodel.pruning.recipe import MaskRecipe, parse_sparsity

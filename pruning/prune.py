@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from submodel.pruning import calibration, corpora
+from submodel import corpora
+from submodel.pruning import calibration
 from submodel.pruning.models import DTYPES, load_model, resolve_model
 from submodel.pruning.owl import owl_block_sparsity
 from submodel.pruning.recipe import MaskRecipe

@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from submodel.pruning.corpora import strip_license_header
+from submodel.corpora import strip_license_header
 from submodel.router.other import SHEBANG_SH, clean
 from submodel.router.projects import Project, label_of
 from submodel.vocabulary import LANGUAGES

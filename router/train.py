@@ -3,7 +3,7 @@
 Training snippets (1 to 40 lines, short ones most often) are cut from many projects: the pinned
 "train" projects of `submodel.router.projects` (fetched once through npm, PyPI and Debian's
 registry into the user cache), the "calib" split of each language's default corpus
-(`submodel.pruning.corpora`: one source among the projects, drawn no more often than a
+(`submodel.corpora`: one source among the projects, drawn no more often than a
 20,000-line project would be) and the "other" text on this machine (`submodel.router.other`).
 The "heldout" projects are never read here: `python -m submodel.bench.router` measures on them.
 A snippet of a language comes from a source drawn with probability growing as the square root of
@@ -28,7 +28,7 @@ from collections import Counter
 
 import numpy as np
 
-from submodel.pruning import corpora
+from submodel import corpora
 from submodel.router import fetch, projects
 from submodel.router.features import count, tf, tokenize
 from submodel.router.model import FORMAT, MODEL_PATH

@@ -5,9 +5,11 @@ from __future__ import annotations
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
+from submodel import corpora
 from submodel.bench.hygiene import humaneval_ngrams, ngrams, shares_ngram
-from submodel.pruning import calibration, corpora
-from submodel.pruning.corpora import Document
+from submodel.corpora import Document
+from submodel.corpora.windows import sample_windows
+from submodel.pruning import calibration
 from submodel.pruning.tasks import end_of_body, extract_tasks, sample_tasks
 from submodel.vocabulary import LANGUAGES
 
@@ -132,9 +134,9 @@ def test_generated_kinds_are_seeded_cached_and_shaped(tmp_path, monkeypatch):
     fresh = calibration.self_generated(model, tok, docs, 3, 48, seed=1)
     assert torch.equal(fresh, calibration.calibration_windows(
         "selfgen", model, tok, docs, "python", 3, 48, seed=1, cache_key="tiny"))
-    prefix = corpora.sample_windows(tok, docs, 3, calibration.SELFGEN_PREFIX_TOKENS, 1)
+    prefix = sample_windows(tok, docs, 3, calibration.SELFGEN_PREFIX_TOKENS, 1)
     assert torch.equal(fresh[:, :calibration.SELFGEN_PREFIX_TOKENS], prefix)
     mixed = calibration.calibration_windows("mixed", model, tok, docs, "python", 4, 48, seed=1,
                                             cache_key="tiny")
     assert mixed.shape == (4, 48) and len(calls) == generated  # the parts came from the cache
-    assert torch.equal(mixed[:2], corpora.sample_windows(tok, docs, 2, 48, 1))
+    assert torch.equal(mixed[:2], sample_windows(tok, docs, 2, 48, 1))

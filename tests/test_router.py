@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
+from submodel import corpora
 from submodel.cli import main as cli_main
-from submodel.pruning import corpora
 from submodel.router import Detection, Router, UnknownLanguage, detect
 from submodel.router import normalize_language as norm
 from submodel.router.features import code_lines, tokenize
