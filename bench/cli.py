@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 from submodel.cli import CLIError
+from submodel.vocabulary import DEFAULT_STRATEGY, DENSE, DTYPES, LANGUAGES, STRATEGIES
 
-LANGUAGES = ("python", "java", "cpp", "javascript")
-ROWS = ("routed", "dense", *LANGUAGES)
-STRATEGIES = ("fused", "swap", "replicas", "dense")
-DTYPES = ("float32", "bfloat16", "float16")
+ROWS = ("routed", DENSE, *LANGUAGES)
+# `bench load`'s run order: the default strategy, the others, then dense-only traffic on a
+# default server (the baseline of the ratios)
+LOAD_STRATEGIES = (DEFAULT_STRATEGY, *(s for s in STRATEGIES if s != DEFAULT_STRATEGY), DENSE)
 
 PASSK_HELP = """\
 HumanEval pass@k of each sub-model on each language's problems, through the gRPC API.
@@ -141,7 +142,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "requests; default 10); with --store the server decodes up to "
                         "--max-batch x --concurrency sequences together; with --server keep "
                         "it <= that server's --max-batch")
-    p.add_argument("--strategy", choices=STRATEGIES[:3], default="fused",
+    p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
                    help="with --store: how the server applies masks (default fused)")
     p.add_argument("--device", default="cpu", help="with --store: torch device (default cpu)")
     p.add_argument("--dtype", choices=DTYPES, help="with --store: compute dtype (default: the "
@@ -198,7 +199,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           description=LOAD_HELP,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     lo.add_argument("--store", required=True, help="store directory written by `submodel prune`")
-    lo.add_argument("--strategies", type=_csv(STRATEGIES), default=STRATEGIES,
+    lo.add_argument("--strategies", type=_csv(LOAD_STRATEGIES), default=LOAD_STRATEGIES,
                     help="fused, swap, replicas and/or dense (dense-only traffic on a fused "
                          "server, the baseline of the ratios) (default all four)")
     lo.add_argument("--concurrency", type=int, default=8,
@@ -429,7 +430,7 @@ def _pct(x: float | None) -> str:
 
 def run_proxy(args: argparse.Namespace) -> int:
     from submodel.bench.proxy import ProxyError, run
-    from submodel.pruning.corpora import CorpusError, parse_calib_flags
+    from submodel.corpora import CorpusError, parse_calib_flags
     from submodel.pruning.store import StoreError, open_store
 
     if args.tasks < 1:
@@ -481,7 +482,7 @@ def run_fim(args: argparse.Namespace) -> int:
                 raise CLIError(str(e)) from None
         client = stack.enter_context(Client(target))
         try:
-            model = model_info(client, args.store, target, "fused" if args.store else None,
+            model = model_info(client, args.store, target, DEFAULT_STRATEGY if args.store else None,
                                None)
             missing = [r for r in args.submodels if r not in model["sub_models"]]
             if missing:

@@ -39,15 +39,15 @@ from submodel.bench.kernels import copy_bandwidth
 from submodel.bench.report import write_json
 from submodel.pruning.store import Store, StoreError, open_store
 from submodel.server import kernels
-from submodel.server.api import DENSE, DoneEvent, FinishEvent, GenerationRequest, SamplingParams
+from submodel.server.api import DoneEvent, FinishEvent, GenerationRequest, SamplingParams
 from submodel.server.dense_source import read_header
 from submodel.server.engine import Engine
 from submodel.server.model import LM_HEAD
 from submodel.server.omp import release_team
 from submodel.server.sampling import TextAssembler, choose_token
+from submodel.vocabulary import DENSE, STRATEGIES
 
-STRATEGIES = ("swap", "fused", "replicas")
-DTYPES = ("bfloat16", "float32")
+DTYPES = ("bfloat16", "float32")  # the dtypes timed: the store's usual one and fp32
 MASKED = "python"  # the mask used for "masked" figures when the store has it
 PROMPT = ("# A binary search tree with insert, delete, search, and in-order, pre-order and "
           "post-order traversals, plus a small test suite.\n\nclass Node:\n")

@@ -22,13 +22,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from submodel.bench.humaneval.problems import LANGUAGES, load_problems
+from submodel.bench.cli import LOAD_STRATEGIES
+from submodel.bench.humaneval.problems import load_problems
 from submodel.bench.server_proc import ServerProcess
 from submodel.server.client import Client
 from submodel.v1 import submodel_pb2 as pb
+from submodel.vocabulary import DEFAULT_STRATEGY, DENSE, LANGUAGES
 
-DENSE = "dense"
-STRATEGIES = ("fused", "swap", "replicas", DENSE)
 SAMPLE_SECONDS = 0.05
 
 
@@ -39,7 +39,7 @@ class LoadError(Exception):
 @dataclass(frozen=True)
 class LoadConfig:
     store: Path
-    strategies: tuple[str, ...] = STRATEGIES
+    strategies: tuple[str, ...] = LOAD_STRATEGIES
     concurrency: int = 8
     requests: int = 32
     max_tokens: int = 64
@@ -174,7 +174,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 def run_strategy(strategy: str, cfg: LoadConfig, log_dir: Path) -> dict:
     """One fresh server; warm-up (one short request per language), then the measured load."""
-    server_strategy = "fused" if strategy == DENSE else strategy
+    server_strategy = DEFAULT_STRATEGY if strategy == DENSE else strategy
     with ServerProcess(cfg.store, log_dir / f"server-{strategy}.log", strategy=server_strategy,
                        max_batch=cfg.concurrency, max_queue=max(64, 2 * cfg.concurrency),
                        device=cfg.device, dtype=cfg.dtype) as server, \

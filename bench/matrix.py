@@ -8,8 +8,8 @@ import random
 from collections import Counter
 
 from submodel.bench.humaneval.passk import aggregate, pass_at_k
-from submodel.bench.humaneval.problems import LANGUAGES
-from submodel.bench.passk_run import DENSE, ROUTED, Outcome
+from submodel.bench.passk_run import ROUTED, Outcome
+from submodel.vocabulary import DENSE, LANGUAGES
 
 
 def pass_key(k: int) -> str:

@@ -32,7 +32,6 @@ from submodel.server.errors import reason_of
 from submodel.v1 import submodel_pb2 as pb
 
 ROUTED = "routed"
-DENSE = "dense"
 RETRY_SECONDS = 1.0
 
 

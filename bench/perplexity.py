@@ -31,12 +31,13 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from tqdm import tqdm
 
+from submodel import corpora
 from submodel.bench.report import write_json
-from submodel.pruning import corpora
+from submodel.corpora.windows import sample_windows
 from submodel.pruning import masks as bits
 from submodel.pruning.store import Store, StoreError, open_store
+from submodel.vocabulary import DENSE
 
-DENSE = "dense"
 HELDOUT_SEED = 1234  # calibration uses the store's seed (0 by default) on other files anyway
 HEAD_CHUNK = 256  # tokens per lm_head chunk: bounds the [tokens, vocab] float32 logits
 
@@ -103,7 +104,7 @@ def heldout_windows(store: Store, languages: list[str], nsamples: int, seqlen: i
     for lang in languages:
         source = corpora.find_source(lang, calib.get(lang))
         docs = corpora.documents(source, "heldout")
-        windows[lang] = corpora.sample_windows(tokenizer, docs, nsamples, seqlen, HELDOUT_SEED)
+        windows[lang] = sample_windows(tokenizer, docs, nsamples, seqlen, HELDOUT_SEED)
         sources[lang] = source.description
     return windows, sources
 

@@ -29,15 +29,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from submodel import corpora
 from submodel.bench.hygiene import humaneval_ngrams, shares_ngram
 from submodel.bench.perplexity import apply_mask, prunable_params, restore_dense
 from submodel.bench.report import write_json, write_text
-from submodel.pruning import corpora
 from submodel.pruning.calibration import dense_bodies
 from submodel.pruning.store import Store
 from submodel.pruning.tasks import Task, sample_tasks
+from submodel.vocabulary import DENSE
 
-DENSE = "dense"
 PROXY_TOPK = 32
 TUNING_SEED = 4321
 # Python tuning code: third-party packages this project installs (so every machine with the

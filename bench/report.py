@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 
 from submodel.bench.matrix import pass_key
-from submodel.bench.passk_run import DENSE, ROUTED
+from submodel.bench.passk_run import ROUTED
+from submodel.vocabulary import DENSE
 
 PAPER_RETENTION = 0.88
 TARGET_RETENTION = 0.85

@@ -27,15 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from submodel.bench.report import write_json
-from submodel.router import LANGUAGES, Router, fetch, projects
+from submodel.router import Router, fetch, projects
 from submodel.router.model import ContentModel
 from submodel.router.snippets import SnippetSampler
+from submodel.vocabulary import DENSE, LANGUAGES, OTHER
 
 BUCKETS = {"1-2": (1, 2), "5+": (5, 30)}
 TARGETS = {"1-2": 0.90, "5+": 0.97}  # overall
 FLOORS = {"1-2": 0.80, "5+": 0.90}  # every class
-CLASSES = (*LANGUAGES, "other")
-ROUTES = (*LANGUAGES, "dense")
+CLASSES = (*LANGUAGES, OTHER)
+ROUTES = (*LANGUAGES, DENSE)
 MIN_LINES = 100  # a held-out project with fewer lines of a language is not a source of it
 P50_TARGET_MS = 1.0
 
@@ -56,7 +57,7 @@ def heldout_sources() -> dict[str, dict[str, list[str]]]:
             if doc.label in LANGUAGES:
                 sources[doc.label].setdefault(project.key, []).append(doc.text)
             else:
-                sources["other"].setdefault(doc.label, []).append(doc.text)
+                sources[OTHER].setdefault(doc.label, []).append(doc.text)
     for lang in LANGUAGES:
         sources[lang] = {k: v for k, v in sources[lang].items()
                          if sum(t.count("\n") + 1 for t in v) >= MIN_LINES}
@@ -73,11 +74,11 @@ def class_rows(router: Router, sources: dict, samples: int, seed: int, latencies
         row = {"class": cls, "sources": names}
         for bucket, (lo, hi) in BUCKETS.items():
             samplers = [SnippetSampler(sources[cls][n], random.Random(f"{seed}/{n}/{bucket}"),
-                                       code_only=cls != "other") for n in names]
+                                       code_only=cls != OTHER) for n in names]
             rng = random.Random(f"{seed}/{cls}/{bucket}")
             routed = [_timed(router, samplers[i % len(samplers)].draw(rng.randint(lo, hi)),
                              latencies[bucket]).language for i in range(samples)]
-            want = "dense" if cls == "other" else cls
+            want = DENSE if cls == OTHER else cls
             row[bucket] = sum(r == want for r in routed) / samples
             row[f"{bucket} routed"] = {r: routed.count(r) for r in ROUTES}
             row[f"{bucket} per source"] = {

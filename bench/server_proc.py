@@ -12,6 +12,8 @@ import threading
 import time
 from pathlib import Path
 
+from submodel.vocabulary import DEFAULT_STRATEGY
+
 READY = re.compile(r"serving \S+ on (\S+) \(")
 # Runs first in the child: ask Linux to SIGTERM it when the bench dies (even by SIGKILL), then
 # become `submodel serve` (same pid). argv[1] is the bench's pid, to catch a parent already gone.
@@ -34,7 +36,7 @@ class ServerProcess:
     """Starts `submodel serve STORE --port 0 ...` and waits until it serves. Use as a context
     manager; the log goes to `log_path`."""
 
-    def __init__(self, store: str | Path, log_path: Path, *, strategy: str = "fused",
+    def __init__(self, store: str | Path, log_path: Path, *, strategy: str = DEFAULT_STRATEGY,
                  max_batch: int = 8, max_queue: int = 64, device: str = "cpu",
                  dtype: str | None = None, metrics: bool = True,
                  start_timeout: float = 900.0) -> None:

@@ -21,11 +21,12 @@ from pathlib import Path
 import grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from submodel.bench.humaneval.problems import LANGUAGES, load_problems
+from submodel.bench.humaneval.problems import load_problems
 from submodel.bench.load import _percentile, read_memory
 from submodel.bench.server_proc import ServerProcess
 from submodel.server.client import Client
 from submodel.v1 import submodel_pb2 as pb
+from submodel.vocabulary import LANGUAGES
 
 # What each request does, and how often (weights).
 KINDS = {"stream": 5, "unary": 3, "cancel": 1, "deadline": 1, "vanish": 1, "burst": 0.25}

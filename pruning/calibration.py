@@ -1,7 +1,7 @@
 """Calibration sets: which token windows Wanda's activation statistics are taken over.
 
 Kinds (`submodel prune --calib-kind`):
-- raw: seeded random windows of real source files (Wanda's recipe; `corpora.sample_windows`).
+- raw: seeded random windows of real source files (Wanda's recipe; `windows.sample_windows`).
 - selfgen: the dense model continues short real file prefixes, sampling; its own text is the
   calibration set (Ji et al., ICLR 2025: self-generated data beats external corpora for
   Wanda-style pruning, as it matches what the model itself puts through its layers).
@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 from transformers import StoppingCriteria
 
-from submodel.pruning import corpora
+from submodel import corpora
+from submodel.corpora import windows
 from submodel.pruning.tasks import Task, end_of_body, sample_tasks
 
 KINDS = ("raw", "selfgen", "task", "mixed")
@@ -44,7 +45,7 @@ def calibration_windows(kind: str, model, tokenizer, docs: list[corpora.Document
     if kind not in KINDS:
         raise ValueError(f"--calib-kind must be one of {', '.join(KINDS)}")
     if kind == "raw":
-        return corpora.sample_windows(tokenizer, docs, nsamples, seqlen, seed)
+        return windows.sample_windows(tokenizer, docs, nsamples, seqlen, seed)
     if kind == "mixed":
         counts = [nsamples // 3 + (i < nsamples % 3) for i in range(3)]
         parts = [calibration_windows(k, model, tokenizer, docs, language, c, seqlen, seed,
@@ -73,7 +74,7 @@ def self_generated(model, tokenizer, docs: list[corpora.Document], nsamples: int
     """Real prefixes of SELFGEN_PREFIX_TOKENS tokens, each continued by the model (sampling at
     SELFGEN_TEMPERATURE / SELFGEN_TOP_P, end tokens suppressed) to `seqlen` tokens."""
     prefix = min(SELFGEN_PREFIX_TOKENS, seqlen - 1)
-    starts = corpora.sample_windows(tokenizer, docs, nsamples, prefix, seed)
+    starts = windows.sample_windows(tokenizer, docs, nsamples, prefix, seed)
     torch.manual_seed(seed)
     out = []
     for i in range(0, nsamples, GENERATION_BATCH):
@@ -152,7 +153,7 @@ def task_formatted(model, tokenizer, docs: list[corpora.Document], language: str
     windows = torch.tensor(stream[:full * seqlen], dtype=torch.long).reshape(full, seqlen)
     if full >= nsamples:
         return windows[:nsamples]
-    raw = corpora.sample_windows(tokenizer, docs, nsamples - full, seqlen, seed)
+    raw = windows.sample_windows(tokenizer, docs, nsamples - full, seqlen, seed)
     return torch.cat([windows, raw])
 
 

@@ -6,8 +6,9 @@ import argparse
 from pathlib import Path
 
 from submodel.cli import CLIError
+from submodel.vocabulary import DTYPES, LANGUAGES
 
-DEFAULT_LANGUAGES = "python,java,cpp,javascript"
+DEFAULT_LANGUAGES = ",".join(LANGUAGES)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -62,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dsnot-cycles", type=int, default=50, help="DSnoT: most swaps per row")
     p.add_argument("--dsnot-threshold", type=float, default=0.0,
                    help="DSnoT: a row stops once its expected error is within this")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+    p.add_argument("--dtype", default="bfloat16", choices=DTYPES,
                    help="dtype of the dense weights in the store")
     p.add_argument("--device", default="cpu", help="where blocks run while pruning (cpu, cuda)")
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per forward")
@@ -91,7 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from submodel.pruning import corpora
+    from submodel import corpora
     from submodel.pruning.models import ModelError
     from submodel.pruning.prune import PruneConfig, prune
     from submodel.pruning.recipe import MaskRecipe, parse_sparsity

@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from submodel import vocabulary
+
+DTYPES = {name: getattr(torch, name) for name in vocabulary.DTYPES}
 
 
 class ModelError(Exception):

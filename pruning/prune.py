@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from submodel.pruning import calibration, corpora
+from submodel import corpora
+from submodel.pruning import calibration
 from submodel.pruning.edit import add_masks, recipe_of, shared_recipe
 from submodel.pruning.models import DTYPES, load_model, resolve_model, sha256_file
 from submodel.pruning.owl import owl_block_sparsity
@@ -32,6 +33,7 @@ from submodel.pruning.store import (
     with_defaults,
 )
 from submodel.pruning.wanda import magnitude_masks, prunable_linears, wanda_masks
+from submodel.vocabulary import LANGUAGES
 
 METHODS = ("wanda", "magnitude")
 
@@ -40,7 +42,7 @@ METHODS = ("wanda", "magnitude")
 class PruneConfig:
     model: str
     out: Path
-    languages: tuple[str, ...] = corpora.LANGUAGES
+    languages: tuple[str, ...] = LANGUAGES
     calib: dict[str, str] = field(default_factory=dict)  # language -> override path
     calib_kind: str = "raw"  # calibration.KINDS
     nsamples: int = 128

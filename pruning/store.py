@@ -28,11 +28,12 @@ from safetensors.torch import save_file
 from submodel import __version__
 from submodel.pruning import masks as bits
 from submodel.pruning.models import sha256_file
+from submodel.vocabulary import PRUNABLE
 
 FORMAT = "submodel-store"
 FORMAT_VERSION = 1
 DENSE_FILE = "base/model.safetensors"
-PRUNABLE_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PRUNABLE_SUFFIXES = tuple(name.rsplit(".", 1)[-1] for name in PRUNABLE)  # q_proj ... down_proj
 
 
 class StoreError(Exception):

@@ -15,7 +15,7 @@ import re
 import textwrap
 from dataclasses import dataclass
 
-from submodel.pruning.corpora import Document
+from submodel.corpora import Document
 
 MIN_DOC_CHARS = 40  # shorter docstrings say too little to pose a task
 MAX_PROMPT_CHARS = 1500

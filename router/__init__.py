@@ -3,8 +3,8 @@
 Knows nothing of models: it answers one of python, java, cpp, javascript, or "dense".
 """
 
-from submodel.router.languages import DENSE, LANGUAGES, normalize_language
+from submodel.router.languages import normalize_language
 from submodel.router.router import DEFAULT_THRESHOLD, Detection, Router, UnknownLanguage, detect
 
-__all__ = ["DEFAULT_THRESHOLD", "DENSE", "LANGUAGES", "Detection", "Router", "UnknownLanguage",
-           "detect", "normalize_language"]
+__all__ = ["DEFAULT_THRESHOLD", "Detection", "Router", "UnknownLanguage", "detect",
+           "normalize_language"]

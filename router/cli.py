@@ -48,8 +48,9 @@ def _read(path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from submodel.cli import CLIError
+    from submodel.vocabulary import LANGUAGES
 
-    from . import DEFAULT_THRESHOLD, LANGUAGES, Router, UnknownLanguage
+    from . import DEFAULT_THRESHOLD, Router, UnknownLanguage
 
     languages = LANGUAGES if args.languages is None else [
         s for s in (x.strip() for x in args.languages.split(",")) if s]

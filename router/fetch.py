@@ -22,9 +22,10 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from submodel.pruning.corpora import strip_license_header
+from submodel.corpora import strip_license_header
 from submodel.router.other import SHEBANG_SH, clean
-from submodel.router.projects import OURS, Project, label_of
+from submodel.router.projects import Project, label_of
+from submodel.vocabulary import LANGUAGES
 
 MAX_FILES = 200  # per label and project
 MAX_BYTES = 300_000
@@ -42,7 +43,7 @@ class FetchError(RuntimeError):
 @dataclass(frozen=True)
 class ProjectDocument:
     project: str  # Project.key
-    label: str  # one of OURS or an "other" kind
+    label: str  # one of LANGUAGES or an "other" kind
     name: str  # path inside the project
     text: str
 
@@ -156,7 +157,7 @@ def read_text(path: Path, label: str) -> str | None:
         return None
     if not _usable(text):
         return None
-    if label in OURS:
+    if label in LANGUAGES:
         text = strip_license_header(text, label)
     elif label != "rust":  # other.clean expects rustdoc's HTML pages
         text = clean(label, text) or ""

@@ -1,4 +1,8 @@
-"""Language names and file names -> our languages (python, java, cpp, javascript)."""
+"""Language names and file names -> our languages (python, java, cpp, javascript).
+
+The names and tables are `submodel.vocabulary`'s; this module is the lookup the router needs on
+top of them (a leading dot, "dense", Pygments' file-name globs for the languages we do not serve).
+"""
 
 from __future__ import annotations
 
@@ -6,27 +10,8 @@ import fnmatch
 import functools
 import os
 
-LANGUAGES = ("python", "java", "cpp", "javascript")
-DENSE = "dense"
-OTHER = "other"  # a language we know of but do not serve
+from submodel.vocabulary import ALIAS, DENSE, EXTENSIONS, OTHER
 
-ALIASES = {
-    "python": ("python", "py", "python3", "py3", "python2", "cpython", "pyw", "pyi", "ipython"),
-    "java": ("java", "jdk", "openjdk"),
-    "cpp": ("cpp", "c++", "cxx", "cc", "hpp", "h++", "hh", "hxx", "cplusplus", "cpp11", "cpp14",
-            "cpp17", "cpp20", "c++11", "c++14", "c++17", "c++20"),
-    "javascript": ("javascript", "js", "node", "nodejs", "node.js", "mjs", "cjs", "jsx",
-                   "ecmascript", "es6"),
-}
-_ALIAS = {alias: lang for lang, names in ALIASES.items() for alias in names}
-
-EXTENSIONS = {
-    "python": (".py", ".pyw", ".pyi", ".py3"),
-    "java": (".java",),
-    "cpp": (".cpp", ".cc", ".cxx", ".c++", ".cp", ".hpp", ".hh", ".hxx", ".h++", ".ipp", ".tpp",
-            ".tcc", ".inl", ".ixx", ".cppm"),
-    "javascript": (".js", ".mjs", ".cjs", ".jsx", ".es6", ".jsm"),
-}
 _EXTENSION = {ext: lang for lang, exts in EXTENSIONS.items() for ext in exts}
 # C or C++, plain text, templates: the file name says nothing, the content decides.
 AMBIGUOUS = (".h", ".txt", ".in", ".inc", ".tmpl", ".template", ".def")
@@ -38,7 +23,7 @@ def normalize_language(name: str) -> str | None:
     key = name.strip().lower().lstrip(".")
     if key == DENSE:
         return DENSE
-    return _ALIAS.get(key)
+    return ALIAS.get(key)
 
 
 @functools.lru_cache(maxsize=1)
@@ -49,7 +34,7 @@ def _pygments_patterns() -> tuple[tuple[str, str], ...]:
 
     patterns = []
     for _name, aliases, filenames, _mimetypes in get_all_lexers(plugins=False):
-        ours = next((_ALIAS[a] for a in aliases if a in _ALIAS), None)
+        ours = next((ALIAS[a] for a in aliases if a in ALIAS), None)
         patterns += [(glob, ours or OTHER) for glob in filenames]
     return tuple(patterns)
 

@@ -95,8 +95,8 @@ PROJECTS: tuple[Project, ...] = (
     _p("deb", H, "postgresql-15-ip4r=2.4.1-8+b1"),
 )
 
-OURS = ("python", "java", "cpp", "javascript")
-# extension -> label: one of OURS, or the kind of "other" text
+# extension -> label: one of LANGUAGES, or the kind of "other" text. Narrower for ours than
+# vocabulary.EXTENSIONS: these labels chose the router's training and held-out files.
 EXTENSIONS = {
     ".py": "python", ".pyi": "python", ".java": "java",
     **dict.fromkeys((".cpp", ".cc", ".cxx", ".hpp", ".hh", ".hxx", ".ipp", ".tcc", ".inl",
@@ -112,7 +112,7 @@ EXTENSIONS = {
 
 
 def label_of(path: str, project: Project) -> str | None:
-    """The label of a file of `project`: one of OURS, an "other" kind, or None (skip it)."""
+    """The label of a file of `project`: one of LANGUAGES, an "other" kind, or None (skip it)."""
     name = os.path.basename(path).lower()
     if name.endswith((".min.js", ".map", ".d.ts.map")) or name == "package-lock.json":
         return None

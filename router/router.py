@@ -16,15 +16,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from submodel.router.languages import (
-    DENSE,
-    LANGUAGES,
-    OTHER,
-    filename_globs,
-    language_of_filename,
-    normalize_language,
-)
+from submodel.router.languages import filename_globs, language_of_filename, normalize_language
 from submodel.router.model import ContentModel
+from submodel.vocabulary import DENSE, LANGUAGES, OTHER
 
 SOURCES = ("hint", "filename", "content", "fallback")
 DEFAULT_THRESHOLD = 0.5

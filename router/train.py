@@ -3,7 +3,7 @@
 Training snippets (1 to 40 lines, short ones most often) are cut from many projects: the pinned
 "train" projects of `submodel.router.projects` (fetched once through npm, PyPI and Debian's
 registry into the user cache), the "calib" split of each language's default corpus
-(`submodel.pruning.corpora`: one source among the projects, drawn no more often than a
+(`submodel.corpora`: one source among the projects, drawn no more often than a
 20,000-line project would be) and the "other" text on this machine (`submodel.router.other`).
 The "heldout" projects are never read here: `python -m submodel.bench.router` measures on them.
 A snippet of a language comes from a source drawn with probability growing as the square root of
@@ -28,15 +28,16 @@ from collections import Counter
 
 import numpy as np
 
-from submodel.pruning import corpora
+from submodel import corpora
 from submodel.router import fetch, projects
 from submodel.router.features import count, tf, tokenize
 from submodel.router.model import FORMAT, MODEL_PATH
 from submodel.router.snippets import SnippetSampler
+from submodel.vocabulary import LANGUAGES, OTHER
 
 from . import other
 
-CLASSES = (*corpora.LANGUAGES, "other")
+CLASSES = (*LANGUAGES, OTHER)
 KINDS = ("logreg", "nb", "ensemble")
 LENGTHS = (1, 1, 1, 2, 2, 3, 4, 6, 8, 12, 20, 40)  # lines per training snippet, drawn uniformly
 PER_LANGUAGE = 16000  # training snippets per language
@@ -63,7 +64,7 @@ def _lines(texts: list[str]) -> int:
 def gather(overrides: dict[str, str], use_default: bool = True):
     """({language: [(source name, texts)]}, {other kind: texts}) from the train projects, the
     default corpora and this machine's "other" files; logs what it read."""
-    ours: dict[str, list[tuple[str, list[str]]]] = {lang: [] for lang in corpora.LANGUAGES}
+    ours: dict[str, list[tuple[str, list[str]]]] = {lang: [] for lang in LANGUAGES}
     others: dict[str, list[str]] = {}
     for project in projects.projects("train"):
         by_label: dict[str, list[str]] = {}
@@ -77,7 +78,7 @@ def gather(overrides: dict[str, str], use_default: bool = True):
         log(f"{project.key}: " + ", ".join(f"{label} {len(t)} files {_lines(t)} lines"
                                            for label, t in sorted(by_label.items())))
     if use_default:
-        for lang in corpora.LANGUAGES:
+        for lang in LANGUAGES:
             try:
                 source = corpora.find_source(lang, overrides.get(lang))
             except corpora.CorpusError as e:
@@ -104,7 +105,7 @@ def draw_snippets(rng: random.Random, ours, others):
     """(text, class index) training pairs, and what fed them: per language each source's share
     of the draw weight, per "other" kind its number of files."""
     pairs, shares = [], {}
-    for c, lang in enumerate(corpora.LANGUAGES):
+    for c, lang in enumerate(LANGUAGES):
         sources = ours[lang]
         if not sources:
             raise ValueError(f"no training source for {lang}")

@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-DENSE = "dense"
-
 
 class Reason(StrEnum):
     """Why a request failed, for programs: clients match on this, never on the message.
@@ -112,7 +110,7 @@ class GenerationRequest:
     `messages` (chat)."""
 
     prompt: str
-    language: str  # one of the store's languages, or DENSE
+    language: str  # one of the store's languages, or vocabulary.DENSE
     params: SamplingParams = field(default_factory=SamplingParams)
     deadline: float | None = None  # time.monotonic() after which the request is abandoned
     suffix: str | None = None

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 from submodel.cli import CLIError
+from submodel.vocabulary import DEFAULT_STRATEGY, DTYPES
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9400
 DEFAULT_HTTP_PORT = 8000
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "new requests get UNAVAILABLE (HTTP 503), requests in flight finish "
                        "(up to --grace), exit 0.")
     p.add_argument("store", help="store directory written by `submodel prune`")
-    p.add_argument("--strategy", default="fused",
+    p.add_argument("--strategy", default=DEFAULT_STRATEGY,
                    help="how masks are applied: fused (default: masked kernels, languages "
                         "share a batch), swap (the live weights carry one language's mask at "
                         "a time) or replicas (one model per language, a baseline)")

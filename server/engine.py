@@ -29,7 +29,6 @@ import torch
 
 from submodel.pruning.store import DENSE_FILE, Store, StoreError, open_store, verify_language
 from submodel.server.api import (
-    DENSE,
     DoneEvent,
     DrainingError,
     EngineObserver,
@@ -48,6 +47,7 @@ from submodel.server.model import KVCache, ModelArgs, Transformer, weight_name
 from submodel.server.omp import release_team
 from submodel.server.prompts import PromptBuilder, validate_messages
 from submodel.server.sampling import TextAssembler, choose_token, make_generator
+from submodel.vocabulary import DEFAULT_STRATEGY, DENSE
 
 log = logging.getLogger("submodel.engine")
 
@@ -119,7 +119,7 @@ class _Change:
 
 
 class Engine:
-    def __init__(self, store: Store, strategy: str = "fused", device: str = "cpu",
+    def __init__(self, store: Store, strategy: str = DEFAULT_STRATEGY, device: str = "cpu",
                  dtype: torch.dtype | None = None, max_batch: int = 8, max_context: int = 2048,
                  max_queue: int = 64, time_slice: float = 0.25,
                  observer: EngineObserver | None = None) -> None:

@@ -33,7 +33,6 @@ from starlette.routing import Route as Path
 from submodel.router import normalize_language
 from submodel.server import http_schema as schema
 from submodel.server.api import (
-    DENSE,
     EngineError,
     FinishEvent,
     InvalidRequestError,
@@ -43,6 +42,7 @@ from submodel.server.errors import http_error, internal_error
 from submodel.server.generation import Generations, Job, Route
 from submodel.server.http_replies import DONE, ChatReply, CompletionReply, Reply, sse
 from submodel.server.metrics import HTTP
+from submodel.vocabulary import DENSE
 
 log = logging.getLogger("submodel.server")
 

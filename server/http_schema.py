@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 
-from submodel.server.api import DENSE, InvalidRequestError, Message, SamplingParams
+from submodel.server.api import InvalidRequestError, Message, SamplingParams
 from submodel.server.generation import (
     DEFAULT_MAX_TOKENS,
     MAX_FILENAME_CHARS,
@@ -21,6 +21,7 @@ from submodel.server.generation import (
     check_stop,
 )
 from submodel.server.prompts import ROLES
+from submodel.vocabulary import DENSE
 
 AUTO = "auto"
 TABBY_MAX_TOKENS = 64  # Tabby's own default for an editor completion

@@ -22,11 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from submodel.server import kernels
-from submodel.server.api import DENSE
 from submodel.server.dense_source import mapped_tensors
 from submodel.server.model import LM_HEAD
-
-STRATEGIES = ("swap", "fused", "replicas")
+from submodel.vocabulary import DENSE, STRATEGIES
 
 
 class MaskStrategy:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-PRUNABLE = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+from submodel.vocabulary import PRUNABLE
+
 SUPPORTED = ("llama", "qwen2", "mistral")
 LM_HEAD = -1
 

@@ -19,7 +19,6 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from submodel.server.api import (
-    DENSE,
     DoneEvent,
     FinishEvent,
     InvalidRequestError,
@@ -38,6 +37,7 @@ from submodel.server.generation import (
 )
 from submodel.server.metrics import GRPC
 from submodel.v1 import submodel_pb2 as pb
+from submodel.vocabulary import DENSE
 
 SERVICE = "submodel.v1.Generator"
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import torch
 from tiny import tiny_model, tiny_tokenizer
 
+from submodel import corpora
 from submodel.bench.hygiene import humaneval_ngrams, ngrams, shares_ngram
-from submodel.pruning import calibration, corpora
-from submodel.pruning.corpora import Document
+from submodel.corpora import Document
+from submodel.corpora.windows import sample_windows
+from submodel.pruning import calibration
 from submodel.pruning.tasks import end_of_body, extract_tasks, sample_tasks
+from submodel.vocabulary import LANGUAGES
 
 PY = '''import os
 
@@ -108,7 +111,7 @@ def test_default_calibration_sources_hold_no_humaneval_13_gram():
     """The hygiene rule on the data recipes are calibrated and tuned on (a sample of tasks and
     raw windows per language)."""
     grams = humaneval_ngrams()
-    for lang in corpora.LANGUAGES:
+    for lang in LANGUAGES:
         docs = corpora.documents(corpora.find_source(lang), "calib")
         for task in sample_tasks(docs, lang, 40, seed=0):
             assert not shares_ngram(task.prompt + task.body, grams), (lang, task.name)
@@ -131,12 +134,12 @@ def test_generated_kinds_are_seeded_cached_and_shaped(tmp_path, monkeypatch):
     fresh = calibration.self_generated(model, tok, docs, 3, 48, seed=1)
     assert torch.equal(fresh, calibration.calibration_windows(
         "selfgen", model, tok, docs, "python", 3, 48, seed=1, cache_key="tiny"))
-    prefix = corpora.sample_windows(tok, docs, 3, calibration.SELFGEN_PREFIX_TOKENS, 1)
+    prefix = sample_windows(tok, docs, 3, calibration.SELFGEN_PREFIX_TOKENS, 1)
     assert torch.equal(fresh[:, :calibration.SELFGEN_PREFIX_TOKENS], prefix)
     mixed = calibration.calibration_windows("mixed", model, tok, docs, "python", 4, 48, seed=1,
                                             cache_key="tiny")
     assert mixed.shape == (4, 48) and len(calls) == generated  # the parts came from the cache
-    assert torch.equal(mixed[:2], corpora.sample_windows(tok, docs, 2, 48, 1))
+    assert torch.equal(mixed[:2], sample_windows(tok, docs, 2, 48, 1))
 
 
 def test_generation_stops_per_row_once_its_function_has_ended():

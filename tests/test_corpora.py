@@ -1,11 +1,14 @@
 import json
+import subprocess
+import sys
 import zipfile
 
 import pytest
 import torch
 
-from submodel.pruning import corpora
-from submodel.pruning.corpora import CorpusError, Document
+from submodel import corpora
+from submodel.corpora import CorpusError, Document, sources
+from submodel.corpora.windows import sample_windows
 
 CODE = "def f(x):\n    return x + 1\n\n" * 20  # ~500 non-space characters of plain code
 
@@ -82,7 +85,7 @@ def test_override_errors_name_the_flag(tmp_path):
 
 
 def test_missing_default_source_names_language_and_flag(monkeypatch):
-    monkeypatch.setattr(corpora, "_cpp_source", lambda: None)
+    monkeypatch.setattr(sources, "_cpp_source", lambda: None)
     with pytest.raises(CorpusError) as e:
         corpora.find_source("cpp")
     assert str(e.value) == ("no C++ source found: install Debian 'libboost-doc wx3.2-examples' "
@@ -155,9 +158,9 @@ def long_docs():
 
 def test_windows_shape_determinism_and_seed_sensitivity():
     tok = ByteTokenizer()
-    a = corpora.sample_windows(tok, long_docs(), nsamples=6, seqlen=64, seed=0)
-    b = corpora.sample_windows(tok, long_docs(), nsamples=6, seqlen=64, seed=0)
-    c = corpora.sample_windows(tok, long_docs(), nsamples=6, seqlen=64, seed=1)
+    a = sample_windows(tok, long_docs(), nsamples=6, seqlen=64, seed=0)
+    b = sample_windows(tok, long_docs(), nsamples=6, seqlen=64, seed=0)
+    c = sample_windows(tok, long_docs(), nsamples=6, seqlen=64, seed=1)
     assert a.shape == (6, 64) and a.dtype == torch.long
     assert torch.equal(a, b) and not torch.equal(a, c)
     corpus = "".join(d.text for d in long_docs())
@@ -168,19 +171,19 @@ def test_windows_shape_determinism_and_seed_sensitivity():
 
 def test_short_documents_are_concatenated():
     docs = [Document(f"s{i}", f"int v{i} = {i};\n") for i in range(10)]
-    w = corpora.sample_windows(ByteTokenizer(), docs, nsamples=4, seqlen=100, seed=3)
+    w = sample_windows(ByteTokenizer(), docs, nsamples=4, seqlen=100, seed=3)
     assert w.shape == (4, 100)
     assert all(b"\n\n" in bytes(row.tolist()) for row in w)
 
 
 def test_whitespace_windows_are_skipped():
     docs = [Document("ws", "x" + " \n" * 5000 + "y"), Document("code", CODE * 10)]
-    w = corpora.sample_windows(ByteTokenizer(), docs, nsamples=8, seqlen=32, seed=0)
+    w = sample_windows(ByteTokenizer(), docs, nsamples=8, seqlen=32, seed=0)
     for row in w:
         text = bytes(row.tolist()).decode()
         assert len(text.split()) > 0 and len("".join(text.split())) >= 0.3 * 32
     with pytest.raises(CorpusError, match="whitespace"):
-        corpora.sample_windows(ByteTokenizer(), docs[:1], nsamples=2, seqlen=32, seed=0)
+        sample_windows(ByteTokenizer(), docs[:1], nsamples=2, seqlen=32, seed=0)
 
 
 def test_windows_with_a_hugging_face_tokenizer():
@@ -192,6 +195,15 @@ def test_windows_with_a_hugging_face_tokenizer():
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>")
-    w = corpora.sample_windows(tok, long_docs(), nsamples=3, seqlen=40, seed=0)
+    w = sample_windows(tok, long_docs(), nsamples=3, seqlen=40, seed=0)
     assert w.shape == (3, 40)
     assert tok.decode(w[0].tolist()) in "".join(d.text for d in long_docs())
+
+
+def test_router_and_corpora_import_without_torch():
+    """The router (trainer included) reads corpora but never needs torch: only the calibration
+    windows do, and they live in submodel.corpora.windows."""
+    code = ("import sys, submodel.router, submodel.router.train, submodel.router.fetch, "
+            "submodel.corpora; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -10,7 +10,6 @@ from submodel.pruning import masks as bits
 from submodel.pruning.store import open_store
 from submodel.server import omp
 from submodel.server.api import (
-    DENSE,
     DoneEvent,
     FinishEvent,
     GenerationRequest,
@@ -22,6 +21,7 @@ from submodel.server.api import (
 )
 from submodel.server.engine import Engine
 from submodel.server.model import weight_name
+from submodel.vocabulary import DENSE
 
 PROMPT = "def add(a, b):\n    return"
 GREEDY = SamplingParams(max_tokens=12)

@@ -5,13 +5,13 @@ import pytest
 
 from submodel.bench.humaneval.executors import run_samples
 from submodel.bench.humaneval.problems import (
-    LANGUAGES,
     load_jsonl,
     load_problems,
     subset,
     translate_all,
     truncate,
 )
+from submodel.vocabulary import LANGUAGES
 
 
 def test_python_has_all_164_with_canonical_solutions():

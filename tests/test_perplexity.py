@@ -6,8 +6,9 @@ import math
 import pytest
 import torch
 
+from submodel import corpora
 from submodel.bench import perplexity
-from submodel.pruning import corpora
+from submodel.corpora.windows import sample_windows
 from submodel.pruning.store import open_store
 
 NSAMPLES, SEQLEN, BATCH = 4, 64, 2
@@ -95,7 +96,7 @@ def test_nll_matches_transformers_loss(tiny_store):
     store = open_store(tiny_store)
     model = store.load_hf_model(store.dtype)
     source = corpora.find_source("java")
-    ids = corpora.sample_windows(store.load_tokenizer(), corpora.documents(source, "heldout"),
+    ids = sample_windows(store.load_tokenizer(), corpora.documents(source, "heldout"),
                                  3, SEQLEN, 1234)
     with torch.inference_mode():
         total, tokens = perplexity.nll_sum(model, ids)

@@ -16,7 +16,7 @@ from submodel.pruning.tasks import extract_tasks
 
 
 def test_dense_scores_perfectly_against_itself_and_a_mask_does_not(tiny_store, tmp_path):
-    from submodel.pruning.corpora import Document
+    from submodel.corpora import Document
 
     store = open_store(tiny_store)
     model, tok = store.load_hf_model(torch.float32), store.load_tokenizer()

@@ -7,8 +7,9 @@ import torch
 from submodel.bench import perplexity
 from submodel.pruning.prune import PruneConfig, prune
 from submodel.pruning.store import open_store
-from submodel.server.api import DENSE, FinishEvent, GenerationRequest, SamplingParams
+from submodel.server.api import FinishEvent, GenerationRequest, SamplingParams
 from submodel.server.engine import Engine
+from submodel.vocabulary import DENSE
 
 pytestmark = pytest.mark.slow
 

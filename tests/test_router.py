@@ -8,14 +8,15 @@ import time
 import numpy as np
 import pytest
 
+from submodel import corpora
 from submodel.cli import main as cli_main
-from submodel.pruning import corpora
-from submodel.router import LANGUAGES, Detection, Router, UnknownLanguage, detect
+from submodel.router import Detection, Router, UnknownLanguage, detect
 from submodel.router import normalize_language as norm
 from submodel.router.features import code_lines, tokenize
-from submodel.router.languages import OTHER, language_of_filename
+from submodel.router.languages import language_of_filename
 from submodel.router.model import MODEL_PATH, ContentModel
 from submodel.router.snippets import SnippetSampler
+from submodel.vocabulary import LANGUAGES, OTHER
 
 PY = "def mean(values):\n    total = sum(values)\n    return total / len(values)\n"
 JAVA = ("public class Greeter {\n    private final String name;\n\n"

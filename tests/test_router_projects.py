@@ -11,9 +11,10 @@ import pytest
 from test_router import CPP, JAVA, JS, OTHERS
 
 from submodel.bench import router as bench
-from submodel.router import LANGUAGES, fetch, train
+from submodel.router import fetch, train
 from submodel.router.model import ContentModel
 from submodel.router.projects import PROJECTS, Project, is_heldout_path, label_of, projects
+from submodel.vocabulary import LANGUAGES
 
 PY = ("def mean(values: list[float]) -> float:\n    total = sum(values)\n"
       "    return total / len(values)\n")

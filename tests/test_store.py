@@ -8,7 +8,8 @@ import torch
 from conftest import LANGS, build_tiny_store
 from safetensors.torch import load_file, save_file
 
-from submodel.pruning import corpora
+from submodel import corpora
+from submodel.corpora import windows
 from submodel.pruning import masks as bits
 from submodel.pruning.recipe import MaskRecipe
 from submodel.pruning.store import StoreError, open_store
@@ -87,7 +88,7 @@ def test_wrong_format_version_is_refused(store_copy):
 
 
 def test_resume_after_interruption_gives_the_same_masks(tmp_path, tiny_store, monkeypatch):
-    real = corpora.sample_windows
+    real = windows.sample_windows
     calls = []
 
     def interrupt_on_third(*args, **kwargs):
@@ -96,13 +97,13 @@ def test_resume_after_interruption_gives_the_same_masks(tmp_path, tiny_store, mo
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(corpora, "sample_windows", interrupt_on_third)
+    monkeypatch.setattr(windows, "sample_windows", interrupt_on_third)
     with pytest.raises(KeyboardInterrupt):
         build_tiny_store(tmp_path)
     work = tmp_path / "store.tmp-build"
     assert sorted(p.stem for p in (work / "masks").glob("*.safetensors")) == ["java", "python"]
     assert not (tmp_path / "store").exists()
-    monkeypatch.setattr(corpora, "sample_windows", real)
+    monkeypatch.setattr(windows, "sample_windows", real)
     resumed = build_tiny_store(tmp_path)
     assert not work.exists()
     reference = open_store(tiny_store)
@@ -116,9 +117,9 @@ def test_different_seed_gives_different_windows():
     docs = corpora.documents(source, "calib")
     from tiny import tiny_tokenizer
     tok = tiny_tokenizer()
-    a = corpora.sample_windows(tok, docs, 4, 32, seed=0)
-    assert torch.equal(a, corpora.sample_windows(tok, docs, 4, 32, seed=0))
-    assert not torch.equal(a, corpora.sample_windows(tok, docs, 4, 32, seed=1))
+    a = windows.sample_windows(tok, docs, 4, 32, seed=0)
+    assert torch.equal(a, windows.sample_windows(tok, docs, 4, 32, seed=0))
+    assert not torch.equal(a, windows.sample_windows(tok, docs, 4, 32, seed=1))
 
 
 def _cli(*args, cwd=None):
@@ -214,7 +215,7 @@ def test_load_checks_each_block_against_its_recorded_sparsity(recipe_store, tmp_
 
 def _interrupted_build(root, monkeypatch, **overrides):
     """A partial build in root/store.tmp-build with python done, java not."""
-    real = corpora.sample_windows
+    real = windows.sample_windows
     calls = []
 
     def interrupt_on_second(*args, **kwargs):
@@ -223,10 +224,10 @@ def _interrupted_build(root, monkeypatch, **overrides):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(corpora, "sample_windows", interrupt_on_second)
+    monkeypatch.setattr(windows, "sample_windows", interrupt_on_second)
     with pytest.raises(KeyboardInterrupt):
         build_tiny_store(root, languages=("python", "java"), **overrides)
-    monkeypatch.setattr(corpora, "sample_windows", real)
+    monkeypatch.setattr(windows, "sample_windows", real)
     return root / "store.tmp-build"
 
 
@@ -255,8 +256,8 @@ def test_a_partial_build_from_before_recipes_resumes_with_the_defaults(tmp_path,
     (work / "recipe.json").write_text(json.dumps(recipe))
     with pytest.raises(StoreError, match=r"differs in score\)"):
         build_tiny_store(tmp_path, languages=("python", "java"), recipe=MaskRecipe(score="ria"))
-    real, calls = corpora.sample_windows, []
-    monkeypatch.setattr(corpora, "sample_windows",
+    real, calls = windows.sample_windows, []
+    monkeypatch.setattr(windows, "sample_windows",
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     store = build_tiny_store(tmp_path, languages=("python", "java"))
     assert len(calls) == 1  # java only: python's mask from the earlier run was kept

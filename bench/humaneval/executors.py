@@ -35,8 +35,9 @@ from pathlib import Path
 
 import platformdirs
 
-from submodel.bench.humaneval.problems import LANGUAGES, Problem
+from submodel.bench.humaneval.problems import Problem
 from submodel.bench.humaneval.sandbox import Completed, Limits, Sandbox, SandboxError
+from submodel.vocabulary import LANGUAGES
 
 STATUSES = ("passed", "failed", "timeout", "error", "compile_error")
 DETAIL_CHARS = 2000

