@@ -23,7 +23,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from transformers import StoppingCriteria
 
 from submodel import corpora
 from submodel.corpora import windows
@@ -89,8 +88,7 @@ def self_generated(model, tokenizer, docs: list[corpora.Document], nsamples: int
     return torch.cat(out)
 
 
-@torch.no_grad()
-class BodyEnded(StoppingCriteria):
+class BodyEnded:
     """Per row: has the function its task prompt opened ended? Generation stops once every row
     has (most bodies end well before the token limit). Checked every CHECK_EVERY tokens."""
 
@@ -112,6 +110,7 @@ class BodyEnded(StoppingCriteria):
         return self.done.clone()
 
 
+@torch.no_grad()
 def dense_bodies(model, tokenizer, tasks: list[Task], max_new_tokens: int = TASK_MAX_NEW_TOKENS,
                  progress: Callable[[str], None] | None = None) -> list[str]:
     """The dense model's greedy body for each task prompt, cut where its function ends."""
