@@ -200,7 +200,7 @@ def windows(outcomes: list[Outcome], rss: list[tuple[float, int]], seconds: floa
         lo, hi = w * width, (w + 1) * width
         inside = [o for o in outcomes if lo <= o.start < hi or (w == count - 1 and o.start >= hi)]
         ok = [o.latency for o in inside if o.outcome == "ok"]
-        mem = [r for t, r in rss if lo <= t < hi]
+        mem = [r for t, r in rss if lo <= t < hi or (w == count - 1 and t >= hi)]
         rows.append({"start": round(lo, 3), "end": round(hi, 3), "sent": len(inside),
                      "ok": len(ok), "latency_p50": _percentile(ok, 50),
                      "latency_p99": _percentile(ok, 99),
@@ -225,9 +225,12 @@ def run_soak(cfg: SoakConfig, out: Path, progress=print) -> dict:
         traffic = Traffic(cfg, server, client, prompts)
         done = threading.Event()
 
-        def sample_rss() -> None:
-            while not done.wait(0.25):
+        def sample_rss() -> None:  # at the start, every 0.25 s, and once more at the end
+            while True:
                 rss.append((time.monotonic() - traffic.started, read_memory(server.pid)["rss"]))
+                if done.wait(0.25):
+                    break
+            rss.append((time.monotonic() - traffic.started, read_memory(server.pid)["rss"]))
 
         sampler = threading.Thread(target=sample_rss, daemon=True)
         sampler.start()
