@@ -144,7 +144,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "it <= that server's --max-batch")
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
                    help="with --store: how the server applies masks (default fused)")
-    p.add_argument("--device", default="cpu", help="with --store: torch device (default cpu)")
     p.add_argument("--dtype", choices=DTYPES, help="with --store: compute dtype (default: the "
                                                    "store's)")
     p.add_argument("--dataset", action="append", default=[], metavar="PATH.jsonl",
@@ -208,7 +207,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="measured requests per strategy (default 32)")
     lo.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
     lo.add_argument("--seed", type=int, default=0, help="sampling seed of request 0 (default 0)")
-    lo.add_argument("--device", default="cpu", help="torch device (default cpu)")
     lo.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
     lo.add_argument("--out", default="results/load", help="output directory (default "
                                                           "results/load)")
@@ -230,7 +228,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     so.add_argument("--windows", type=int, default=10,
                     help="time windows of the latency and RSS table (default 10)")
     so.add_argument("--seed", type=int, default=0, help="seed of the traffic mix (default 0)")
-    so.add_argument("--device", default="cpu", help="torch device (default cpu)")
     so.add_argument("--out", default="results/soak", help="output directory (default "
                                                           "results/soak)")
     so.set_defaults(func=run_soak)
@@ -388,7 +385,7 @@ def run_passk(args: argparse.Namespace) -> int:
                     args.store, out / "server.log", strategy=args.strategy,
                     max_batch=args.max_batch * args.concurrency,
                     max_queue=max(64, 2 * args.concurrency),
-                    device=args.device, dtype=args.dtype, metrics=False))
+                    dtype=args.dtype, metrics=False))
             except ServerError as e:
                 raise CLIError(str(e)) from None
             target = server.target
@@ -517,7 +514,7 @@ def run_load(args: argparse.Namespace) -> int:
     if not Path(args.store).is_dir():
         raise CLIError(f"{args.store}: no such store directory (build one with submodel prune)")
     cfg = LoadConfig(Path(args.store), args.strategies, args.concurrency, args.requests,
-                     args.max_tokens, seed=args.seed, device=args.device, dtype=args.dtype)
+                     args.max_tokens, seed=args.seed, dtype=args.dtype)
     out = Path(args.out)
     try:
         results = run(cfg, out, progress=lambda s: print(s, file=sys.stderr))
@@ -563,7 +560,7 @@ def run_soak(args: argparse.Namespace) -> int:
                      seconds=None if args.requests else args.minutes * 60,
                      requests=args.requests, concurrency=args.concurrency,
                      max_tokens=args.max_tokens, max_queue=args.max_queue,
-                     windows=args.windows, seed=args.seed, device=args.device)
+                     windows=args.windows, seed=args.seed)
     out = Path(args.out)
     try:
         results = run(cfg, out, progress=lambda s: print(s, file=sys.stderr))

@@ -45,7 +45,6 @@ class LoadConfig:
     max_tokens: int = 64
     temperature: float = 0.8
     seed: int = 0
-    device: str = "cpu"
     dtype: str | None = None
 
 
@@ -177,7 +176,7 @@ def run_strategy(strategy: str, cfg: LoadConfig, log_dir: Path) -> dict:
     server_strategy = DEFAULT_STRATEGY if strategy == DENSE else strategy
     with ServerProcess(cfg.store, log_dir / f"server-{strategy}.log", strategy=server_strategy,
                        max_batch=cfg.concurrency, max_queue=max(64, 2 * cfg.concurrency),
-                       device=cfg.device, dtype=cfg.dtype) as server, \
+                       dtype=cfg.dtype) as server, \
             Client(server.target) as client:
         listing = client.sub_models(timeout=60)
         languages = [s.id for s in listing.sub_models if not s.dense and s.id in LANGUAGES]

@@ -37,13 +37,13 @@ class ServerProcess:
     manager; the log goes to `log_path`."""
 
     def __init__(self, store: str | Path, log_path: Path, *, strategy: str = DEFAULT_STRATEGY,
-                 max_batch: int = 8, max_queue: int = 64, device: str = "cpu",
+                 max_batch: int = 8, max_queue: int = 64,
                  dtype: str | None = None, metrics: bool = True,
                  start_timeout: float = 900.0) -> None:
         self.argv = [sys.executable, "-c", PRELUDE, str(os.getpid()), "serve", str(store),
                      "--port", "0",
                      "--strategy", strategy, "--max-batch", str(max_batch),
-                     "--max-queue", str(max_queue), "--device", device, "--grace", "5",
+                     "--max-queue", str(max_queue), "--grace", "5",
                      "--no-http"]
         self.argv += ["--metrics-port", "0"] if metrics else ["--no-metrics"]
         if dtype:

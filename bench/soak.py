@@ -48,7 +48,6 @@ class SoakConfig:
     max_queue: int = 4  # the server's: small, so bursts overflow it
     windows: int = 10
     seed: int = 0
-    device: str = "cpu"
 
 
 @dataclass(frozen=True)
@@ -210,7 +209,7 @@ def windows(outcomes: list[Outcome], rss: list[tuple[float, int]], seconds: floa
 
 def run_soak(cfg: SoakConfig, out: Path, progress=print) -> dict:
     with ServerProcess(cfg.store, out / "server.log", max_batch=cfg.concurrency,
-                       max_queue=cfg.max_queue, device=cfg.device) as server, \
+                       max_queue=cfg.max_queue) as server, \
             Client(server.target) as client:
         served = [s.id for s in client.sub_models(timeout=60).sub_models if s.id in LANGUAGES]
         if not served:

@@ -31,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how masks are applied: fused (default: masked kernels, languages "
                         "share a batch), swap (the live weights carry one language's mask at "
                         "a time) or replicas (one model per language, a baseline)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; anything wider needs "
@@ -146,7 +145,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
         try:
             store = open_store(args.store)
-            return Engine(store, strategy=args.strategy, device=args.device,
+            return Engine(store, strategy=args.strategy,
                           dtype=getattr(torch, args.dtype) if args.dtype else None,
                           max_batch=args.max_batch, max_context=args.max_context,
                           max_queue=args.max_queue, time_slice=args.time_slice,

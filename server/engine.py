@@ -119,12 +119,10 @@ class _Change:
 
 
 class Engine:
-    def __init__(self, store: Store, strategy: str = DEFAULT_STRATEGY, device: str = "cpu",
+    def __init__(self, store: Store, strategy: str = DEFAULT_STRATEGY,
                  dtype: torch.dtype | None = None, max_batch: int = 8, max_context: int = 2048,
                  max_queue: int = 64, time_slice: float = 0.25,
                  observer: EngineObserver | None = None) -> None:
-        if device != "cpu":
-            raise ValueError("the engine's masked kernels run on the CPU; use --device cpu")
         self.store = store
         self.languages = store.languages
         self.observer = observer or EngineObserver()
@@ -145,12 +143,12 @@ class Engine:
         other_bytes = sum(t.numel() * t.element_size() for t in state.values())
         self.names = names
         masks = {lang: self._load_mask(store, lang) for lang in self.languages}
-        self.model = Transformer(self.args, state, device)
+        self.model = Transformer(self.args, state, "cpu")  # the masked kernels are CPU code
         self.strategy = make_strategy(strategy, weights, names, masks, store.dense_file,
                                       self.model.lm_head)
         self.mixes_languages = self.strategy.mixes_languages
         slots = max_batch if self.mixes_languages else 2 * max_batch  # room for paused ones
-        self.cache = KVCache(self.args, slots, self.max_context, self.dtype, device)
+        self.cache = KVCache(self.args, slots, self.max_context, self.dtype, "cpu")
         self.free_slots = list(range(slots))
         self.other_bytes = other_bytes  # embeddings, lm_head, norms, biases
         self._report_weights()
