@@ -3,7 +3,13 @@ server (and, on request, the HTTP API) on free loopback ports, real clients."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import grpc
@@ -91,3 +97,39 @@ def serve_store(path, *, strategy: str = "swap", max_batch: int = 4, max_queue: 
         api = HttpServer(HttpListener("127.0.0.1", 0, cert, key, token))
         api.start(HttpApi(generations, token).app)
     return Served(server, engine, metrics, api)
+
+
+class ServeProcess:
+    """A `submodel serve` subprocess whose stderr the test reads line by line (kept in `log`)."""
+
+    def __init__(self, store, *flags: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "submodel.cli", "serve", str(store), "--port", "0",
+             "--metrics-port", "0", *flags],
+            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.log: list[str] = []
+
+    def wait_for(self, pattern: str) -> re.Match:
+        """The first match of `pattern` in the lines logged from now on; fails with the log if
+        the process ends first."""
+        for line in self.proc.stderr:
+            self.log.append(line)
+            if m := re.search(pattern, line):
+                return m
+        raise AssertionError(f"no {pattern!r} in the log:\n" + "".join(self.log))
+
+    def grpc_target(self) -> str:
+        m = self.wait_for(r"serving submodel\.v1\.Generator on 127\.0\.0\.1:(\d+)")
+        return f"127.0.0.1:{m.group(1)}"
+
+
+@contextlib.contextmanager
+def serve_process(store, *flags: str) -> Iterator[ServeProcess]:
+    """Start `submodel serve STORE` on free ports; kill it at exit if the test did not stop it."""
+    serve = ServeProcess(store, *flags)
+    try:
+        yield serve
+    finally:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait()

@@ -4,18 +4,15 @@ httpx for the wire format), over the same engine as gRPC. Tabby's schema on the 
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 
 import httpx
 import openai
 import pytest
-from serving import serve_store
+from serving import serve_process, serve_store
 from test_fim_chat import JAVA_PREFIX, JAVA_SUFFIX, PREFIX, SUFFIX
 
 from submodel.v1 import submodel_pb2 as pb
@@ -316,27 +313,13 @@ def test_client_going_away_cancels(served):
 # ---- the CLI ----------------------------------------------------------------------------
 
 def test_serve_http_port_zero_logs_the_port(editor_store):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "submodel.cli", "serve", str(editor_store), "--port", "0",
-         "--metrics-port", "0", "--http-port", "0"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        log = []
-        for line in proc.stderr:
-            log.append(line)
-            if m := re.search(r"OpenAI-compatible API on (http://127\.0\.0\.1:\d+/v1)", line):
-                break
-        else:
-            raise AssertionError("no HTTP API in the log:\n" + "".join(log))
-        models = httpx.get(f"{m.group(1)}/models", timeout=30).json()
+    with serve_process(editor_store, "--http-port", "0") as serve:
+        base = serve.wait_for(r"OpenAI-compatible API on (http://127\.0\.0\.1:\d+/v1)").group(1)
+        models = httpx.get(f"{base}/models", timeout=30).json()
         assert "auto" in {x["id"] for x in models["data"]}
-        threading.Thread(target=proc.stderr.read, daemon=True).start()
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        threading.Thread(target=serve.proc.stderr.read, daemon=True).start()
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=60) == 0
 
 
 def test_serve_help_covers_http(capsys):

@@ -5,18 +5,14 @@ engine's next decode step is held until the reload is waiting for the engine thr
 not a sleep: nothing here waits for time to pass)."""
 
 import json
-import os
-import re
 import shutil
 import signal
-import subprocess
-import sys
 
 import grpc
 import httpx
 import pytest
 from safetensors.torch import load_file, save_file
-from serving import serve_store
+from serving import serve_process, serve_store
 from test_store_edit import add_config
 
 from submodel.pruning.edit import remove_language
@@ -211,31 +207,13 @@ def test_reload_needs_the_token(store):
 
 
 def test_sighup_reloads_a_serve_process(store):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "submodel.cli", "serve", str(store), "--port", "0",
-         "--metrics-port", "0", "--no-http"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        log = []
-        for line in proc.stderr:
-            log.append(line)
-            if m := re.search(r"serving submodel\.v1\.Generator on 127\.0\.0\.1:(\d+)", line):
-                target = f"127.0.0.1:{m.group(1)}"
-                break
-        else:
-            raise AssertionError("server did not start:\n" + "".join(log))
+    with serve_process(store, "--no-http") as serve:
+        target = serve.grpc_target()
         remove_language(store, "java")
-        proc.send_signal(signal.SIGHUP)
-        for line in proc.stderr:  # the reload logs its outcome
-            log.append(line)
-            if "reloaded sub-models" in line or "reload refused" in line:
-                break
-        assert "removed: java" in log[-1], "".join(log)
+        serve.proc.send_signal(signal.SIGHUP)
+        line = serve.wait_for(r"reloaded sub-models.*|reload refused.*").group(0)  # its outcome
+        assert "removed: java" in line, "".join(serve.log)
         with Client(target) as c:
             assert languages(c) == ["dense", "cpp", "javascript", "python"]
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        serve.proc.send_signal(signal.SIGTERM)
+        assert serve.proc.wait(timeout=60) == 0

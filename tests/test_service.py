@@ -4,11 +4,7 @@ loopback port, real clients. Every status code is triggered for real."""
 from __future__ import annotations
 
 import datetime
-import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serving import serve_store
+from serving import serve_process, serve_store
 
 from submodel.cli import main
 from submodel.server.auth import check_bind, server_credentials
@@ -369,38 +365,22 @@ def test_drain_stops_once_clients_go_quiet(tiny_store):
 
 
 def test_sigterm_drains_and_exits_zero(tiny_store):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "submodel.cli", "serve", str(tiny_store), "--port", "0",
-         "--metrics-port", "0", "--grace", "60", "--no-http"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        log = []
-        for line in proc.stderr:
-            log.append(line)
-            if m := re.search(r"serving submodel\.v1\.Generator on 127\.0\.0\.1:(\d+)", line):
-                target = f"127.0.0.1:{m.group(1)}"
-                break
-        else:
-            raise AssertionError("server did not start:\n" + "".join(log))
+    with serve_process(tiny_store, "--grace", "60", "--no-http") as serve:
         from submodel.server.client import Client
 
-        with Client(target) as c:
+        with Client(serve.grpc_target()) as c:
             stream = c.stream(long_request())
             first_delta(stream)
-            proc.send_signal(signal.SIGTERM)
+            serve.proc.send_signal(signal.SIGTERM)
             chunks = list(stream)
             assert chunks[-1].summary.usage.completion_tokens == LONG_TOKENS
             # sent once the stream has ended, no pause: the server keeps answering until its
             # clients have been quiet for 2 s, so this never meets a stopping grpc server
             assert_shutting_down(lambda: c.generate(pb.GenerateRequest(prompt=PY, max_tokens=2),
                                                     timeout=10))
-        assert proc.wait(timeout=60) == 0
-        rest = proc.stderr.read()
+        assert serve.proc.wait(timeout=60) == 0
+        rest = serve.proc.stderr.read()
         assert "SIGTERM: draining, 1 request(s) in flight" in rest and "stopped" in rest
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 # ---- auth and TLS -----------------------------------------------------------------------
