@@ -15,8 +15,8 @@ from pathlib import Path
 
 from submodel.bench.report import write_json, write_text
 from submodel.pruning.recipe import describe_recipe
+from submodel.vocabulary import DENSE
 
-DENSE = "dense"
 PERMUTATIONS = 10000  # for the correlation's p-value
 
 
