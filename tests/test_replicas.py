@@ -204,7 +204,7 @@ def test_sigterm_one_replica_behind_haproxy_loses_nothing(tiny_store, tmp_path):
         next(stream)
         victim = wait_for("the long stream's replica", lambda: next(
             (r for r in replicas
-             if metric(r, "submodel_time_to_first_token_seconds_count", language="dense")),
+             if metric(r, "submodel_prompt_tokens_total", language="dense")),
             None))
         other = replicas[1 - replicas.index(victim)]
         name = next(n for n, t in lb.names.items() if t == victim.target)
