@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -321,8 +322,11 @@ def chat_problems(problems: dict, store: str | None) -> dict:
 
 def model_info(client, store: str | None, target: str, strategy: str | None,
                dtype: str | None) -> dict:
-    """What was served, and an identity for the cache keys: the store's manifest hash (with
-    the strategy and dtype) or, for a running server, a fingerprint of its ListSubModels."""
+    """What was served, and identities for the cache keys: the store's manifest hash (with
+    the strategy and dtype) or, for a running server, a fingerprint of its ListSubModels; for
+    a store also one per row that only depends on what that row computes with (the dense row
+    on the base files, a mask row on them and its mask), so stores that share a base model
+    share their dense samples, and stores that share a mask share its samples."""
     from google.protobuf.json_format import MessageToDict
 
     listing = client.sub_models(timeout=60)
@@ -330,15 +334,26 @@ def model_info(client, store: str | None, target: str, strategy: str | None,
             "pattern": listing.pattern, "strategy": listing.strategy,
             "router_threshold": round(listing.router_threshold, 4),
             "sub_models": [s.id for s in listing.sub_models]}
+    rows = {}
     if store is not None:
-        manifest = hashlib.sha256((Path(store) / "manifest.json").read_bytes()).hexdigest()
-        ident = f"store:{manifest[:16]}:{strategy}:{dtype or 'store-dtype'}"
+        raw = (Path(store) / "manifest.json").read_bytes()
+        manifest = hashlib.sha256(raw).hexdigest()
+        settings = f"{strategy}:{dtype or 'store-dtype'}"
+        ident = f"store:{manifest[:16]}:{settings}"
+        files = json.loads(raw)["files"]
+        base = hashlib.sha256(str(sorted((f, h) for f, h in files.items()
+                                         if f.startswith("base/"))).encode()).hexdigest()[:16]
+        rows[DENSE] = f"base:{base}:{settings}"
+        for lang in info["sub_models"]:
+            if (mask := files.get(f"masks/{lang}.safetensors")) is not None:
+                rows[lang] = f"mask:{base}:{mask[:16]}:{settings}"
         info["source"] = f"store `{store}`"
     else:
         fingerprint = hashlib.sha256(str(sorted(MessageToDict(listing).items())).encode())
         ident = f"server:{fingerprint.hexdigest()[:16]}"
         info["source"] = f"server `{target}`"
     info["identity"] = ident
+    info["row_identity"] = rows
     return info
 
 
@@ -401,7 +416,8 @@ def run_passk(args: argparse.Namespace) -> int:
         if missing:
             raise CLIError(f"the server does not serve {', '.join(missing)} (it serves "
                            f"{', '.join(model['sub_models'])})")
-        plan = Plan(model=model["identity"], rows=rows, problems=problems, n=args.n,
+        plan = Plan(model=model["identity"], row_model=model["row_identity"], rows=rows,
+                    problems=problems, n=args.n,
                     sampling=Sampling(args.temperature, args.top_p, args.max_tokens, args.seed),
                     per_request=args.max_batch, concurrency=args.concurrency)
         try:

@@ -15,6 +15,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,15 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Plan:
-    model: str  # identity of the served model (store or server fingerprint): part of every key
+    model: str  # identity of the served model (store or server fingerprint)
     rows: tuple[str, ...]  # ROUTED, DENSE and/or mask languages
     problems: dict[str, list[Problem]]  # column language -> its problems
     n: int
+    row_model: Mapping[str, str] = field(default_factory=dict)  # a row's own identity, if any
+
+    def identity(self, row: str) -> str:
+        """The model part of a row's sample keys."""
+        return self.row_model.get(row, self.model)
     sampling: Sampling = Sampling()
     per_request: int = 8  # GenerateRequest.n at most
     concurrency: int = 4  # requests in flight
@@ -101,7 +107,7 @@ def prompt_sha(problem: Problem) -> str:
 
 def sample_key(plan: Plan, row: str, problem: Problem, index: int) -> str:
     s = plan.sampling
-    return digest("sample", plan.model, row, problem.language, problem.task_id,
+    return digest("sample", plan.identity(row), row, problem.language, problem.task_id,
                   prompt_sha(problem), s.temperature, s.top_p, s.max_tokens, s.seed, index)
 
 
@@ -311,7 +317,8 @@ def _records(plan: Plan, chunk: Chunk, response: pb.GenerateResponse, seconds: f
     if len(response.completions) != chunk.count:
         raise BenchError(f"{p.task_id}: asked for {chunk.count} samples, got "
                          f"{len(response.completions)}")
-    return [{"key": sample_key(plan, chunk.row, p, chunk.start + c.index), "model": plan.model,
+    return [{"key": sample_key(plan, chunk.row, p, chunk.start + c.index),
+             "model": plan.identity(chunk.row),
              "row": chunk.row, "language": p.language, "task_id": p.task_id,
              "index": chunk.start + c.index, "seed": chunk.seed, "completion": c.text,
              "finish_reason": c.finish_reason, "tokens": c.tokens, "routing": routing,

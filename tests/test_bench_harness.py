@@ -266,3 +266,22 @@ def test_soak_accounts_for_every_request(long_store, tmp_path):
     assert sum(sum(v.values()) for v in r["by_kind"].values()) == 40
     assert any(w["rss_max"] for w in r["windows"])
     assert "Agrees with the client: **yes**" in (out / "soak.md").read_text()
+
+
+def test_stores_sharing_the_base_and_a_mask_share_their_cached_samples(long_store, tmp_path):
+    """A store that lost a language has another manifest but the same base and python mask:
+    its dense and python rows come from the cache, nothing is generated again."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    args = ("--greedy", "--limit", "2", "--languages", "python", "--submodels", "dense,python",
+            "--cache", str(cache))
+    assert passk("--store", str(long_store), "--out", str(tmp_path / "a"), *args) == 0
+    smaller = tmp_path / "smaller"
+    shutil.copytree(long_store, smaller)
+    assert main(["remove-language", str(smaller), "java"]) == 0
+    assert passk("--store", str(smaller), "--out", str(tmp_path / "b"), *args) == 0
+    first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    assert first["model"]["identity"] != second["model"]["identity"]
+    assert second["run"]["samples_cached"] == 2 * 2 and second["run"]["requests"] == 0
+    assert first["cells"] == second["cells"]
