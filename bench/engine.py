@@ -20,6 +20,7 @@ in wall time and in process CPU time (which does not count other processes' turn
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import math
@@ -33,7 +34,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from submodel.bench.kernels import copy_bandwidth
 from submodel.bench.report import write_json
@@ -42,7 +42,7 @@ from submodel.server import kernels
 from submodel.server.api import DoneEvent, FinishEvent, GenerationRequest, SamplingParams
 from submodel.server.dense_source import read_header
 from submodel.server.engine import Engine
-from submodel.server.model import LM_HEAD
+from submodel.server.model import Linear, Transformer
 from submodel.server.omp import release_team
 from submodel.server.sampling import TextAssembler, choose_token
 from submodel.vocabulary import DENSE, STRATEGIES
@@ -208,14 +208,15 @@ def changed_fraction(strategy, a: str, b: str) -> float:
     """Fraction of prunable weights kept by exactly one of languages a and b (dense keeps all)."""
     ones = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
     changed = total = 0
-    for i, w in enumerate(strategy.weights):
+    for name, linear in strategy.linears.items():
+        w = linear.weight
         total += w.numel()
         if DENSE in (a, b):
             lang = b if a == DENSE else a
             changed += 0 if lang == DENSE else w.numel() - int(
-                ones[strategy.masks[lang][i].long()].sum())
+                ones[strategy.masks[lang][name].long()].sum())
         else:
-            xor = torch.bitwise_xor(strategy.masks[a][i], strategy.masks[b][i])
+            xor = torch.bitwise_xor(strategy.masks[a][name], strategy.masks[b][name])
             changed += int(ones[xor.long()].sum())
     return changed / total
 
@@ -269,41 +270,26 @@ def step_profile(engine: Engine, language: str, steps: int) -> dict:
     Decodes `steps` tokens after the prompt in slot 0 three ways: as the engine does, with each
     Linear timed, and with torch's dense F.linear in place of the strategy's kernel. Returns ms.
     """
-    model, strategy, cache = engine.model, engine.strategy, engine.cache
-    strategy.prepare([language])
     prompt = engine.tokenizer.encode(PROMPT)
     slots = torch.tensor([0])
-    model.forward(torch.tensor([prompt]), torch.arange(len(prompt))[None], cache, slots,
-                  lambda x, i, b: strategy.linear(x, i, b, True), prefill=True)
+    engine.forward(torch.tensor([prompt]), torch.arange(len(prompt))[None], slots, [language],
+                   prefill=True)
     spent = {"linears": [0.0, 0.0], "lm_head": [0.0, 0.0]}
-
-    def ours(x, i, b):
-        return strategy.linear(x, i, b, False)
-
-    def timed_linear(x, i, b):
-        start = clock()
-        y = strategy.linear(x, i, b, False)
-        for k, v in enumerate(since(start)):
-            spent["lm_head" if i == LM_HEAD else "linears"][k] += v
-        return y
-
-    def torch_dense(x, i, b):
-        return F.linear(x, model.lm_head if i == LM_HEAD else strategy.weight_for(i), b)
-
     logits = []
 
-    def decode(linear) -> list[tuple[float, float]]:
+    def decode() -> list[tuple[float, float]]:
         times = []
         for k in range(steps):
             pos = torch.tensor([[len(prompt) + k]])
             start = clock()
-            logits[:] = model.forward(torch.tensor([[prompt[-1]]]), pos, cache, slots, linear,
-                                      prefill=False)
+            logits[:] = engine.forward(torch.tensor([[prompt[-1]]]), pos, slots, [language],
+                                       prefill=False)
             times.append(since(start))
         return times
 
-    parts = {"forward": both(decode(ours), scale=1e3)}
-    timed = decode(timed_linear)  # the rest = this run's forward minus its Linears
+    parts = {"forward": both(decode(), scale=1e3)}
+    with timed_linears(engine.model, spent):
+        timed = decode()  # the rest = this run's forward minus its Linears
     for k, (wall, cpu) in spent.items():
         parts[k] = {"wall": wall / steps * 1e3, "cpu": cpu / steps * 1e3}
     parts["rest_of_forward"] = {
@@ -318,20 +304,57 @@ def step_profile(engine: Engine, language: str, steps: int) -> dict:
             asm.add(t)
 
     parts["text_per_token"] = {c: v / len(ids) for c, v in median_ms(assemble, 3).items()}
-    parts["torch_dense_forward"] = both(decode(torch_dense), scale=1e3)
+    with torch_linears(engine.model):
+        parts["torch_dense_forward"] = both(decode(), scale=1e3)
     return parts
+
+
+@contextlib.contextmanager
+def timed_linears(model: Transformer, spent: dict[str, list[float]]):
+    """Adds each prunable Linear's and the LM head's (wall, CPU) seconds to `spent`."""
+    started: list[tuple[float, float]] = []
+
+    def start(*_) -> None:
+        started.append(clock())
+
+    def stop(kind: str) -> None:
+        for k, v in enumerate(since(started.pop())):
+            spent[kind][k] += v
+
+    hooks = []
+    for kind, modules in (("linears", model.prunable().values()), ("lm_head", [model.lm_head])):
+        for m in modules:
+            hooks.append(m.register_forward_pre_hook(start))
+            hooks.append(m.register_forward_hook(lambda *_, kind=kind: stop(kind)))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@contextlib.contextmanager
+def torch_linears(model: Transformer):
+    """The model with torch's dense F.linear in place of the strategy's Linears (each on the
+    weight it holds now), put back on exit."""
+    installed = {**model.prunable(), "lm_head": model.lm_head}
+    for name, m in installed.items():
+        model.replace(name, Linear(m.weight, m.bias))
+    try:
+        yield
+    finally:
+        for name, m in installed.items():
+            model.replace(name, m)
 
 
 def batch_profile(engine: Engine, masked: str, steps: int, batch: int) -> dict:
     """Forward ms of a decode step of `batch` rows: all dense, all `masked`, 4 languages mixed
     (a strategy that mixes languages in one step; engine idle). The three are interleaved."""
-    model, strategy, cache = engine.model, engine.strategy, engine.cache
     prompt = engine.tokenizer.encode(PROMPT)
-    strategy.prepare([DENSE])
-    model.forward(torch.tensor([prompt]), torch.arange(len(prompt))[None], cache,
-                  torch.tensor([0]), lambda x, i, b: strategy.linear(x, i, b, True), prefill=True)
+    engine.forward(torch.tensor([prompt]), torch.arange(len(prompt))[None], torch.tensor([0]),
+                   [DENSE], prefill=True)
     for slot in range(1, batch):
-        cache.copy_slot(0, slot, len(prompt))
+        engine.cache.copy_slot(0, slot, len(prompt))
     langs = engine.languages
     mixes = {"dense": [DENSE] * batch, "one_language": [masked] * batch,
              "mixed": [langs[i % len(langs)] for i in range(batch)]}
@@ -340,10 +363,8 @@ def batch_profile(engine: Engine, masked: str, steps: int, batch: int) -> dict:
     for k in range(steps):
         pos = torch.full((batch, 1), len(prompt) + k)
         for name, rows in mixes.items():
-            strategy.prepare(rows)
             start = clock()
-            model.forward(tokens, pos, cache, slots,
-                          lambda x, i, b: strategy.linear(x, i, b, False), prefill=False)
+            engine.forward(tokens, pos, slots, rows, prefill=False)
             times[name].append(since(start))
     return {name: both(t, scale=1e3) for name, t in times.items()}
 
@@ -351,10 +372,10 @@ def batch_profile(engine: Engine, masked: str, steps: int, batch: int) -> dict:
 def weight_bytes_per_step(engine: Engine, language: str) -> int:
     """Bytes a batch-1 decode step must read: prunable weights, one mask (if any), lm_head."""
     strategy = engine.strategy
-    nbytes = sum(w.numel() * w.element_size() for w in strategy.weights)
+    nbytes = sum(m.weight.numel() * m.weight.element_size() for m in strategy.linears.values())
     if language != DENSE:
-        nbytes += sum(m.numel() for m in strategy.masks[language])
-    lm_head = engine.model.lm_head
+        nbytes += sum(m.numel() for m in strategy.masks[language].values())
+    lm_head = engine.model.lm_head.weight
     return nbytes + lm_head.numel() * lm_head.element_size()
 
 

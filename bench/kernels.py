@@ -151,7 +151,7 @@ def run(layers: int, threads: int, repeats: int, prefill_layers: int) -> dict:
             "weight_bytes": weight_bytes,
             "decode": decode,
             "swap": swap_row(built, repeats),
-            "prefill": prefill_rows(built[: 7 * prefill_layers], repeats),
+            "prefill": prefill_rows(built[: len(QWEN05_SHAPES) * prefill_layers], repeats),
         }
         del built
     return result

@@ -43,7 +43,7 @@ from submodel.server.api import (
     UnknownLanguageError,
 )
 from submodel.server.masking import make_strategy
-from submodel.server.model import KVCache, ModelArgs, Transformer, weight_name
+from submodel.server.model import KVCache, ModelArgs, Transformer
 from submodel.server.omp import release_team
 from submodel.server.prompts import PromptBuilder, validate_messages
 from submodel.server.sampling import TextAssembler, choose_token, make_generator
@@ -138,14 +138,14 @@ class Engine:
         self.end_ids = self._end_token_ids(config)
 
         state = store.load_state_dict(self.dtype)
-        names = [weight_name(i) for i in range(7 * self.args.n_layers)]
-        weights = [state.pop(n) for n in names]
-        other_bytes = sum(t.numel() * t.element_size() for t in state.values())
-        self.names = names
+        self.model = Transformer(self.args, state)  # CPU: the masked kernels are CPU code
+        self.names = [f"{name}.weight" for name in self.model.prunable()]
         masks = {lang: self._load_mask(store, lang) for lang in self.languages}
-        self.model = Transformer(self.args, state, "cpu")  # the masked kernels are CPU code
-        self.strategy = make_strategy(strategy, weights, names, masks, store.dense_file,
-                                      self.model.lm_head)
+        self.strategy = make_strategy(strategy, self.model, masks, store.dense_file)
+        prunable = set(self.names)
+        other_bytes = sum(t.numel() * t.element_size() for n, t in state.items()
+                          if n not in prunable)
+        del state
         self.mixes_languages = self.strategy.mixes_languages
         slots = max_batch if self.mixes_languages else 2 * max_batch  # room for paused ones
         self.cache = KVCache(self.args, slots, self.max_context, self.dtype, "cpu")
@@ -313,9 +313,9 @@ class Engine:
     def _digest(store: Store, language: str) -> str | None:
         return store.manifest["files"].get(store.manifest["languages"][language]["file"])
 
-    def _load_mask(self, store: Store, language: str) -> list[torch.Tensor]:
+    def _load_mask(self, store: Store, language: str) -> dict[str, torch.Tensor]:
         loaded = store.load_mask(language)
-        return [loaded[n] for n in self.names]
+        return {n: loaded[n] for n in self.names}
 
     def _report_weights(self) -> None:
         sizes = self.strategy.resident_bytes()
@@ -500,11 +500,11 @@ class Engine:
     def _prefill(self, handle: RequestHandle) -> None:
         handle.admitted = time.monotonic()
         params = handle.request.params
-        self._prepare([handle.key])
+        self._set_rows([handle.key], prefill=True)
         ids = torch.tensor([handle.prompt_ids])
         positions = torch.arange(len(handle.prompt_ids))[None]
-        logits = self.model.forward(ids, positions, self.cache, torch.tensor(handle.slots[:1]),
-                                    self._linear(prefill=True), prefill=True)[0]
+        logits = self.model(ids, positions, self.cache, torch.tensor(handle.slots[:1]),
+                            prefill=True)[0]
         for sample, slot in enumerate(handle.slots):
             if sample:
                 self.cache.copy_slot(handle.slots[0], slot, len(handle.prompt_ids))
@@ -516,26 +516,28 @@ class Engine:
 
     def _decode(self, batch: list[Sequence]) -> None:
         started = time.perf_counter()
-        self._prepare([s.language for s in batch])
+        self._set_rows([s.language for s in batch], prefill=False)
         tokens = torch.tensor([[s.last_token] for s in batch])
         positions = torch.tensor([[s.position] for s in batch])
         slots = torch.tensor([s.slot for s in batch])
-        logits = self.model.forward(tokens, positions, self.cache, slots,
-                                    self._linear(prefill=False), prefill=False)
+        logits = self.model(tokens, positions, self.cache, slots, prefill=False)
         for seq, row in zip(batch, logits, strict=True):
             seq.position += 1
             self._accept(seq, choose_token(row, seq.handle.request.params, seq.generator))
         self.observer.batch_size(len(batch))
         self.observer.token_latency(time.perf_counter() - started)
 
-    def _prepare(self, row_languages: list[str]) -> None:
-        seconds = self.strategy.prepare(row_languages)
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                row_languages: list[str], prefill: bool) -> torch.Tensor:
+        """One forward outside the scheduler (benchmarks, tests; the engine thread idle): a
+        prefill of one sequence or a decode step, each row on its language's mask."""
+        self._set_rows(row_languages, prefill)
+        return self.model(tokens, positions, self.cache, slots, prefill=prefill)
+
+    def _set_rows(self, row_languages: list[str], prefill: bool) -> None:
+        seconds = self.strategy.set_rows(row_languages, prefill)
         if seconds:
             self.observer.mask_switch(seconds)
-
-    def _linear(self, prefill: bool):
-        strategy = self.strategy
-        return lambda x, index, bias: strategy.linear(x, index, bias, prefill)
 
     def _accept(self, seq: Sequence, token: int) -> None:
         """Record a sampled token: emit its text, or finish the sequence."""

@@ -1,25 +1,23 @@
 """Our own forward pass for Llama-family decoders (Llama, Qwen2, Mistral, SmolLM) over a
 slot-indexed KV cache, so that requests of different lengths share one decode step.
 
-Every Linear goes through `linear(x, index, bias)`, a function the engine supplies: that is
-where a language's mask is applied (see masking.py). Index i >= 0 names the prunable weight
-`PRUNABLE[i % 7]` of layer `i // 7`; LM_HEAD (-1) is the output projection, never masked.
+The model is a tree of named modules whose names are the checkpoint's state-dict names
+(`model.layers.3.mlp.up_proj` holds `model.layers.3.mlp.up_proj.weight`). It is built with
+plain `Linear`s; a mask strategy (masking.py) replaces each prunable one, and the LM head, with
+its own kind, and says before each forward which language each batch row uses.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from submodel.vocabulary import PRUNABLE
 
 SUPPORTED = ("llama", "qwen2", "mistral")
-LM_HEAD = -1
-
-LinearFn = Callable[[torch.Tensor, int, torch.Tensor | None], torch.Tensor]
 
 
 class UnsupportedModel(ValueError):
@@ -59,10 +57,6 @@ class ModelArgs:
             max_positions=cfg.get("max_position_embeddings", 4096))
 
 
-def weight_name(index: int) -> str:
-    return f"model.layers.{index // 7}.{PRUNABLE[index % 7]}.weight"
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
@@ -90,27 +84,127 @@ class KVCache:
         self.v[:, dst, :, :length] = self.v[:, src, :, :length]
 
 
-class Transformer:
-    """Weights as plain tensors; prunable Linear weights are owned by the mask strategy."""
+class Linear(nn.Module):
+    """x @ weight.T + bias with the checkpoint's weight [out, in]."""
 
-    def __init__(self, args: ModelArgs, state: dict[str, torch.Tensor], device) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.weight = weight
+        self.bias = bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+
+def _linear(state: dict[str, torch.Tensor], name: str) -> Linear:
+    return Linear(state[f"{name}.weight"], state.get(f"{name}.bias"))
+
+
+@dataclass
+class Step:
+    """What one forward computes: a prefill of one sequence (tokens [1, T] from position 0 in
+    slots[0]) or a decode step (tokens [B, 1], one per sequence, at positions [B, 1] in
+    slots [B])."""
+
+    positions: torch.Tensor
+    cache: KVCache
+    slots: torch.Tensor
+    prefill: bool
+    cos: torch.Tensor | None = None
+    sin: torch.Tensor | None = None
+    visible: torch.Tensor | None = None  # decode: [B, 1, 1, length] keys each row may see
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, state: dict[str, torch.Tensor], prefix: str,
+                 layer: int) -> None:
+        super().__init__()
         self.args = args
-        self.embed = state["model.embed_tokens.weight"]
-        self.lm_head = self.embed if args.tie_embeddings else state["lm_head.weight"]
+        self.layer = layer  # its place in the KV cache
+        self.q_proj = _linear(state, prefix + "q_proj")
+        self.k_proj = _linear(state, prefix + "k_proj")
+        self.v_proj = _linear(state, prefix + "v_proj")
+        self.o_proj = _linear(state, prefix + "o_proj")
+
+    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        a, cache, i = self.args, step.cache, self.layer
+        bsz, seqlen, _ = x.shape
+        q = self.q_proj(x).view(bsz, seqlen, a.n_heads, a.head_dim)
+        k = self.k_proj(x).view(bsz, seqlen, a.n_kv_heads, a.head_dim)
+        v = self.v_proj(x).view(bsz, seqlen, a.n_kv_heads, a.head_dim)
+        q = rotate(q.transpose(1, 2), step.cos, step.sin)
+        k = rotate(k.transpose(1, 2), step.cos, step.sin)
+        v = v.transpose(1, 2)
+        if step.prefill:
+            cache.k[i, step.slots[0], :, :seqlen] = k[0]
+            cache.v[i, step.slots[0], :, :seqlen] = v[0]
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        else:
+            pos = step.positions[:, 0]
+            length = step.visible.shape[-1]
+            cache.k[i, step.slots, :, pos] = k[:, :, 0]
+            cache.v[i, step.slots, :, pos] = v[:, :, 0]
+            ks = cache.k[i, step.slots, :, :length]
+            vs = cache.v[i, step.slots, :, :length]
+            o = F.scaled_dot_product_attention(q, ks, vs, attn_mask=step.visible,
+                                               enable_gqa=True)
+        return self.o_proj(o.transpose(1, 2).reshape(bsz, seqlen, a.n_heads * a.head_dim))
+
+
+class MLP(nn.Module):
+    def __init__(self, state: dict[str, torch.Tensor], prefix: str) -> None:
+        super().__init__()
+        self.gate_proj = _linear(state, prefix + "gate_proj")
+        self.up_proj = _linear(state, prefix + "up_proj")
+        self.down_proj = _linear(state, prefix + "down_proj")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs, state: dict[str, torch.Tensor], layer: int) -> None:
+        super().__init__()
+        p = f"model.layers.{layer}."
+        self.eps = args.rms_eps
+        self.input_layernorm = state[p + "input_layernorm.weight"]
+        self.self_attn = Attention(args, state, p + "self_attn.", layer)
+        self.post_attention_layernorm = state[p + "post_attention_layernorm.weight"]
+        self.mlp = MLP(state, p + "mlp.")
+
+    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+        x = x + self.self_attn(rms_norm(x, self.input_layernorm, self.eps), step)
+        return x + self.mlp(rms_norm(x, self.post_attention_layernorm, self.eps))
+
+
+class Decoder(nn.Module):
+    def __init__(self, args: ModelArgs, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.embed_tokens = state["model.embed_tokens.weight"]
+        self.layers = nn.ModuleList(Block(args, state, i) for i in range(args.n_layers))
         self.norm = state["model.norm.weight"]
-        self.layers = []
-        for i in range(args.n_layers):
-            p = f"model.layers.{i}."
-            self.layers.append({
-                "attn_norm": state[p + "input_layernorm.weight"],
-                "mlp_norm": state[p + "post_attention_layernorm.weight"],
-                "bq": state.get(p + "self_attn.q_proj.bias"),
-                "bk": state.get(p + "self_attn.k_proj.bias"),
-                "bv": state.get(p + "self_attn.v_proj.bias"),
-            })
-        inv = 1.0 / args.rope_theta ** (
-            torch.arange(0, args.head_dim, 2, dtype=torch.float32, device=device) / args.head_dim)
-        self.inv_freq = inv
+
+
+class Transformer(nn.Module):
+    """The decoder and its LM head (the embeddings when they are tied)."""
+
+    def __init__(self, args: ModelArgs, state: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.args = args
+        self.model = Decoder(args, state)
+        head = self.model.embed_tokens if args.tie_embeddings else state["lm_head.weight"]
+        self.lm_head = Linear(head)
+        self.inv_freq = 1.0 / args.rope_theta ** (
+            torch.arange(0, args.head_dim, 2, dtype=torch.float32) / args.head_dim)
+
+    def prunable(self) -> dict[str, nn.Module]:
+        """The Linears a mask prunes, by state-dict name (without `.weight`), in layer order."""
+        return {name: m for name, m in self.named_modules()
+                if name.startswith("model.layers.") and name.split(".", 3)[-1] in PRUNABLE}
+
+    def replace(self, name: str, module: nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        setattr(self.get_submodule(parent) if parent else self, child, module)
 
     def rope(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
         freqs = positions[..., None].float() * self.inv_freq
@@ -118,46 +212,17 @@ class Transformer:
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                slots: torch.Tensor, linear: LinearFn, prefill: bool) -> torch.Tensor:
-        """Logits of the last position of each row.
-
-        prefill: tokens [1, T] of one sequence starting at position 0 in `slots[0]`.
-        decode:  tokens [B, 1], one per sequence, at `positions` [B, 1] in `slots` [B].
-        """
-        a = self.args
-        bsz, seqlen = tokens.shape
-        x = F.embedding(tokens, self.embed)
+                slots: torch.Tensor, prefill: bool) -> torch.Tensor:
+        """Logits of the last position of each row (see Step for the two shapes)."""
+        bsz = tokens.shape[0]
+        x = F.embedding(tokens, self.model.embed_tokens)
         cos, sin = self.rope(positions, x.dtype)
-        cos, sin = cos[:, None], sin[:, None]  # [B, 1, T, D]
+        step = Step(positions, cache, slots, prefill, cos[:, None], sin[:, None])  # [B,1,T,D]
         if not prefill:
             length = int(positions.max()) + 1
             keys = torch.arange(length, device=tokens.device)
-            visible = (keys[None, :] <= positions).view(bsz, 1, 1, length)
-        for i, layer in enumerate(self.layers):
-            base = 7 * i
-            h = rms_norm(x, layer["attn_norm"], a.rms_eps)
-            q = linear(h, base, layer["bq"]).view(bsz, seqlen, a.n_heads, a.head_dim)
-            k = linear(h, base + 1, layer["bk"]).view(bsz, seqlen, a.n_kv_heads, a.head_dim)
-            v = linear(h, base + 2, layer["bv"]).view(bsz, seqlen, a.n_kv_heads, a.head_dim)
-            q = rotate(q.transpose(1, 2), cos, sin)
-            k = rotate(k.transpose(1, 2), cos, sin)
-            v = v.transpose(1, 2)
-            if prefill:
-                cache.k[i, slots[0], :, :seqlen] = k[0]
-                cache.v[i, slots[0], :, :seqlen] = v[0]
-                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-            else:
-                pos = positions[:, 0]
-                cache.k[i, slots, :, pos] = k[:, :, 0]
-                cache.v[i, slots, :, pos] = v[:, :, 0]
-                ks = cache.k[i, slots, :, :length]
-                vs = cache.v[i, slots, :, :length]
-                o = F.scaled_dot_product_attention(q, ks, vs, attn_mask=visible, enable_gqa=True)
-            o = o.transpose(1, 2).reshape(bsz, seqlen, a.n_heads * a.head_dim)
-            x = x + linear(o, base + 3, None)
-            h = rms_norm(x, layer["mlp_norm"], a.rms_eps)
-            gate = linear(h, base + 4, None)
-            up = linear(h, base + 5, None)
-            x = x + linear(F.silu(gate) * up, base + 6, None)
-        x = rms_norm(x[:, -1], self.norm, a.rms_eps)
-        return linear(x, LM_HEAD, None).float()
+            step.visible = (keys[None, :] <= positions).view(bsz, 1, 1, length)
+        for block in self.model.layers:
+            x = block(x, step)
+        x = rms_norm(x[:, -1], self.model.norm, self.args.rms_eps)
+        return self.lm_head(x).float()

@@ -20,8 +20,7 @@ from submodel.server.api import (
     UnknownLanguageError,
 )
 from submodel.server.engine import Engine
-from submodel.server.model import weight_name
-from submodel.vocabulary import DENSE
+from submodel.vocabulary import DENSE, PRUNABLE
 
 PROMPT = "def add(a, b):\n    return"
 GREEDY = SamplingParams(max_tokens=12)
@@ -88,8 +87,9 @@ def test_logits_match_transformers(store):
     ids = torch.tensor([engine.tokenizer.encode(PROMPT)])
     with torch.no_grad():
         want = model(ids).logits[0, -1]
-    got = engine.model.forward(ids, torch.arange(ids.shape[1])[None], engine.cache,
-                               torch.tensor([0]), engine._linear(prefill=True), prefill=True)[0]
+    engine.strategy.set_rows([DENSE], prefill=True)
+    got = engine.model(ids, torch.arange(ids.shape[1])[None], engine.cache, torch.tensor([0]),
+                       prefill=True)[0]
     assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
 
 
@@ -102,15 +102,15 @@ def test_two_hundred_switches_leave_dense_weights_bit_identical(store):
     for _ in range(200):
         lang = rng.choice([*store.languages, DENSE])
         strategy.switch(lang)
-    for i, w in enumerate(strategy.weights):
-        name = weight_name(i)
+    assert len(strategy.linears) == len(PRUNABLE) * engine.args.n_layers
+    for name, linear in strategy.linears.items():
         want = dense[name]
         if strategy.active != DENSE:
             want = want * bits.unpack(masks[strategy.active][name], want.shape[1])
-        assert torch.equal(w, want), name
+        assert torch.equal(linear.weight, want), name
     strategy.switch(DENSE)
-    for i, w in enumerate(strategy.weights):
-        assert torch.equal(w, dense[weight_name(i)])
+    for name, linear in strategy.linears.items():
+        assert torch.equal(linear.weight, dense[name])
 
 
 def test_seeded_sampling_is_reproducible_whatever_the_batch(engine):
@@ -240,7 +240,7 @@ def test_a_failing_prefill_fails_only_its_request(store, monkeypatch):
     real = engine.model.forward
 
     def broken_for_java(tokens, *args, prefill, **kwargs):
-        if prefill and engine.strategy.prefill_lang == "java":
+        if prefill and engine.strategy.rows.languages == ["java"]:
             raise RuntimeError("boom")
         return real(tokens, *args, prefill=prefill, **kwargs)
 

@@ -198,30 +198,47 @@ def test_missing_compiler_is_a_clear_error(monkeypatch):
         kernels.kernel_path()
 
 
+class OneLinear(torch.nn.Module):
+    """The least a strategy installs into: one prunable Linear `w` and an LM head."""
+
+    def __init__(self, weight: torch.Tensor, lm_head: torch.Tensor) -> None:
+        from submodel.server.model import Linear
+
+        super().__init__()
+        self.w = Linear(weight)
+        self.lm_head = Linear(lm_head)
+
+    def prunable(self) -> dict:
+        return {"w": self.w}
+
+    def replace(self, name: str, module: torch.nn.Module) -> None:
+        setattr(self, name, module)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_decode_plan_matches_reference(dtype):
     """A decode batch where one language has enough rows for the GEMM route, others go through
     the GEMV kernel, and the LM head too: every row still gets its own language's weights."""
     from submodel.server.masking import make_strategy
-    from submodel.server.model import LM_HEAD
 
     gen = torch.Generator().manual_seed(5)
     out, inp, langs = 24, 40, ["cpp", "java", "python"]
     bits, packed = random_masks(3, out, inp, gen)
     weight = torch.randn(out, inp, generator=gen).to(dtype)
     lm_head = torch.randn(30, inp, generator=gen).to(dtype)
-    masks = {lang: [packed[k]] for k, lang in enumerate(langs)}
-    strategy = make_strategy("fused", [weight], ["w"], masks, None, lm_head)
+    masks = {lang: {"w.weight": packed[k]} for k, lang in enumerate(langs)}
+    model = OneLinear(weight, lm_head)
+    strategy = make_strategy("fused", model, masks, None)
     many = kernels.gemm_min_rows(dtype)
     for rows in (["java"] * many + ["cpp", "dense", "python"], ["python"] * many,
                  ["dense"] * many + ["java"] * many, ["cpp", "dense"]):
-        strategy.prepare(rows)
+        strategy.set_rows(rows, prefill=False)
         x = torch.randn(len(rows), 1, inp, generator=gen).to(dtype)
-        y = strategy.linear(x, 0, None, prefill=False)
+        y = model.w(x)
         row_lang = torch.tensor([langs.index(r) if r != "dense" else -1 for r in rows])
         ref = reference(x[:, 0], weight, bits, row_lang, None)
         torch.testing.assert_close(y[:, 0].double(), ref, **tolerance(dtype))
-        head = strategy.linear(x, LM_HEAD, None, prefill=False)
+        head = model.lm_head(x)
         torch.testing.assert_close(head[:, 0].double(), x[:, 0].double() @ lm_head.double().T,
                                    **tolerance(dtype))
 
@@ -231,11 +248,12 @@ def test_fused_strategy_without_languages_serves_dense():
 
     gen = torch.Generator().manual_seed(6)
     weight = torch.randn(24, 40, generator=gen)
-    strategy = make_strategy("fused", [weight], ["w"], {}, None, torch.randn(30, 40))
+    model = OneLinear(weight, torch.randn(30, 40))
+    strategy = make_strategy("fused", model, {}, None)
     for rows in (1, 60):  # the GEMV kernel and the GEMM route
-        strategy.prepare(["dense"] * rows)
+        strategy.set_rows(["dense"] * rows, prefill=False)
         x = torch.randn(rows, 1, 40, generator=gen)
-        y = strategy.linear(x, 0, None, prefill=False)
+        y = model.w(x)
         torch.testing.assert_close(y, torch.nn.functional.linear(x, weight), atol=1e-4, rtol=1e-4)
 
 
