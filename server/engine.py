@@ -1,5 +1,5 @@
 """The engine: one copy of the dense weights, every language's mask, a KV cache of slots, and
-a scheduler thread that runs continuous batching over them.
+a thread that runs continuous batching over them (what runs when: scheduler.py).
 
 The set of languages can change while serving (`reload`): new and changed masks are loaded and
 verified on the caller's thread, then the engine thread swaps the set between two steps.
@@ -9,37 +9,28 @@ mask changed, finish on the mask they started with: at the swap they move to a r
 refused or disturbed; only new requests see the new set.
 
 Each step: drop cancelled and expired sequences, pick the language(s) to run, admit waiting
-requests into free slots (prefilling them), then run one decode step for the batch. With a
-strategy that cannot mix languages in one step (swap, replicas), a language keeps the batch for
-a bounded time slice, then the language with the oldest waiting work goes next; sequences of
-other languages keep their slots (paused) until their turn comes back.
+requests into free slots (prefilling them), then run one decode step for the batch.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import queue
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from submodel.pruning.store import DENSE_FILE, Store, StoreError, open_store, verify_language
 from submodel.server.api import (
-    DoneEvent,
     DrainingError,
     EngineObserver,
-    FinishEvent,
     GenerationRequest,
     InvalidRequestError,
-    QueueFullError,
     Reason,
     Reload,
     StoreInvalidError,
-    TokenEvent,
     UnknownLanguageError,
 )
 from submodel.server.masking import make_strategy
@@ -47,6 +38,7 @@ from submodel.server.model import KVCache, ModelArgs, Transformer
 from submodel.server.omp import release_team
 from submodel.server.prompts import PromptBuilder, validate_messages
 from submodel.server.sampling import TextAssembler, choose_token, make_generator
+from submodel.server.scheduler import RequestHandle, Scheduler, Sequence
 from submodel.vocabulary import DEFAULT_STRATEGY, DENSE
 
 log = logging.getLogger("submodel.engine")
@@ -55,57 +47,6 @@ END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<
               "<|end|>", "</s>")
 MAX_N = 16
 MAX_TEMPERATURE = 5.0
-
-
-class RequestHandle:
-    """A submitted request: iterate it for events; cancel() frees its slots at the next step."""
-
-    _ids = itertools.count()
-
-    def __init__(self, request: GenerationRequest, prompt_ids: list[int]) -> None:
-        self.id = next(self._ids)
-        self.request = request
-        self.language = request.language
-        self.key = request.language  # the engine's mask key: a retired one after a reload
-        self.prompt_ids = prompt_ids
-        self.prompt_tokens = len(prompt_ids)
-        self.submitted = time.monotonic()
-        self.admitted: float | None = None
-        self.first_token: float | None = None
-        self.cancelled = False
-        self.unfinished = request.params.n
-        self.generated = 0
-        self._events: queue.Queue = queue.Queue()
-
-    def cancel(self) -> None:
-        self.cancelled = True
-
-    def __iter__(self):
-        while True:
-            event = self._events.get()
-            yield event
-            if isinstance(event, DoneEvent):
-                return
-
-    def expired(self, now: float) -> bool:
-        return self.request.deadline is not None and now >= self.request.deadline
-
-
-@dataclass
-class Sequence:
-    handle: RequestHandle
-    sample: int
-    slot: int
-    position: int  # where the next token's key/value go
-    last_token: int
-    assembler: TextAssembler
-    generator: torch.Generator | None
-    generated: int = 0
-    done: bool = False
-    language: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.language = self.handle.key
 
 
 @dataclass
@@ -149,21 +90,15 @@ class Engine:
         self.mixes_languages = self.strategy.mixes_languages
         slots = max_batch if self.mixes_languages else 2 * max_batch  # room for paused ones
         self.cache = KVCache(self.args, slots, self.max_context, self.dtype, "cpu")
-        self.free_slots = list(range(slots))
+        self.scheduler = Scheduler(slots, max_batch, max_queue, time_slice, self.languages,
+                                   self.observer)
+        self.lock = self.scheduler.lock  # guards the scheduler and the engine's own flags
         self.other_bytes = other_bytes  # embeddings, lm_head, norms, biases
         self._report_weights()
         self.retired: set[str] = set()  # mask keys of finishing work on an old mask
         self.pending: _Change | None = None
         self.reload_lock = threading.Lock()  # one reload at a time
         self._retire_ids = itertools.count(1)
-
-        self.waiting: dict[str, deque[RequestHandle]] = {
-            lang: deque() for lang in [*self.languages, DENSE]}
-        self.running: list[Sequence] = []
-        self.active = DENSE
-        self.slice_started = 0.0
-        self.lock = threading.Condition()
-        self.accepting = True
         self.stopping = False
         self.parked = True  # the engine thread is idle and holds no OpenMP team (see omp.py)
         self.thread: threading.Thread | None = None
@@ -184,23 +119,16 @@ class Engine:
                                       Reason.PROMPT_TOO_LONG, "prompt")
         handle = RequestHandle(request, ids)
         with self.lock:
-            if not self.accepting:
+            if not self.scheduler.accepting:
                 raise DrainingError("the server is shutting down; retry on another replica")
             if request.language not in self.languages and request.language != DENSE:
                 raise self._unknown(request.language)  # removed by a reload since _validate
-            if sum(len(q) for q in self.waiting.values()) >= self.max_queue:
-                raise QueueFullError(f"the queue is full ({self.max_queue} waiting requests); "
-                                     "retry later")
-            self.waiting[request.language].append(handle)
-            self.observer.queue_depth(request.language, len(self.waiting[request.language]))
-            self.lock.notify()
+            self.scheduler.enqueue(handle)
         return handle
 
     def drain(self, timeout: float) -> bool:
         """Refuse new requests and wait for the ones in flight; True if all finished."""
-        with self.lock:
-            self.accepting = False
-            return self.lock.wait_for(self._idle, timeout)
+        return self.scheduler.drain(timeout)
 
     def wait_parked(self, timeout: float | None = None) -> bool:
         """Wait until the engine thread is idle and has released its OpenMP team. A caller about
@@ -211,7 +139,7 @@ class Engine:
 
     def stop(self) -> None:
         with self.lock:
-            self.accepting = False
+            self.scheduler.accepting = False
             self.stopping = True
             self.lock.notify_all()
         if self.thread is not None:
@@ -338,21 +266,19 @@ class Engine:
             ids.update((fim.prefix, fim.suffix, fim.middle))
         return ids
 
-    def _idle(self) -> bool:
-        return not self.running and not any(self.waiting.values())
-
     # ---- engine thread ----
 
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        sched = self.scheduler
         while True:
             with self.lock:
-                if self._idle() and not self.parked:
+                if sched.idle() and not self.parked:
                     release_team()
                     self.parked = True
                     self.lock.notify_all()  # wait_parked()
                 self.lock.wait_for(lambda: self.stopping or self.pending is not None
-                                   or not self._idle())
+                                   or not sched.idle())
                 self.parked = False
                 if self.stopping:
                     break
@@ -364,18 +290,11 @@ class Engine:
                 self._step()
             except Exception:
                 log.exception("engine step failed; failing the requests in it")
-                for seq in list(self.running):
-                    self._finish(seq, "error")
+                for seq in list(sched.running):
+                    sched.finish(seq, "error")
             with self.lock:
                 self.lock.notify_all()  # drain() waits for idleness
-        for seq in list(self.running):
-            self._finish(seq, "cancelled")
-        with self.lock:
-            waiting = [h for q in self.waiting.values() for h in q]
-            for q in self.waiting.values():
-                q.clear()
-        for handle in waiting:
-            self._abandon(handle, "cancelled")
+        sched.cancel_all()
 
     def _apply(self, change: _Change) -> None:
         """Swap the mask set, between steps (engine thread, or no engine thread; self.lock
@@ -384,23 +303,11 @@ class Engine:
         old = self.strategy.masks
         keep = {key: old[key] for key in self.retired}
         for lang in change.retire:
-            removed = lang not in change.masks
-            running = [s for s in self.running if s.language == lang]
-            waiting = self.waiting.pop(lang) if removed else deque()
-            if not running and not waiting:
-                continue
             key = f"{lang}~{next(self._retire_ids)}"
-            keep[key] = old[lang]
-            for seq in running:
-                seq.language = seq.handle.key = key
-            for handle in waiting:
-                handle.key = key
-            self.waiting[key] = waiting
-            self.retired.add(key)
-        for lang in set(self.languages) - set(change.masks):
-            self.waiting.pop(lang, None)  # emptied above
-        for lang in change.masks:
-            self.waiting.setdefault(lang, deque())
+            if self.scheduler.retire(lang, key, removed=lang not in change.masks):
+                keep[key] = old[lang]
+                self.retired.add(key)
+        self.scheduler.serve(sorted(change.masks), set(self.languages) - set(change.masks))
         self.strategy.set_masks({**change.masks, **keep})
         self.store = change.store
         self.languages = sorted(change.masks)
@@ -412,93 +319,32 @@ class Engine:
     def _drop_retired(self) -> None:
         """Free the old masks whose last request has ended."""
         with self.lock:
-            done = {key for key in self.retired if not self.waiting[key]
-                    and not any(s.language == key for s in self.running)}
+            done = self.scheduler.finished_keys(self.retired)
             if not done:
                 return
-            for key in done:
-                del self.waiting[key]
             self.retired -= done
             self.strategy.set_masks({k: v for k, v in self.strategy.masks.items()
                                      if k not in done})
             self._report_weights()
 
     def _step(self) -> None:
+        sched = self.scheduler
         if self.retired:
             self._drop_retired()
         now = time.monotonic()
-        for seq in list(self.running):
-            if seq.handle.cancelled or seq.handle.expired(now):
-                self._finish(seq, "cancelled" if seq.handle.cancelled else "deadline")
-        self._drop_abandoned(now)
-        language = None if self.mixes_languages else self._pick_language(now)
-        for handle in self._admit(language):
+        sched.drop_stale(now)
+        language = None if self.mixes_languages else sched.pick_language(now)
+        for handle in sched.admit(language):
             try:
                 self._prefill(handle)
             except Exception:
                 log.exception("prefill failed; failing its request")
-                self._fail(handle)
-        batch = [s for s in self.running
-                 if language is None or s.language == language][: self.max_batch]
+                sched.fail(handle)
+        batch = sched.batch(language)
         if batch:
             self._decode(batch)
 
-    def _drop_abandoned(self, now: float) -> None:
-        with self.lock:
-            dropped = []
-            for lang, q in self.waiting.items():
-                keep = [h for h in q if not (h.cancelled or h.expired(now))]
-                if len(keep) != len(q):
-                    dropped += [h for h in q if h not in keep]
-                    self.waiting[lang] = deque(keep)
-                    if lang not in self.retired:
-                        self.observer.queue_depth(lang, len(keep))
-        for handle in dropped:
-            self._abandon(handle, "cancelled" if handle.cancelled else "deadline")
-
-    def _pick_language(self, now: float) -> str | None:
-        """Keep the active language for its slice; then the oldest waiting work goes next."""
-        with self.lock:
-            oldest: dict[str, float] = {}
-            for lang, q in self.waiting.items():
-                if q and len(self.free_slots) >= q[0].request.params.n:
-                    oldest[lang] = q[0].submitted
-            for seq in self.running:
-                oldest[seq.language] = min(oldest.get(seq.language, now), seq.handle.submitted)
-        if not oldest:
-            return None
-        fresh = now - self.slice_started < self.time_slice
-        if self.active in oldest and (fresh or len(oldest) == 1):
-            return self.active
-        others = {k: v for k, v in oldest.items() if k != self.active} or oldest
-        self.active = min(others, key=others.get)
-        self.slice_started = now
-        return self.active
-
-    def _admit(self, language: str | None) -> list[RequestHandle]:
-        """Move waiting requests into free slots, oldest first, up to the batch size."""
-        admitted = []
-        with self.lock:
-            in_batch = sum(1 for s in self.running if language is None or s.language == language)
-            while True:
-                queues = [self.waiting[language]] if language else list(self.waiting.values())
-                heads = [q for q in queues if q]
-                if not heads:
-                    break
-                q = min(heads, key=lambda q: q[0].submitted)
-                n = q[0].request.params.n
-                if len(self.free_slots) < n or in_batch + n > self.max_batch:
-                    break
-                handle = q.popleft()
-                if handle.key == handle.language:  # a retired key has no gauge
-                    self.observer.queue_depth(handle.language, len(q))
-                handle.slots = [self.free_slots.pop(0) for _ in range(n)]
-                in_batch += n
-                admitted.append(handle)
-        return admitted
-
     def _prefill(self, handle: RequestHandle) -> None:
-        handle.admitted = time.monotonic()
         params = handle.request.params
         self._set_rows([handle.key], prefill=True)
         ids = torch.tensor([handle.prompt_ids])
@@ -511,7 +357,7 @@ class Engine:
             seq = Sequence(handle, sample, slot, len(handle.prompt_ids), -1,
                            TextAssembler(self.tokenizer, params.stop),
                            make_generator(params, sample))
-            self.running.append(seq)
+            self.scheduler.start(seq)
             self._accept(seq, choose_token(logits, params, seq.generator))
 
     def _decode(self, batch: list[Sequence]) -> None:
@@ -545,60 +391,15 @@ class Engine:
         if handle.first_token is None:
             handle.first_token = time.monotonic()
         if token in self.end_ids:
-            return self._finish(seq, "stop")
+            return self.scheduler.finish(seq, "stop")
         seq.generated += 1
         handle.generated += 1
         seq.last_token = token
         delta, hit_stop = seq.assembler.add(token)
         if delta or not hit_stop:
-            handle._events.put(TokenEvent(seq.sample, delta, token))
+            handle.token(seq.sample, delta, token)
         if hit_stop:
-            self._finish(seq, "stop")
+            self.scheduler.finish(seq, "stop")
         elif (seq.generated >= handle.request.params.max_tokens
               or seq.position + 1 >= self.max_context):
-            self._finish(seq, "length")
-
-    def _finish(self, seq: Sequence, reason: str) -> None:
-        if seq.done:
-            return
-        seq.done = True
-        self.running.remove(seq)
-        with self.lock:
-            self.free_slots.append(seq.slot)
-        handle = seq.handle
-        tail = seq.assembler.finish()
-        if tail:
-            handle._events.put(TokenEvent(seq.sample, tail, -1))
-        handle._events.put(FinishEvent(seq.sample, reason, seq.assembler.text, seq.generated))
-        handle.unfinished -= 1
-        if handle.unfinished == 0:
-            self._done(handle)
-
-    def _fail(self, handle: RequestHandle) -> None:
-        """End a request whose prefill raised: its started samples and the rest."""
-        started = [s for s in self.running if s.handle is handle]
-        with self.lock:
-            used = {s.slot for s in started}
-            self.free_slots.extend(slot for slot in handle.slots if slot not in used)
-        for seq in started:
-            self._finish(seq, "error")
-        for sample in range(len(started), handle.request.params.n):
-            handle._events.put(FinishEvent(sample, "error", "", 0))
-            handle.unfinished -= 1
-        if handle.unfinished == 0:
-            self._done(handle)
-
-    def _abandon(self, handle: RequestHandle, reason: str) -> None:
-        """A request that never got a slot (cancelled or expired while waiting)."""
-        for sample in range(handle.request.params.n):
-            handle._events.put(FinishEvent(sample, reason, "", 0))
-        self._done(handle)
-
-    def _done(self, handle: RequestHandle) -> None:
-        now = time.monotonic()
-        admitted = handle.admitted or now
-        handle._events.put(DoneEvent(
-            prompt_tokens=handle.prompt_tokens, generated_tokens=handle.generated,
-            queue_seconds=admitted - handle.submitted,
-            ttft_seconds=(handle.first_token or now) - handle.submitted,
-            total_seconds=now - handle.submitted))
+            self.scheduler.finish(seq, "length")

@@ -230,7 +230,7 @@ def test_queue_full_cancel_and_deadline(store):
         second.cancel()
         list(second)
         assert engine.drain(5.0)
-        assert len(engine.free_slots) == engine.cache.k.shape[1]
+        assert len(engine.scheduler.free_slots) == engine.cache.k.shape[1]
     finally:
         engine.stop()
 
@@ -252,7 +252,7 @@ def test_a_failing_prefill_fails_only_its_request(store, monkeypatch):
         assert done is not None
         tokens, finishes, _ = run(engine, language="python")
         assert finishes[0].finish_reason == "length" and len(tokens[0]) == 12
-        assert engine.drain(5.0) and len(engine.free_slots) == engine.cache.k.shape[1]
+        assert engine.drain(5.0) and len(engine.scheduler.free_slots) == engine.cache.k.shape[1]
     finally:
         engine.stop()
 

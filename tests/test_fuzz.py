@@ -90,8 +90,8 @@ def assert_healthy(served, client) -> None:
     if not e.wait_parked(60):
         stack = "".join(traceback.format_stack(sys._current_frames()[e.thread.ident]))
         raise AssertionError(f"the engine is still busy after 60 s: running "
-                             f"{[q.handle.request for q in e.running]}, now at\n{stack}")
-    assert len(served.engine.free_slots) == served.engine.cache.k.shape[1], "a slot is stuck"
+                             f"{[q.handle.request for q in e.scheduler.running]}, now at\n{stack}")
+    assert len(e.scheduler.free_slots) == e.cache.k.shape[1], "a slot is stuck"
     for lang in (*served.engine.languages, "dense"):
         assert served.value("submodel_queue_depth", language=lang) == 0, lang
     assert health_status(served.target) == health_pb2.HealthCheckResponse.SERVING

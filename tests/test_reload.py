@@ -62,7 +62,7 @@ def hold_next_step_until_reload(engine) -> list[int]:
         real_decode(batch)
 
     def apply(change):
-        running_at_swap.append(len(engine.running))
+        running_at_swap.append(len(engine.scheduler.running))
         real_apply(change)
 
     engine._decode, engine._apply = decode, apply
