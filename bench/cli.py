@@ -11,6 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from submodel.bench import local_cli
 from submodel.cli import CLIError
 from submodel.vocabulary import DEFAULT_STRATEGY, DENSE, DTYPES, LANGUAGES, STRATEGIES
 
@@ -93,8 +94,12 @@ def _ks(text: str) -> tuple[int, ...]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    bench = sub.add_parser("bench", help="HumanEval pass@k matrix and load benchmarks",
-                           description="Benchmarks of a sub-model store through its gRPC API.")
+    bench = sub.add_parser("bench", help="every benchmark: HumanEval pass@k, proxy, load, soak, "
+                           "engine, kernels, perplexity, router",
+                           description="Benchmarks: through a server's gRPC API (passk, proxy, "
+                           "fim, load, soak), in this process (engine, kernels, perplexity, "
+                           "router), and recipes side by side. Each writes into its --out "
+                           "directory (default results/NAME).")
     kinds = bench.add_subparsers(dest="bench_command", metavar="BENCH", required=True)
 
     p = kinds.add_parser("passk", help="HumanEval pass@k: sub-models x languages, and routed",
@@ -243,6 +248,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rc.add_argument("--out", default="results/recipes", help="output directory (default "
                                                               "results/recipes)")
     rc.set_defaults(func=run_recipes)
+    local_cli.register(kinds)
 
 
 # ---- passk ------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Masked kernels vs torch dense over Qwen2.5-0.5B's Linear shapes (issue 7's kernel numbers).
 
-`python -m submodel.bench.kernels [--json PATH]`: a decode step = every prunable Linear of every
+`submodel bench kernels [--out DIR]`: a decode step = every prunable Linear of every
 layer applied once, with random weights and random 50% masks (timing does not depend on values).
 Each case reports its best wall time and its best CPU time (all threads) over the repeats: on a
 shared machine the CPU time is the steadier of the two. Prints Markdown and writes JSON.
@@ -8,17 +8,12 @@ shared machine the CPU time is the steadier of the two. Prints Markdown and writ
 
 from __future__ import annotations
 
-import argparse
 import os
-import sys
-import time
-from collections.abc import Callable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from submodel.bench.report import write_json
+from submodel.bench.timing import fastest
 from submodel.server import kernels
 
 # (out, in) of q, k, v, o, gate, up, down in one Qwen2.5-0.5B decoder layer.
@@ -28,23 +23,11 @@ LANGUAGES = 4
 PREFILL_TOKENS = (2, 8, 16, 32, 64, 256)
 
 
-def timed(fn: Callable[[], object], repeats: int) -> dict:
-    """Best wall and CPU milliseconds of `repeats` calls after one warm-up."""
-    fn()
-    wall = cpu = float("inf")
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        fn()
-        wall = min(wall, time.perf_counter() - w0)
-        cpu = min(cpu, time.process_time() - c0)
-    return {"ms": wall * 1e3, "cpu_ms": cpu * 1e3}
-
-
 def copy_bandwidth(repeats: int, gib: float = 1.0) -> float:
     """Bytes moved (read + write) per second by a large tensor copy, with torch's threads."""
     src = torch.ones(int(gib * 2**30) // 4)
     dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / (timed(lambda: dst.copy_(src), repeats)["ms"] / 1e3)
+    return 2 * src.numel() * 4 / (fastest(lambda: dst.copy_(src), repeats)["ms"] / 1e3)
 
 
 def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list[tuple]:
@@ -84,7 +67,7 @@ def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dic
     rows = []
     for name, batch, path, fn in cases:
         kernels.set_kernel_path(None if path == "-" else path)
-        t = timed(fn, repeats if path in ("-", best) else 1)
+        t = fastest(fn, repeats if path in ("-", best) else 1)
         rows.append({"case": name, "batch": batch, "path": path, **t})
     kernels.set_kernel_path(None)
     return rows
@@ -104,7 +87,7 @@ def swap_row(layers: list[tuple], repeats: int) -> dict:
             kernels.swap_masks_(weight, dense, masks[old], masks[new])
         state["lang"] = new
 
-    return {"case": "swap_masks_, one switch", **timed(switch, repeats)}
+    return {"case": "swap_masks_, one switch", **fastest(switch, repeats)}
 
 
 def prefill_rows(layers: list[tuple], repeats: int) -> list[dict]:
@@ -130,7 +113,7 @@ def prefill_rows(layers: list[tuple], repeats: int) -> list[dict]:
 
         for name, fn in (("blocked kernel", blocked), ("W*M scratch + GEMM", materialized),
                          ("torch dense F.linear", dense)):
-            rows.append({"case": name, "tokens": tokens, **timed(fn, repeats)})
+            rows.append({"case": name, "tokens": tokens, **fastest(fn, repeats)})
     return rows
 
 
@@ -179,32 +162,3 @@ def markdown(result: dict) -> str:
             lines.append(f"| {r['case']} | {dtype} | {r.get('tokens', '-')} | {r['ms']:.1f} | "
                          f"{r['cpu_ms']:.1f} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m submodel.bench.kernels",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=Path("runs/kernels.json"),
-                        help="where to write the results as JSON (default: runs/kernels.json)")
-    parser.add_argument("--layers", type=int, default=24, help="decoder layers (default: 24)")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads (default: 2)")
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="timed repeats per case, best reported (default: 5)")
-    parser.add_argument("--prefill-layers", type=int, default=2,
-                        help="layers used for the prefill comparison (default: 2)")
-    args = parser.parse_args(argv)
-    if min(args.layers, args.threads, args.repeats, args.prefill_layers) < 1:
-        parser.error("--layers, --threads, --repeats and --prefill-layers must be >= 1")
-    try:
-        result = run(args.layers, args.threads, args.repeats,
-                     min(args.prefill_layers, args.layers))
-    except kernels.KernelUnavailableError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(markdown(result))
-    write_json(args.json, result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

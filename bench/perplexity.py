@@ -1,7 +1,7 @@
 """Quality proxy: perplexity of the dense model and of each language's mask on held-out code.
 
-`python -m submodel.bench.perplexity STORE [--nsamples 8] [--seqlen 512] [--languages ...]
-[--out results/perplexity.json]`
+`submodel bench perplexity STORE [--nsamples 8] [--seqlen 512] [--languages ...]
+[--out results/perplexity]`
 
 Rows are the dense model and each language's mask, columns each language's held-out code (the
 corpus files never used for calibration, `corpora.documents(source, "heldout")`; windows drawn
@@ -12,12 +12,11 @@ bit for bit, which proves the restore. Perplexity = exp(mean NLL over every pred
 first token of each window has no context and is not scored).
 
 Each finished cell is written at once (JSON, atomically), so an interrupted run resumes where it
-stopped; the Markdown table goes to stdout and next to the JSON.
+stopped; the Markdown table goes to stdout and next to the JSON (OUT/perplexity.md).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import math
@@ -35,7 +34,7 @@ from submodel import corpora
 from submodel.bench.report import write_json
 from submodel.corpora.windows import sample_windows
 from submodel.pruning import masks as bits
-from submodel.pruning.store import Store, StoreError, open_store
+from submodel.pruning.store import Store, open_store
 from submodel.vocabulary import DENSE
 
 HELDOUT_SEED = 1234  # calibration uses the store's seed (0 by default) on other files anyway
@@ -130,7 +129,8 @@ def load_previous(out: Path, want: dict) -> dict:
 def run(store_path: str | os.PathLike, languages: list[str] | None = None, nsamples: int = 8,
         seqlen: int = 512, out: Path = Path("results/perplexity.json"), batch_size: int = 4,
         calib: dict[str, str] | None = None, progress: bool = True) -> dict:
-    """Fill the matrix (resuming from `out`), write JSON and Markdown, return the result."""
+    """Fill the matrix (resuming from the JSON at `out`, rewritten after each cell) and return
+    the result."""
     store = open_store(store_path)
     languages = list(dict.fromkeys(languages or store.languages))
     unknown = [lang for lang in languages if lang not in store.languages]
@@ -155,8 +155,6 @@ def run(store_path: str | os.PathLike, languages: list[str] | None = None, nsamp
             if col not in result["cells"].get(row, {})]
     if todo:
         result["dense_probe"] = fill(store, result, todo, windows, out, batch_size, progress)
-    write_json(out, result)
-    out.with_suffix(".md").write_text(markdown(result) + "\n")
     return result
 
 
@@ -217,50 +215,3 @@ def markdown(result: dict) -> str:
         verdict = "yes" if best[c] == c else f"no (best: {best[c]} mask)"
         lines.append(f"- {c}: {verdict}; own mask {ratio:.3f}x dense perplexity")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m submodel.bench.perplexity",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("store", type=Path, help="sub-model store directory")
-    parser.add_argument("--nsamples", type=int, default=8,
-                        help="held-out windows per language (default: 8)")
-    parser.add_argument("--seqlen", type=int, default=512, help="tokens per window (default: 512)")
-    parser.add_argument("--languages", default=None,
-                        help="comma-separated subset of the store's languages (rows and columns; "
-                        "default: all)")
-    parser.add_argument("--calib", action="append", default=[], metavar="LANG=PATH",
-                        help="the --calib given to prune, so held-out files come from the same "
-                        "source (repeatable; default: the sources found on this machine)")
-    parser.add_argument("--batch-size", type=int, default=4,
-                        help="windows per forward pass (default: 4)")
-    parser.add_argument("--out", type=Path, default=Path("results/perplexity.json"),
-                        help="JSON result, resumed if it exists; Markdown goes beside it "
-                        "(default: results/perplexity.json)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's, one per core; on a busy "
-                        "machine fewer threads than cores avoid OpenMP oversubscription)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-    if args.nsamples < 1 or args.seqlen < 2 or args.batch_size < 1:
-        parser.error("--nsamples and --batch-size must be >= 1, --seqlen >= 2")
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
-    languages = None
-    if args.languages:
-        languages = [corpora.canonical_language(x) for x in args.languages.split(",") if x]
-    try:
-        calib = corpora.parse_calib_flags(args.calib)
-        result = run(args.store, languages, args.nsamples, args.seqlen, args.out,
-                     args.batch_size, calib, progress=not args.quiet)
-    except (BenchError, StoreError, corpora.CorpusError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(markdown(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -31,6 +31,14 @@ def write_json(path: Path, obj: object) -> None:
     write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
+def write_report(out: Path, name: str, result: dict, markdown: str) -> list[Path]:
+    """Every bench's output: OUT/NAME.json (the numbers) and OUT/NAME.md (the report)."""
+    paths = [out / f"{name}.json", out / f"{name}.md"]
+    write_json(paths[0], result)
+    write_text(paths[1], markdown.rstrip() + "\n")
+    return paths
+
+
 def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 

@@ -1,4 +1,4 @@
-"""`python -m submodel.bench.router [--model PATH] [--json PATH]`: the router's accuracy on
+"""`submodel bench router [--model PATH] [--out DIR]`: the router's accuracy on
 projects it never saw (leave-projects-out), and its latency.
 
 Snippets of 1-2 and 5-30 lines ("5+") are cut at random lines of the pinned "heldout" projects
@@ -18,15 +18,11 @@ thread's CPU time.
 
 from __future__ import annotations
 
-import argparse
 import random
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-from submodel.bench.report import write_json
+from submodel.bench.timing import clock, since
 from submodel.router import Router, fetch, projects
 from submodel.router.model import ContentModel
 from submodel.router.snippets import SnippetSampler
@@ -43,9 +39,10 @@ P50_TARGET_MS = 1.0
 
 def _timed(router: Router, text: str, latencies: list[tuple[float, float]]):
     """Route `text`; record (wall, thread CPU) milliseconds. Returns the Detection."""
-    t0, c0 = time.perf_counter_ns(), time.thread_time_ns()
+    start = clock(per_thread=True)
     detection = router.detect(text)
-    latencies.append(((time.perf_counter_ns() - t0) / 1e6, (time.thread_time_ns() - c0) / 1e6))
+    wall, cpu = since(start, per_thread=True)
+    latencies.append((wall * 1e3, cpu * 1e3))
     return detection
 
 
@@ -165,35 +162,3 @@ def markdown(result: dict) -> str:
         lines.append(f"| {name} | {lat['calls']} | {lat['p50_ms']:.3f} | {lat['p99_ms']:.3f} "
                      f"| {lat['cpu_p50_ms']:.3f} | {lat['cpu_p99_ms']:.3f} |")
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m submodel.bench.router",
-                                     description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=Path("runs/router.json"),
-                        help="where to write the results as JSON (default: runs/router.json)")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="a router model file to measure instead of the committed one")
-    parser.add_argument("--samples", type=int, default=500,
-                        help="snippets per class and length bucket (default: 500)")
-    parser.add_argument("--seed", type=int, default=0, help="snippet sampling seed (default: 0)")
-    parser.add_argument("--threshold", type=float, default=0.5,
-                        help="router confidence threshold (default: 0.5)")
-    parser.add_argument("--no-humaneval", action="store_true",
-                        help="skip routing the HumanEval prompts")
-    args = parser.parse_args(argv)
-    if args.samples < 1 or not 0 <= args.threshold <= 1:
-        parser.error("--samples must be >= 1 and --threshold in [0, 1]")
-    try:
-        model = None if args.model is None else ContentModel.load(args.model)
-        result = run(args.samples, args.seed, args.threshold, not args.no_humaneval, model)
-    except (OSError, ValueError, fetch.FetchError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(markdown(result))
-    write_json(args.json, result)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

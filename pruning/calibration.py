@@ -149,11 +149,11 @@ def task_formatted(model, tokenizer, docs: list[corpora.Document], language: str
         if len(stream) >= budget:
             break
     full = len(stream) // seqlen
-    windows = torch.tensor(stream[:full * seqlen], dtype=torch.long).reshape(full, seqlen)
+    packed = torch.tensor(stream[:full * seqlen], dtype=torch.long).reshape(full, seqlen)
     if full >= nsamples:
-        return windows[:nsamples]
+        return packed[:nsamples]
     raw = windows.sample_windows(tokenizer, docs, nsamples - full, seqlen, seed)
-    return torch.cat([windows, raw])
+    return torch.cat([packed, raw])
 
 
 def _pad_id(tokenizer) -> int:

@@ -5,7 +5,7 @@ Training snippets (1 to 40 lines, short ones most often) are cut from many proje
 registry into the user cache), the "calib" split of each language's default corpus
 (`submodel.corpora`: one source among the projects, drawn no more often than a
 20,000-line project would be) and the "other" text on this machine (`submodel.router.other`).
-The "heldout" projects are never read here: `python -m submodel.bench.router` measures on them.
+The "heldout" projects are never read here: `submodel bench router` measures on them.
 A snippet of a language comes from a source drawn with probability growing as the square root of
 its size (capped), so that no one project stands for its language.
 

@@ -2,6 +2,7 @@ import json
 import math
 
 from submodel.bench import engine as bench
+from submodel.cli import main
 from submodel.pruning.store import open_store
 
 STRATEGIES = {"swap", "fused", "replicas"}
@@ -13,9 +14,9 @@ def positive(value: dict) -> bool:
 
 
 def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
-    out = tmp_path / "engine.json"
-    assert bench.main([str(tiny_store), "--quick", "--out", str(out)]) == 0
-    r = json.loads(out.read_text())
+    assert main(["bench", "engine", str(tiny_store), "--quick", "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "engine.json").read_text())
+    assert (tmp_path / "engine.md").read_text().count("\n|") >= len(r["targets"])
     assert r["settings"]["new_tokens"] == bench.QUICK.new_tokens
     assert not r["skipped"]
 
@@ -80,8 +81,18 @@ def test_quick_run_reports_every_figure(tiny_store, tmp_path, capsys):
 
 
 def test_bad_store_is_one_line_error(tmp_path, capsys):
-    assert bench.main([str(tmp_path / "missing"), "--quick", "--out",
-                       str(tmp_path / "x.json")]) == 2
+    assert main(["bench", "engine", str(tmp_path / "missing"), "--quick", "--out",
+                 str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and err.count("\n") == 1
-    assert not (tmp_path / "x.json").exists()
+    assert err.startswith("submodel bench: error: ") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_kernel_bench_is_a_bench_subcommand(tmp_path, capsys):
+    assert main(["bench", "kernels", "--layers", "1", "--repeats", "1", "--prefill-layers", "1",
+                 "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "kernels.json").read_text())
+    assert set(r["dtypes"]) == {"bfloat16", "float32"}
+    for figures in r["dtypes"].values():
+        assert all(row["ms"] > 0 and row["floor_fraction"] > 0 for row in figures["decode"])
+    assert (tmp_path / "kernels.md").read_text().strip() == capsys.readouterr().out.strip()

@@ -161,3 +161,11 @@ def test_generation_stops_per_row_once_its_function_has_ended():
     # a row once done stays done, whatever padding follows
     assert stop(torch.cat([ids, torch.zeros(3, 1, dtype=torch.long)], 1), None).tolist() == [
         True, False, True]
+
+
+def test_task_kind_tops_up_with_raw_windows_when_a_source_has_too_few_tasks():
+    model, tok = tiny_model(), tiny_tokenizer()
+    docs = [Document(f"m{i}.py", "x = 1\ny = x + 2\nprint(x, y)\n" * 40) for i in range(3)]
+    assert not sample_tasks(docs, "python", 8, 1)  # no documented function to pose
+    got = calibration.task_formatted(model, tok, docs, "python", 3, 48, seed=1)
+    assert torch.equal(got, sample_windows(tok, docs, 3, 48, 1))

@@ -25,7 +25,7 @@ PATHS = ("generic", "avx2", "avx512", "avx512bf16")
 ENV_PATH = "SUBMODEL_KERNEL_PATH"
 # From this many tokens on, prefill writes W*M into a scratch buffer and calls torch's GEMM;
 # below it, the masked kernel blocked over tokens is faster (measured on a Xeon with AVX-512 and
-# AMX, see `python -m submodel.bench.kernels`: torch's bf16 GEMM pulls ahead much sooner).
+# AMX, see `submodel bench kernels`: torch's bf16 GEMM pulls ahead much sooner).
 # The same holds for a decode batch of one language (rows = tokens).
 PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 20, torch.float32: 48}
 

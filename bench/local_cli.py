@@ -1,0 +1,173 @@
+"""`submodel bench engine|kernels|perplexity|router`: the benches that run in this process
+(no server). Each writes OUT/NAME.json and OUT/NAME.md (report.write_report) and prints the
+Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from submodel.cli import CLIError
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be in [0, 1]")
+    return value
+
+
+def register(kinds: argparse._SubParsersAction) -> None:
+    e = kinds.add_parser("engine", help="the engine end to end: decode vs transformers, mask "
+                         "switches, mixed loads, memory, bandwidth floor, step profile",
+                         description="The engine end to end, as ratios measured side by side "
+                         "in one run (~15 min; --quick: a few).")
+    e.add_argument("store", help="sub-model store directory (from `submodel prune`)")
+    e.add_argument("--quick", action="store_true",
+                   help="fewer tokens and repeats: a few minutes instead of ~15")
+    e.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2)")
+    e.add_argument("--out", default="results/engine", help="output directory (default "
+                                                           "results/engine)")
+    e.set_defaults(func=run_engine)
+
+    k = kinds.add_parser("kernels", help="masked kernels vs torch dense over the default "
+                         "model's Linear shapes (random weights)",
+                         description="Masked kernels vs torch dense, with random weights and "
+                         "random 50%% masks of Qwen2.5-0.5B's shapes, and the bandwidth floor.")
+    k.add_argument("--layers", type=_positive, default=24, help="decoder layers (default 24)")
+    k.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2)")
+    k.add_argument("--repeats", type=_positive, default=5,
+                   help="timed repeats per case, best reported (default 5)")
+    k.add_argument("--prefill-layers", type=_positive, default=2,
+                   help="layers used for the prefill comparison (default 2)")
+    k.add_argument("--out", default="results/kernels", help="output directory (default "
+                                                            "results/kernels)")
+    k.set_defaults(func=run_kernels)
+
+    p = kinds.add_parser("perplexity", help="perplexity of dense and each mask on held-out "
+                         "code (resumable)",
+                         description="Perplexity of the dense model and of each language's mask "
+                         "on held-out code of each language; resumes from OUT/perplexity.json.")
+    p.add_argument("store", type=Path, help="sub-model store directory")
+    p.add_argument("--nsamples", type=_positive, default=8,
+                   help="held-out windows per language (default 8)")
+    p.add_argument("--seqlen", type=int, default=512, help="tokens per window (default 512)")
+    p.add_argument("--languages", default=None,
+                   help="comma-separated subset of the store's languages (rows and columns; "
+                        "default all)")
+    p.add_argument("--calib", action="append", default=[], metavar="LANG=PATH",
+                   help="the --calib given to prune, so held-out files come from the same "
+                        "source (repeatable; default: the sources found on this machine)")
+    p.add_argument("--batch-size", type=_positive, default=4,
+                   help="windows per forward pass (default 4)")
+    p.add_argument("--threads", type=_positive, default=None,
+                   help="torch CPU threads (default: torch's, one per core; on a busy machine "
+                        "fewer threads than cores avoid OpenMP oversubscription)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--out", default="results/perplexity", help="output directory (default "
+                                                               "results/perplexity)")
+    p.set_defaults(func=run_perplexity)
+
+    r = kinds.add_parser("router", help="router accuracy on projects it never saw, and its "
+                         "latency",
+                         description="Leave-projects-out accuracy of the language router per "
+                         "class and snippet length, its confusion matrix, and detect() latency.")
+    r.add_argument("--model", type=Path, default=None,
+                   help="a router model file to measure instead of the committed one")
+    r.add_argument("--samples", type=_positive, default=500,
+                   help="snippets per class and length bucket (default 500)")
+    r.add_argument("--seed", type=int, default=0, help="snippet sampling seed (default 0)")
+    r.add_argument("--threshold", type=_fraction, default=0.5,
+                   help="router confidence threshold (default 0.5)")
+    r.add_argument("--no-humaneval", action="store_true",
+                   help="skip routing the HumanEval prompts")
+    r.add_argument("--out", default="results/router", help="output directory (default "
+                                                           "results/router)")
+    r.set_defaults(func=run_router)
+
+
+def _report(out: str, name: str, result: dict, markdown: str) -> int:
+    from submodel.bench.report import write_report
+
+    print(markdown)
+    paths = write_report(Path(out), name, result, markdown)
+    print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
+    return 0
+
+
+def run_engine(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from submodel.bench.engine import QUICK, BenchError, Settings, run
+    from submodel.bench.engine_report import markdown
+    from submodel.pruning.store import StoreError
+    from submodel.server.kernels import KernelUnavailableError
+
+    settings = QUICK if args.quick else Settings()
+    if args.threads != settings.threads:
+        settings = Settings(**{**asdict(settings), "threads": args.threads})
+    try:
+        result = run(args.store, settings)
+    except (BenchError, StoreError, KernelUnavailableError) as e:
+        raise CLIError(str(e)) from None
+    result["command"] = " ".join(["submodel bench engine", args.store,
+                                  *(["--quick"] if args.quick else []),
+                                  "--threads", str(args.threads)])
+    return _report(args.out, "engine", result, markdown(result))
+
+
+def run_kernels(args: argparse.Namespace) -> int:
+    from submodel.bench.kernels import markdown, run
+    from submodel.server.kernels import KernelUnavailableError
+
+    try:
+        result = run(args.layers, args.threads, args.repeats,
+                     min(args.prefill_layers, args.layers))
+    except KernelUnavailableError as e:
+        raise CLIError(str(e)) from None
+    return _report(args.out, "kernels", result, markdown(result))
+
+
+def run_perplexity(args: argparse.Namespace) -> int:
+    import torch
+
+    from submodel import corpora
+    from submodel.bench.perplexity import BenchError, markdown, run
+    from submodel.pruning.store import StoreError
+
+    if args.seqlen < 2:
+        raise CLIError("--seqlen must be >= 2")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        languages = None
+        if args.languages:
+            languages = [corpora.canonical_language(x) for x in args.languages.split(",") if x]
+        calib = corpora.parse_calib_flags(args.calib)
+        result = run(args.store, languages, args.nsamples, args.seqlen,
+                     Path(args.out) / "perplexity.json", args.batch_size, calib,
+                     progress=not args.quiet)
+    except (BenchError, StoreError, corpora.CorpusError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    return _report(args.out, "perplexity", result, markdown(result))
+
+
+def run_router(args: argparse.Namespace) -> int:
+    from submodel.bench.router import markdown, run
+    from submodel.router import fetch
+    from submodel.router.model import ContentModel
+
+    try:
+        model = None if args.model is None else ContentModel.load(args.model)
+        result = run(args.samples, args.seed, args.threshold, not args.no_humaneval, model)
+    except (OSError, ValueError, fetch.FetchError) as e:
+        raise CLIError(str(e)) from None
+    return _report(args.out, "router", result, markdown(result))
