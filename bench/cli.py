@@ -34,7 +34,7 @@ Rows are sub-models, columns are problem languages. One command gives both views
 Samples and sandbox results are cached (JSONL under --cache, default OUT/cache), keyed by
 sub-model, problem, sample index, sampling settings and the model's identity: rerun the same
 command after an interruption and it resumes; a larger --limit or --n reuses what a smaller run
-generated. Writes OUT/results.json, report.md, matrix.png and retention.png."""
+generated. Writes OUT/passk.json, passk.md, matrix.png and retention.png."""
 
 PROXY_HELP = """\
 A fast, HumanEval-free proxy of mask quality for choosing recipes. Per language, documented
@@ -476,12 +476,12 @@ def run_proxy(args: argparse.Namespace) -> int:
 
 def run_fim(args: argparse.Namespace) -> int:
     import contextlib
-    import json
 
     import grpc
 
     from submodel.bench import fim
     from submodel.bench.humaneval.problems import load_problems
+    from submodel.bench.report import write_report
     from submodel.bench.server_proc import ServerError, ServerProcess
     from submodel.server.client import Client
 
@@ -513,9 +513,7 @@ def run_fim(args: argparse.Namespace) -> int:
     results = fim.score(spans, fills, args.submodels)
     meta = {"problems": len(problems), "seed": args.seed, "source": model["source"],
             "max_tokens": args.max_tokens, "model": model}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "fim.json").write_text(json.dumps({"meta": meta, **results}, indent=1))
-    (out / "fim.md").write_text(fim.markdown(results["table"], meta))
+    write_report(out, "fim", {"meta": meta, **results}, fim.markdown(results["table"], meta))
     for row, modes in results["table"].items():
         print(f"{row}: " + ", ".join(f"{m} {_pct(c['pass_rate'])}" for m, c in modes.items()))
     print(f"wrote {out / 'fim.json'}, {out / 'fim.md'}")

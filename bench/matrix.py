@@ -1,4 +1,4 @@
-"""From the runner's samples and execution results to the numbers of results.json: pass@k per
+"""From the runner's samples and execution results to the numbers of passk.json: pass@k per
 cell (sub-model x problem language), each mask's retention of dense on its own language, and
 where the router sent the unhinted requests."""
 
@@ -143,7 +143,7 @@ def routing(outcome: Outcome, columns: list[str]) -> dict:
 
 
 def summarize(outcome: Outcome, ks: tuple[int, ...], coverage: dict, meta: dict) -> dict:
-    """The content of results.json."""
+    """The content of passk.json."""
     plan = outcome.plan
     columns = list(plan.problems)
     cells = {row: {lang: cell(outcome, row, lang, ks) for lang in columns} for row in plan.rows}

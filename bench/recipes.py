@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from submodel.bench.report import write_json, write_text
+from submodel.bench.report import write_report
 from submodel.pruning.recipe import describe_recipe
 from submodel.vocabulary import DENSE
 
@@ -78,10 +78,10 @@ def collect(run: Run) -> dict:
     """One run's row of the table: recipe, prune time, and a cell per (sub-model, language)."""
     manifest = _read(run.store / "manifest.json")
     cells: dict[str, dict] = {}
-    greedy = _read(run.greedy / "results.json") if run.greedy else None
+    greedy = _read(run.greedy / "passk.json") if run.greedy else None
     if greedy is not None:
         if greedy.get("n") != 1 or greedy.get("sampling", {}).get("temperature") != 0.0:
-            raise RecipesError(f"{run.greedy / 'results.json'} is not a --greedy run")
+            raise RecipesError(f"{run.greedy / 'passk.json'} is not a --greedy run")
         for row, by_lang in greedy["cells"].items():
             for lang, c in by_lang.items():
                 if c.get("pass@1") is not None:
@@ -152,8 +152,7 @@ def correlation(rows: list[dict]) -> dict:
 def compare(runs: list[Run], out: Path) -> dict:
     rows = [collect(r) for r in runs]
     result = {"runs": rows, "correlation": correlation(rows)}
-    write_json(out / "recipes.json", result)
-    write_text(out / "recipes.md", markdown(result))
+    write_report(out, "recipes", result, markdown(result))
     return result
 
 

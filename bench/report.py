@@ -73,18 +73,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 # ---- pass@k matrix --------------------------------------------------------------------------
 
 def write_passk(results: dict, out: Path) -> list[Path]:
-    """results.json, report.md, matrix.png and (with dense and a mask run) retention.png."""
+    """passk.json, passk.md, matrix.png and (with dense and a mask run) retention.png."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "results.json", out / "report.md", out / "matrix.png"]
-    write_json(paths[0], results)
-    figures = [paths[2].name]
-    save_figure(matrix_figure(results), paths[2])
+    figures = [out / "matrix.png"]
+    save_figure(matrix_figure(results), figures[0])
     if results["retention"]:
-        paths.append(out / "retention.png")
-        save_figure(retention_figure(results), paths[3])
-        figures.append(paths[3].name)
-    write_text(paths[1], passk_markdown(results, figures))
-    return paths
+        figures.append(out / "retention.png")
+        save_figure(retention_figure(results), figures[1])
+    markdown = passk_markdown(results, [f.name for f in figures])
+    return write_report(out, "passk", results, markdown) + figures
 
 
 def headline_k(results: dict) -> int:
@@ -270,11 +267,9 @@ def _ratio(x: float | None) -> str:
 def write_load(results: dict, out: Path) -> list[Path]:
     """load.json, load.md and load.png."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = [out / "load.json", out / "load.md", out / "load.png"]
-    write_json(paths[0], results)
-    save_figure(load_figure(results), paths[2])
-    write_text(paths[1], load_markdown(results, paths[2].name))
-    return paths
+    figure = out / "load.png"
+    save_figure(load_figure(results), figure)
+    return write_report(out, "load", results, load_markdown(results, figure.name)) + [figure]
 
 
 def load_markdown(results: dict, figure: str) -> str:

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from submodel.bench.report import _fmt, _mib, _pct, _table, write_json, write_text
+from submodel.bench.report import _fmt, _mib, _pct, _table, write_report
 
 
 def write_soak(results: dict, out: Path) -> list[Path]:
-    paths = [out / "soak.json", out / "soak.md"]
-    write_json(paths[0], results)
-    write_text(paths[1], soak_markdown(results))
-    return paths
+    return write_report(out, "soak", results, soak_markdown(results))
 
 
 def soak_markdown(r: dict) -> str:

@@ -54,12 +54,12 @@ def test_passk_end_to_end_with_store(long_store, tmp_path, capsys):
     out = tmp_path / "out"
     assert passk("--store", str(long_store), "--limit", "2", "--n", "2",
                  "--languages", "python,javascript", "--out", str(out)) == 0
-    for name in ("results.json", "report.md", "matrix.png", "retention.png", "server.log"):
+    for name in ("passk.json", "passk.md", "matrix.png", "retention.png", "server.log"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "pass@1: routed: python" in capsys.readouterr().out
 
-    r = json.loads((out / "results.json").read_text())
+    r = json.loads((out / "passk.json").read_text())
     assert r["rows"] == ROWS and r["columns"] == ["python", "javascript"]
     assert r["model"]["identity"].startswith("store:")
     for row in ROWS:
@@ -94,7 +94,7 @@ def test_passk_end_to_end_with_store(long_store, tmp_path, capsys):
     assert len({seed for (_, task, lang), seed in seeds.items()
                 if (task, lang) == (samples[0]["task_id"], samples[0]["language"])}) == 1
 
-    report = (out / "report.md").read_text()
+    report = (out / "passk.md").read_text()
     for heading in ("## Pass@1", "## Retention", "## Routing of the unhinted requests",
                     "## Problems per language"):
         assert heading in report
@@ -105,7 +105,7 @@ def test_interrupted_run_resumes_with_the_same_numbers(served, tmp_path, monkeyp
               "--languages", "python,javascript", "--submodels", "routed,dense,python",
               "--concurrency", "1"]
     assert passk(*common, "--out", str(tmp_path / "full")) == 0
-    full = json.loads((tmp_path / "full" / "results.json").read_text())
+    full = json.loads((tmp_path / "full" / "passk.json").read_text())
     requests_needed = full["run"]["requests"]
     assert requests_needed == 3 * 2 * 2 * 2  # rows x languages x problems x (2 + 1 samples)
 
@@ -126,7 +126,7 @@ def test_interrupted_run_resumes_with_the_same_numbers(served, tmp_path, monkeyp
     monkeypatch.setattr(passk_run, "send", lambda c, r: sent.append(r) or real_send(c, r))
     sent.clear()
     assert passk(*common, "--out", str(out)) == 0
-    resumed = json.loads((out / "results.json").read_text())
+    resumed = json.loads((out / "passk.json").read_text())
     assert resumed["run"]["samples_cached"] == cached
     assert len(sent) == resumed["run"]["requests"] < requests_needed
     assert resumed["cells"] == full["cells"] and resumed["routed"] == full["routed"]
@@ -138,7 +138,7 @@ def test_interrupted_run_resumes_with_the_same_numbers(served, tmp_path, monkeyp
 
     sent.clear()  # a larger run reuses every sample of the smaller one
     assert passk(*[a if a != "3" else "4" for a in common], "--out", str(out)) == 0
-    bigger = json.loads((out / "results.json").read_text())
+    bigger = json.loads((out / "passk.json").read_text())
     assert bigger["run"]["samples_cached"] == 3 * 2 * 2 * 3
     assert bigger["run"]["samples_generated"] == 3 * 2 * 2 * 1 == len(sent)
 
@@ -150,12 +150,12 @@ def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_store, tmp
                      "--submodels", "dense", "--out", str(tmp_path)) == 0
     finally:
         s.stop()
-    r = json.loads((tmp_path / "results.json").read_text())
+    r = json.loads((tmp_path / "passk.json").read_text())
     cov = r["coverage"]["python"]
     assert cov["too_long_for_context"] and cov["selected"] == 3
     assert r["cells"]["dense"]["python"]["problems"] == cov["evaluated"] == 3 - len(
         cov["too_long_for_context"])
-    assert "prompt too long" in (tmp_path / "report.md").read_text()
+    assert "prompt too long" in (tmp_path / "passk.md").read_text()
 
 
 def test_passk_user_errors_are_one_line(tmp_path, capsys):
@@ -240,13 +240,13 @@ def test_greedy_run_is_one_temperature_zero_sample_with_intervals(long_store, tm
     assert passk("--store", str(long_store), "--greedy", "--limit", "2", "--concurrency", "2",
                  "--languages", "python", "--submodels", "dense,python,java",
                  "--out", str(out)) == 0
-    r = json.loads((out / "results.json").read_text())
+    r = json.loads((out / "passk.json").read_text())
     assert r["n"] == 1 and r["ks"] == [1]
     assert r["sampling"]["temperature"] == 0.0 and r["sampling"]["per_request"] == 1
     ret = r["retention"]["python"]
     assert ret["vs_dense"]["problems"] == 2 and ret["best_other_mask"] == "java"
     assert ret["vs_best_other"]["problems"] == 2
-    assert "retention 95%" in (out / "report.md").read_text()
+    assert "retention 95%" in (out / "passk.md").read_text()
 
 
 def test_soak_accounts_for_every_request(long_store, tmp_path):
@@ -281,7 +281,7 @@ def test_stores_sharing_the_base_and_a_mask_share_their_cached_samples(long_stor
     shutil.copytree(long_store, smaller)
     assert main(["remove-language", str(smaller), "java"]) == 0
     assert passk("--store", str(smaller), "--out", str(tmp_path / "b"), *args) == 0
-    first, second = (json.loads((tmp_path / d / "results.json").read_text()) for d in "ab")
+    first, second = (json.loads((tmp_path / d / "passk.json").read_text()) for d in "ab")
     assert first["model"]["identity"] != second["model"]["identity"]
     assert second["run"]["samples_cached"] == 2 * 2 and second["run"]["requests"] == 0
     assert first["cells"] == second["cells"]

@@ -52,7 +52,7 @@ def _greedy(path: Path, scores: dict[str, dict[str, float]]) -> Path:
                             "best_other_mask": "java", "best_other": scores["java"]["python"],
                             "vs_dense": {"ratio_95": [0.4, 0.8]},
                             "vs_best_other": {"difference_95": [-0.05, 0.1]}}}
-    (path / "results.json").write_text(json.dumps({
+    (path / "passk.json").write_text(json.dumps({
         "n": 1, "sampling": {"temperature": 0.0}, "cells": cells, "retention": retention}))
     return path
 
@@ -93,7 +93,7 @@ def test_recipes_refuses_a_sampled_run_and_missing_files(tmp_path, capsys):
     store = _store(tmp_path / "s", "raw", 1.0)
     g = tmp_path / "g"
     g.mkdir()
-    (g / "results.json").write_text(json.dumps({"n": 10, "sampling": {"temperature": 0.8},
+    (g / "passk.json").write_text(json.dumps({"n": 10, "sampling": {"temperature": 0.8},
                                                 "cells": {}}))
     assert main(["bench", "recipes", "--run", f"a={store},greedy={g}",
                  "--out", str(tmp_path / "o")]) == 2
