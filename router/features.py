@@ -6,7 +6,9 @@ tokens over an abstract alphabet in which only the model's `keep` words stay the
 other identifier becomes its shape. So `def parse_args(self):` yields `def ~snake`, `^def`, `$:`
 and `( self )` whatever the function is called. The syntactic cues (`public class`, `#include`,
 `std::`, `=>`, `console.log`, `self.`) are such n-grams, plus a few whole-line patterns (CUES);
-all their weights are learned, none is hand-set.
+all their weights are learned, none is hand-set. Each line also gives its indentation (tabs, 2 or
+4 spaces) and its step from the line before: house styles differ by language (gofmt, PEP 8,
+prettier), and they are all a one-line snippet has besides its few tokens.
 
 String literals and comments are reduced to markers: their words are data and prose, alike in
 every language, and would only teach the detector the vocabulary of its training corpora.
@@ -215,6 +217,16 @@ def scan(text: str) -> tuple[list[list[str]], list[bool]]:
     return lines, opened
 
 
+def indent(line: str, width: int) -> str:
+    """How a line is indented: tabs (gofmt, the kernel), a multiple of 4 or of 2 spaces (PEP 8
+    and Java versus prettier and Google C++ styles), or an odd width (continuation lines)."""
+    if width == 0:
+        return "ind:0"
+    if line[0] == "\t":
+        return "ind:tab"
+    return "ind:4" if width % 4 == 0 else "ind:2" if width % 2 == 0 else "ind:odd"
+
+
 def features(text: str, keep: frozenset[str], cache: dict[str, str]) -> list[str]:
     """The feature strings of `text`, with repeats (the caller counts them).
 
@@ -224,7 +236,15 @@ def features(text: str, keep: frozenset[str], cache: dict[str, str]) -> list[str
     text = _cap(text)
     out = [f"cue:{name}" for name, pattern in CUES for _ in pattern.findall(text)]
     prev2 = prev1 = "\n"
-    for tokens in tokenize(text):
+    depth = None
+    for line, tokens in zip(text.splitlines(), scan(text)[0], strict=True):
+        if not tokens:
+            continue
+        width = len(line) - len(line.lstrip())
+        out.append(indent(line, width))
+        if depth is not None:
+            out.append(f"dind:{max(-8, min(8, width - depth)):+d}")
+        depth = width
         if tokens[0] in COMMENT_MARKERS and all(_is_tag(t) for t in tokens[1:]):
             # a comment line: its marker and tags, no n-grams (comment layout is house style)
             out += tokens

@@ -19,7 +19,7 @@ FORMAT = 1
 
 @dataclass
 class ContentModel:
-    classes: tuple[str, ...]  # our languages and "other"
+    classes: tuple[str, ...]  # our languages and groups of "other" ("other:c", "other:go"...)
     keep: frozenset[str]  # words that stay themselves in n-grams
     index: dict[str, int]  # feature -> row of weights
     weights: np.ndarray  # [features, classes]
@@ -49,6 +49,8 @@ class ContentModel:
 
     def __post_init__(self) -> None:
         self._cache: dict[str, str] = {}
+        # what each class routes as: its language, or "other" for a group of it
+        self.labels = tuple(c.split(":")[0] for c in self.classes)
 
     def probabilities(self, text: str) -> np.ndarray:
         """P(class | text) for each of `classes` (the priors' softmax for featureless text)."""

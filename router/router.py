@@ -105,7 +105,7 @@ class Router:
             return Detection(DENSE, 0.0, "fallback")
         probs = self.model.probabilities(text)
         best = int(probs.argmax())
-        lang, confidence = self.model.classes[best], float(probs[best])
+        lang, confidence = self.model.labels[best], float(probs[best])
         if lang in self.languages and confidence >= self.threshold:
             return Detection(lang, confidence, "content")
         return Detection(DENSE, confidence, "fallback")
@@ -117,9 +117,12 @@ class Router:
         return found[0] if len(found) == 1 else None
 
     def probabilities(self, text: str) -> dict[str, float]:
-        """The content detector's probability of each class (ours and "other")."""
-        return dict(zip(self.model.classes, map(float, self.model.probabilities(text)),
-                        strict=True))
+        """The content detector's probability of each of our languages and of "other" (the sum
+        of its groups)."""
+        out = dict.fromkeys(self.model.labels, 0.0)
+        for label, p in zip(self.model.labels, self.model.probabilities(text), strict=True):
+            out[label] += float(p)
+        return out
 
 
 _DEFAULT = Router()

@@ -7,7 +7,9 @@ registry into the user cache), the "calib" split of each language's default corp
 20,000-line project would be) and the "other" text on this machine (`submodel.router.other`).
 The "heldout" projects are never read here: `submodel bench router` measures on them.
 A snippet of a language comes from a source drawn with probability growing as the square root of
-its size (capped), so that no one project stands for its language.
+its size (capped), so that no one project stands for its language. "Other" text is learned as
+groups of look-alike kinds (C, TypeScript, JVM-like, Go, Rust, scripts, data and prose), one class
+each, which the router reads as "other".
 
 Three model kinds fit the same log-linear file format (`--kind`): "logreg", a softmax regression
 with L2 fitted by seeded mini-batch Adam, its least important features dropped and the rest
@@ -37,7 +39,14 @@ from submodel.vocabulary import LANGUAGES, OTHER
 
 from . import other
 
-CLASSES = (*LANGUAGES, OTHER)
+# "other" is many languages: one linear class cannot be C-like and Go-like at once, so it is
+# learned as groups of look-alike kinds ("other:c"...), which the router reads as "other".
+OTHER_GROUP = {"c": "c", "c_header": "c", "objc": "c", "typescript": "typescript",
+               "kotlin": "jvm", "csharp": "jvm", "gradle": "jvm", "swift": "jvm", "go": "go",
+               "rust": "rust", "shell": "script", "perl": "script", "php": "script",
+               "ruby": "script", "cmake": "script", "vim": "script"}
+GROUPS = ("c", "typescript", "jvm", "go", "rust", "script", "data")  # "data": everything else
+CLASSES = (*LANGUAGES, *(f"{OTHER}:{g}" for g in GROUPS))
 KINDS = ("logreg", "nb", "ensemble")
 LENGTHS = (1, 1, 1, 2, 2, 3, 4, 6, 8, 12, 20, 40)  # lines per training snippet, drawn uniformly
 PER_LANGUAGE = 16000  # training snippets per language
@@ -118,11 +127,17 @@ def draw_snippets(rng: random.Random, ours, others):
     kinds = sorted(others)
     samplers = [SnippetSampler(others[k], rng) for k in kinds]
     weights = [OTHER_WEIGHT.get(k, 1.0) for k in kinds]
+    classes = [CLASSES.index(other_class(k)) for k in kinds]
     log("other: " + ", ".join(f"{k} {len(others[k])} files" for k in kinds))
     for _ in range(OTHER_SNIPPETS):
-        sampler = rng.choices(samplers, weights)[0]
-        pairs.append((sampler.draw(rng.choice(LENGTHS)), len(CLASSES) - 1))
+        i = rng.choices(range(len(kinds)), weights)[0]
+        pairs.append((samplers[i].draw(rng.choice(LENGTHS)), classes[i]))
     return pairs, shares, {k: len(others[k]) for k in kinds}
+
+
+def other_class(kind: str) -> str:
+    """The class of an "other" kind: its group's ("other:c" for a C header)."""
+    return f"{OTHER}:{OTHER_GROUP.get(kind, 'data')}"
 
 
 def choose_keep(pairs: list[tuple[str, int]]) -> list[str]:

@@ -12,7 +12,7 @@ from submodel import corpora
 from submodel.cli import main as cli_main
 from submodel.router import Detection, Router, UnknownLanguage, detect
 from submodel.router import normalize_language as norm
-from submodel.router.features import code_lines, tokenize
+from submodel.router.features import code_lines, features, tokenize
 from submodel.router.languages import language_of_filename
 from submodel.router.model import MODEL_PATH, ContentModel
 from submodel.router.snippets import SnippetSampler
@@ -291,10 +291,29 @@ def test_speed():
     assert np.median(times) < 0.005  # measured ~0.1 ms; generous for a loaded CI machine
 
 
+def test_probabilities_sum_the_groups_of_other():
+    """"other" is learned as groups (C, Go...); the router reports their sum as "other"."""
+    router = Router()
+    for text in (JAVA, OTHERS["go"], OTHERS["c"]):
+        probs = router.probabilities(text)
+        assert list(probs) == [*LANGUAGES, "other"]
+        assert abs(sum(probs.values()) - 1) < 1e-9
+    assert max(probs, key=probs.get) == "other"
+
+
+def test_indentation_is_a_feature():
+    """Tabs, 2 or 4 spaces and the step between lines: house styles that differ by language."""
+    feats = features("func f() {\n\treturn 1\n}\n  x = 1\n    y", frozenset(), {})
+    assert [f for f in feats if f.startswith(("ind:", "dind:"))] == [
+        "ind:0", "ind:tab", "dind:+1", "ind:0", "dind:-1", "ind:2", "dind:+2", "ind:4", "dind:+2"]
+
+
 def test_model_file_is_small_and_well_formed():
     assert MODEL_PATH.stat().st_size < 1_000_000
     model = ContentModel.load()
-    assert model.classes == (*LANGUAGES, "other")
+    assert model.classes[:len(LANGUAGES)] == LANGUAGES
+    assert all(c.startswith("other:") for c in model.classes[len(LANGUAGES):])
+    assert model.labels == (*LANGUAGES, *["other"] * (len(model.classes) - len(LANGUAGES)))
     assert model.weights.shape == (len(model.index), len(model.classes))
     with pytest.raises(ValueError, match="format"):
         ContentModel.from_dict({"format": 0})
