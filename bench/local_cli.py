@@ -1,4 +1,4 @@
-"""`submodel bench engine|kernels|perplexity|router`: the benches that run in this process
+"""`submodel bench engine|kernels|perplexity|router|sandbox`: the benches that run in this process
 (no server). Each writes OUT/NAME.json and OUT/NAME.md (report.write_report) and prints the
 Markdown."""
 
@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from submodel.cli import CLIError
+from submodel.vocabulary import LANGUAGES
 
 
 def _positive(text: str) -> int:
@@ -93,6 +94,20 @@ def register(kinds: argparse._SubParsersAction) -> None:
                                                            "results/router)")
     r.set_defaults(func=run_router)
 
+    sb = kinds.add_parser("sandbox", help="HumanEval sandbox throughput per language (known-good "
+                          "programs)",
+                          description="Runs per second and CPU ms per run of known-good programs "
+                          "through a fresh sandbox executor, per language.")
+    sb.add_argument("--runs", type=_positive, default=100,
+                    help="programs to run per language after the first (default 100)")
+    sb.add_argument("--workers", type=_positive, default=None,
+                    help="parallel sandboxes (default: one per CPU core)")
+    sb.add_argument("--languages", nargs="+", default=list(LANGUAGES), choices=LANGUAGES,
+                    help="languages to measure (default: all)")
+    sb.add_argument("--out", default="results/sandbox", help="output directory (default "
+                                                             "results/sandbox)")
+    sb.set_defaults(func=run_sandbox)
+
 
 def _report(out: str, name: str, result: dict, markdown: str) -> int:
     from submodel.bench.report import write_report
@@ -171,3 +186,18 @@ def run_router(args: argparse.Namespace) -> int:
     except (OSError, ValueError, fetch.FetchError) as e:
         raise CLIError(str(e)) from None
     return _report(args.out, "router", result, markdown(result))
+
+
+def run_sandbox(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from submodel.bench.humaneval.sandbox import SandboxError
+    from submodel.bench.humaneval.throughput import markdown, measure
+
+    try:
+        rows = [measure(lang, args.runs, args.workers) for lang in args.languages]
+    except SandboxError as e:
+        raise CLIError(str(e)) from None
+    result = {"runs": [{**asdict(t), "runs_per_s": t.runs_per_s,
+                        "cpu_ms_per_run": t.cpu_ms_per_run} for t in rows]}
+    return _report(args.out, "sandbox", result, markdown(rows))

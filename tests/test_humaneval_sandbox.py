@@ -1,6 +1,7 @@
 """Model output is untrusted: each hostile sample is contained, reported as a failed sample, and
 the harness runs the next sample normally."""
 
+import json
 import os
 import shutil
 import socket
@@ -268,3 +269,14 @@ def test_run_samples_checks_the_language():
 def test_a_long_printing_sample_still_passes(python):
     body = "    print('x' * 200_000)\n" + problem("python").canonical_solution
     assert run_python(python, body).passed
+
+
+def test_sandbox_throughput_bench_runs_known_good_programs(tmp_path):
+    from submodel.cli import main
+
+    assert main(["bench", "sandbox", "--runs", "3", "--workers", "1", "--languages", "python",
+                 "--out", str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "sandbox.json").read_text())["runs"]
+    assert row["language"] == "python" and row["statuses"] == {"passed": 3}
+    assert row["runs_per_s"] > 0 and row["cpu_ms_per_run"] > 0
+    assert "| python | 3 | 1 |" in (tmp_path / "sandbox.md").read_text()

@@ -1,14 +1,11 @@
 """Sandbox throughput per language: runs per second of known-good programs (the canonical Python
 solutions; our hand-written solutions for the other languages) through a fresh executor, and the
 CPU seconds its sandboxed processes used per run (which, unlike runs/s, does not depend on what
-else the machine is doing).
-
-    python -m submodel.bench.humaneval.throughput --runs 200
+else the machine is doing). `submodel bench sandbox --runs 200`.
 """
 
 from __future__ import annotations
 
-import argparse
 import collections
 import itertools
 import os
@@ -20,7 +17,6 @@ from dataclasses import dataclass
 from submodel.bench.humaneval.executors import EXECUTORS
 from submodel.bench.humaneval.problems import load_problems
 from submodel.bench.humaneval.reference import RIGHT
-from submodel.vocabulary import LANGUAGES
 
 
 @dataclass(frozen=True)
@@ -75,23 +71,11 @@ def measure(language: str, runs: int = 100, workers: int | None = None) -> Throu
                       dict(statuses))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=100,
-                        help="programs to run per language after the first (default 100)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="parallel sandboxes (default: one per CPU core)")
-    parser.add_argument("--languages", nargs="+", default=list(LANGUAGES), choices=LANGUAGES,
-                        help="languages to measure (default: all)")
-    args = parser.parse_args(argv)
-    print(f"{'language':<11} {'runs':>5} {'workers':>7} {'startup s':>9} {'runs/s':>7} "
-          f"{'CPU ms/run':>10}  statuses")
-    for language in args.languages:
-        t = measure(language, args.runs, args.workers)
-        print(f"{t.language:<11} {t.runs:>5} {t.workers:>7} {t.startup_s:>9.2f} "
-              f"{t.runs_per_s:>7.1f} {t.cpu_ms_per_run:>10.0f}  {t.statuses}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def markdown(rows: list[Throughput]) -> str:
+    lines = ["| language | runs | workers | startup s | runs/s | CPU ms/run | statuses |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for t in rows:
+        statuses = ", ".join(f"{k} {v}" for k, v in sorted(t.statuses.items()))
+        lines.append(f"| {t.language} | {t.runs} | {t.workers} | {t.startup_s:.2f} | "
+                     f"{t.runs_per_s:.1f} | {t.cpu_ms_per_run:.0f} | {statuses} |")
+    return "\n".join(lines)
