@@ -156,5 +156,10 @@ class EngineObserver:
 
     def weight_bytes(self, kind: str, nbytes: int) -> None: ...
 
+    def prefix_cache_lookup(self, language: str, prompt_tokens: int, hit_tokens: int) -> None:
+        """A prefill looked its prompt up in the prefix cache; `hit_tokens` were reused."""
+
+    def prefix_cache_bytes(self, nbytes: int) -> None: ...
+
     def sub_models(self, count: int) -> None:
         """Language sub-models served, at start and after each reload."""

@@ -36,6 +36,7 @@ from submodel.server.api import (
 from submodel.server.masking import make_strategy
 from submodel.server.model import KVCache, ModelArgs, Transformer
 from submodel.server.omp import release_team
+from submodel.server.prefix_cache import PrefixCache
 from submodel.server.prompts import PromptBuilder, validate_messages
 from submodel.server.sampling import TextAssembler, choose_token, make_generator
 from submodel.server.scheduler import RequestHandle, Scheduler, Sequence
@@ -62,7 +63,7 @@ class _Change:
 class Engine:
     def __init__(self, store: Store, strategy: str = DEFAULT_STRATEGY,
                  dtype: torch.dtype | None = None, max_batch: int = 8, max_context: int = 2048,
-                 max_queue: int = 64, time_slice: float = 0.25,
+                 max_queue: int = 64, time_slice: float = 0.25, prefix_cache_mb: int = 0,
                  observer: EngineObserver | None = None) -> None:
         self.store = store
         self.languages = store.languages
@@ -99,6 +100,9 @@ class Engine:
         self.pending: _Change | None = None
         self.reload_lock = threading.Lock()  # one reload at a time
         self._retire_ids = itertools.count(1)
+        self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb else None
+        self.mask_ids = {DENSE: DENSE, **{lang: self._digest(store, lang)
+                                          for lang in self.languages}}  # mask key -> content
         self.stopping = False
         self.parked = True  # the engine thread is idle and holds no OpenMP team (see omp.py)
         self.thread: threading.Thread | None = None
@@ -307,6 +311,8 @@ class Engine:
             if self.scheduler.retire(lang, key, removed=lang not in change.masks):
                 keep[key] = old[lang]
                 self.retired.add(key)
+                self.mask_ids[key] = self.mask_ids[lang]
+        self.mask_ids.update({lang: self._digest(change.store, lang) for lang in change.masks})
         self.scheduler.serve(sorted(change.masks), set(self.languages) - set(change.masks))
         self.strategy.set_masks({**change.masks, **keep})
         self.store = change.store
@@ -346,11 +352,17 @@ class Engine:
 
     def _prefill(self, handle: RequestHandle) -> None:
         params = handle.request.params
+        prompt, first = handle.prompt_ids, handle.slots[0]
+        mask_id = self.mask_ids[handle.key]
+        cached = self._reuse_prefix(mask_id, prompt, first, handle.language)
         self._set_rows([handle.key], prefill=True)
-        ids = torch.tensor([handle.prompt_ids])
-        positions = torch.arange(len(handle.prompt_ids))[None]
-        logits = self.model(ids, positions, self.cache, torch.tensor(handle.slots[:1]),
-                            prefill=True)[0]
+        ids = torch.tensor([prompt[cached:]])
+        positions = torch.arange(cached, len(prompt))[None]
+        logits = self.model(ids, positions, self.cache, torch.tensor([first]), prefill=True)[0]
+        if self.prefix_cache is not None:
+            self.prefix_cache.store(mask_id, prompt, self.cache.k[:, first],
+                                    self.cache.v[:, first])
+            self.observer.prefix_cache_bytes(self.prefix_cache.nbytes)
         for sample, slot in enumerate(handle.slots):
             if sample:
                 self.cache.copy_slot(handle.slots[0], slot, len(handle.prompt_ids))
@@ -359,6 +371,17 @@ class Engine:
                            make_generator(params, sample))
             self.scheduler.start(seq)
             self._accept(seq, choose_token(logits, params, seq.generator))
+
+    def _reuse_prefix(self, mask_id: str, prompt: list[int], slot: int, language: str) -> int:
+        """Copy the longest cached prefix of `prompt` into `slot`; its length in tokens."""
+        if self.prefix_cache is None:
+            return 0
+        entry, length = self.prefix_cache.lookup(mask_id, prompt)
+        if entry is not None:
+            self.cache.k[:, slot, :, :length] = entry.k[:, :, :length]
+            self.cache.v[:, slot, :, :length] = entry.v[:, :, :length]
+        self.observer.prefix_cache_lookup(language, len(prompt), length)
+        return length
 
     def _decode(self, batch: list[Sequence]) -> None:
         started = time.perf_counter()

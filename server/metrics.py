@@ -62,6 +62,14 @@ class Metrics(EngineObserver):
             "submodel_reloads_total", "Reloads of the sub-model set (SIGHUP or the "
             "ReloadSubModels RPC) by result: ok, or refused (the old set kept serving).",
             ["result"], registry=r)
+        self.prefix_lookup_tokens = Counter(
+            "submodel_prefix_cache_lookup_tokens_total", "Prompt tokens looked up in the prefix "
+            "cache (serve --prefix-cache-mb).", ["language"], registry=r)
+        self.prefix_hit_tokens = Counter(
+            "submodel_prefix_cache_hit_tokens_total", "Prompt tokens whose keys and values came "
+            "from the prefix cache instead of a prefill.", ["language"], registry=r)
+        self.prefix_bytes = Gauge(
+            "submodel_prefix_cache_bytes", "Bytes held by the prefix cache.", registry=r)
         self.router_confidence = Histogram(
             "submodel_router_confidence", "Confidence of each routing decision.",
             buckets=CONFIDENCE, registry=r)
@@ -82,6 +90,13 @@ class Metrics(EngineObserver):
 
     def weight_bytes(self, kind: str, nbytes: int) -> None:
         self.weights.labels(kind).set(nbytes)
+
+    def prefix_cache_lookup(self, language: str, prompt_tokens: int, hit_tokens: int) -> None:
+        self.prefix_lookup_tokens.labels(language).inc(prompt_tokens)
+        self.prefix_hit_tokens.labels(language).inc(hit_tokens)
+
+    def prefix_cache_bytes(self, nbytes: int) -> None:
+        self.prefix_bytes.set(nbytes)
 
     # Service side.
     def sub_models(self, count: int) -> None:

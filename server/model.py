@@ -102,9 +102,9 @@ def _linear(state: dict[str, torch.Tensor], name: str) -> Linear:
 
 @dataclass
 class Step:
-    """What one forward computes: a prefill of one sequence (tokens [1, T] from position 0 in
-    slots[0]) or a decode step (tokens [B, 1], one per sequence, at positions [B, 1] in
-    slots [B])."""
+    """What one forward computes: a prefill of one sequence (tokens [1, T] at positions
+    start..start+T-1 in slots[0], the first `start` already in the cache) or a decode step
+    (tokens [B, 1], one per sequence, at positions [B, 1] in slots [B])."""
 
     positions: torch.Tensor
     cache: KVCache
@@ -112,7 +112,7 @@ class Step:
     prefill: bool
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
-    visible: torch.Tensor | None = None  # decode: [B, 1, 1, length] keys each row may see
+    visible: torch.Tensor | None = None  # [B, 1, T, length] keys each query may see
 
 
 class Attention(nn.Module):
@@ -135,10 +135,19 @@ class Attention(nn.Module):
         q = rotate(q.transpose(1, 2), step.cos, step.sin)
         k = rotate(k.transpose(1, 2), step.cos, step.sin)
         v = v.transpose(1, 2)
-        if step.prefill:
+        if step.prefill and step.visible is None:  # from position 0
             cache.k[i, step.slots[0], :, :seqlen] = k[0]
             cache.v[i, step.slots[0], :, :seqlen] = v[0]
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        elif step.prefill:  # after a cached prefix
+            start = int(step.positions[0, 0])
+            end = start + seqlen
+            cache.k[i, step.slots[0], :, start:end] = k[0]
+            cache.v[i, step.slots[0], :, start:end] = v[0]
+            ks = cache.k[i, step.slots[:1], :, :end]
+            vs = cache.v[i, step.slots[:1], :, :end]
+            o = F.scaled_dot_product_attention(q, ks, vs, attn_mask=step.visible,
+                                               enable_gqa=True)
         else:
             pos = step.positions[:, 0]
             length = step.visible.shape[-1]
@@ -222,6 +231,10 @@ class Transformer(nn.Module):
             length = int(positions.max()) + 1
             keys = torch.arange(length, device=tokens.device)
             step.visible = (keys[None, :] <= positions).view(bsz, 1, 1, length)
+        elif int(positions[0, 0]) > 0:
+            length = int(positions[0, -1]) + 1
+            keys = torch.arange(length, device=tokens.device)
+            step.visible = (keys[None, :] <= positions[0, :, None]).view(1, 1, -1, length)
         for block in self.model.layers:
             x = block(x, step)
         x = rms_norm(x[:, -1], self.model.norm, self.args.rms_eps)

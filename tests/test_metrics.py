@@ -27,6 +27,10 @@ DESIGN_NAMES = {  # DESIGN.md "Metrics" (+ `protocol`, issue 13): name -> label 
     # sub-models added and removed while serving (DESIGN.md "Beyond one machine")
     "submodel_sub_models": set(),
     "submodel_reloads_total": {"result"},
+    # prefix reuse (issue 17)
+    "submodel_prefix_cache_lookup_tokens_total": {"language"},
+    "submodel_prefix_cache_hit_tokens_total": {"language"},
+    "submodel_prefix_cache_bytes": set(),
 }
 
 
@@ -42,6 +46,8 @@ def busy_metrics() -> Metrics:
     m.routed(0.93)
     m.sub_models(4)
     m.reloaded("ok")
+    m.prefix_cache_lookup("python", 1500, 1472)
+    m.prefix_cache_bytes(1 << 20)
     m.admitted("python", 17)
     m.first_token("python", 0.2)
     m.generated("python", 5)
