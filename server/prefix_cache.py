@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK = 32  # tokens per hashed block
+BLOCK = 16  # tokens per hashed block: on a hit, at most this many old tokens are prefilled again
 
 
 @dataclass
