@@ -26,15 +26,15 @@ def entry_bytes(tokens: int) -> int:
 
 def test_longest_cached_prefix_per_mask_leaves_a_token_to_prefill():
     cache = PrefixCache(1 << 20)
-    prompt = list(range(100))
-    cache.store("m1", prompt, *kv(100, 1.0))
+    prompt = list(range(3 * BLOCK + BLOCK // 2))
+    cache.store("m1", prompt, *kv(len(prompt), 1.0))
     assert cache.nbytes == entry_bytes(3 * BLOCK)  # whole blocks only
     entry, length = cache.lookup("m1", prompt + [7, 8, 9])
     assert length == 3 * BLOCK and torch.equal(entry.k[:, :, :length], kv(length, 1.0)[0])
     assert cache.lookup("m1", prompt[:3 * BLOCK])[1] == 2 * BLOCK  # one token left to prefill
     assert cache.lookup("m2", prompt)[1] == 0  # another mask: other keys and values
     assert cache.lookup("m1", [1000] + prompt[1:])[1] == 0  # a changed first block
-    assert cache.lookup("m1", prompt[:BLOCK] + [5] * 80)[1] == BLOCK
+    assert cache.lookup("m1", prompt[:BLOCK] + [5] * 3 * BLOCK)[1] == BLOCK
     cache.store("m1", prompt[:BLOCK + 5], *kv(BLOCK + 5, 2.0))  # already covered: kept once
     assert cache.nbytes == entry_bytes(3 * BLOCK)
 
