@@ -302,10 +302,20 @@ def test_client_going_away_cancels(served):
     labels = dict(language="dense", route_source="hint", status="cancelled", protocol="http")
     before = served.value("submodel_requests_total", **labels)
     body = {"model": "dense", "prompt": "int main() {\n", "max_tokens": 400, "stream": True}
+    engine = served.engine
     with httpx.stream("POST", f"{served.base_url}/completions", json=body, timeout=60) as r:
         for line in r.iter_lines():
             if line.startswith("data: {"):
                 break
+        engine.lock.acquire()  # no further step: the request cannot finish while the client goes
+    try:
+        deadline = time.monotonic() + 60
+        while not any(s.handle.cancelled for s in engine.scheduler.running):
+            assert engine.scheduler.running, "the request ended before the client left"
+            assert time.monotonic() < deadline, "the server did not cancel the request"
+            time.sleep(0.01)
+    finally:
+        engine.lock.release()
     assert served.wait_value("submodel_requests_total", before + 1, timeout=60,
                              **labels) == before + 1
 
