@@ -157,8 +157,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "pair each with a --dataset-language (repeatable)")
     p.add_argument("--dataset-language", action="append", default=[], choices=LANGUAGES,
                    help="the language of the matching --dataset")
-    p.add_argument("--out", default="results/passk",
-                   help="output directory (default results/passk)")
+    local_cli.add_out(p, "passk")
     p.add_argument("--cache", help="cache directory of samples and sandbox results (default "
                                    "OUT/cache); share it between runs to reuse samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -176,8 +175,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     px.add_argument("--tuning", action="append", default=[], metavar="LANG=PATH",
                     help="tuning code for LANG (directory, glob, zip or JSONL): other projects "
                          "than its calibration source (repeatable)")
-    px.add_argument("--out", default="results/proxy", help="output directory (default "
-                                                            "results/proxy)")
+    local_cli.add_out(px, "proxy")
     px.add_argument("--no-progress", action="store_true", help="no progress bars")
     px.set_defaults(func=run_proxy)
 
@@ -196,8 +194,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--max-tokens", type=int, default=128, help="tokens per fill (default 128)")
     f.add_argument("--seed", type=int, default=0, help="seed of the subset and spans")
     f.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
-    f.add_argument("--out", default="results/fim", help="output directory (default "
-                                                        "results/fim)")
+    local_cli.add_out(f, "fim")
     f.set_defaults(func=run_fim)
 
     lo = kinds.add_parser("load", help="throughput, latency and memory per engine strategy",
@@ -214,8 +211,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
     lo.add_argument("--seed", type=int, default=0, help="sampling seed of request 0 (default 0)")
     lo.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
-    lo.add_argument("--out", default="results/load", help="output directory (default "
-                                                          "results/load)")
+    local_cli.add_out(lo, "load")
     lo.set_defaults(func=run_load)
 
     so = kinds.add_parser("soak", help="mixed traffic with cancels, deadlines, bursts and "
@@ -234,8 +230,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     so.add_argument("--windows", type=int, default=10,
                     help="time windows of the latency and RSS table (default 10)")
     so.add_argument("--seed", type=int, default=0, help="seed of the traffic mix (default 0)")
-    so.add_argument("--out", default="results/soak", help="output directory (default "
-                                                          "results/soak)")
+    local_cli.add_out(so, "soak")
     so.set_defaults(func=run_soak)
 
     rc = kinds.add_parser("recipes", help="mask recipes side by side: greedy pass@1, proxy, "
@@ -245,8 +240,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     rc.add_argument("--run", action="append", required=True, metavar="NAME=STORE[,proxy=DIR]"
                     "[,greedy=DIR]", help="one recipe: its store, the --out of its `bench proxy` "
                     "and of its `bench passk --greedy` (repeatable)")
-    rc.add_argument("--out", default="results/recipes", help="output directory (default "
-                                                              "results/recipes)")
+    local_cli.add_out(rc, "recipes")
     rc.set_defaults(func=run_recipes)
     local_cli.register(kinds)
 

@@ -26,6 +26,12 @@ def _fraction(text: str) -> float:
     return value
 
 
+def add_out(parser: argparse.ArgumentParser, name: str) -> None:
+    """Every bench's output directory: results/NAME unless --out says otherwise."""
+    parser.add_argument("--out", default=f"results/{name}",
+                        help=f"output directory (default results/{name})")
+
+
 def register(kinds: argparse._SubParsersAction) -> None:
     e = kinds.add_parser("engine", help="the engine end to end: decode vs transformers, mask "
                          "switches, mixed loads, memory, bandwidth floor, step profile",
@@ -35,8 +41,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
     e.add_argument("--quick", action="store_true",
                    help="fewer tokens and repeats: a few minutes instead of ~15")
     e.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2)")
-    e.add_argument("--out", default="results/engine", help="output directory (default "
-                                                           "results/engine)")
+    add_out(e, "engine")
     e.set_defaults(func=run_engine)
 
     k = kinds.add_parser("kernels", help="masked kernels vs torch dense over the default "
@@ -49,8 +54,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
                    help="timed repeats per case, best reported (default 5)")
     k.add_argument("--prefill-layers", type=_positive, default=2,
                    help="layers used for the prefill comparison (default 2)")
-    k.add_argument("--out", default="results/kernels", help="output directory (default "
-                                                            "results/kernels)")
+    add_out(k, "kernels")
     k.set_defaults(func=run_kernels)
 
     p = kinds.add_parser("perplexity", help="perplexity of dense and each mask on held-out "
@@ -73,8 +77,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
                    help="torch CPU threads (default: torch's, one per core; on a busy machine "
                         "fewer threads than cores avoid OpenMP oversubscription)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--out", default="results/perplexity", help="output directory (default "
-                                                               "results/perplexity)")
+    add_out(p, "perplexity")
     p.set_defaults(func=run_perplexity)
 
     r = kinds.add_parser("router", help="router accuracy on projects it never saw, and its "
@@ -90,8 +93,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
                    help="router confidence threshold (default 0.5)")
     r.add_argument("--no-humaneval", action="store_true",
                    help="skip routing the HumanEval prompts")
-    r.add_argument("--out", default="results/router", help="output directory (default "
-                                                           "results/router)")
+    add_out(r, "router")
     r.set_defaults(func=run_router)
 
     sb = kinds.add_parser("sandbox", help="HumanEval sandbox throughput per language (known-good "
@@ -104,8 +106,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
                     help="parallel sandboxes (default: one per CPU core)")
     sb.add_argument("--languages", nargs="+", default=list(LANGUAGES), choices=LANGUAGES,
                     help="languages to measure (default: all)")
-    sb.add_argument("--out", default="results/sandbox", help="output directory (default "
-                                                             "results/sandbox)")
+    add_out(sb, "sandbox")
     sb.set_defaults(func=run_sandbox)
 
 
