@@ -96,7 +96,7 @@ class FusedLinear(Linear):
                  scratch: list[torch.Tensor]) -> None:
         super().__init__(weight, bias)
         self.rows = rows
-        self.scratch = scratch  # one flat buffer shared by all, made on first use
+        self.scratch = scratch  # [one flat buffer] shared by all, grown on use
         self.stack = _no_masks(weight)
 
     def forward(self, x):
@@ -119,13 +119,12 @@ class FusedLinear(Linear):
 
     def one_language(self, rows: torch.Tensor, lang: int) -> torch.Tensor:
         """rows [T, in] all of language `lang` (-1 = dense)."""
-        mask = None if lang < 0 else self.stack[lang]
-        if mask is not None and not self.scratch:
-            self.scratch.append(torch.empty(0, dtype=self.weight.dtype))
-        if mask is not None and self.scratch[0].numel() < self.weight.numel():
+        if lang < 0:
+            return F.linear(rows, self.weight, self.bias)
+        if self.scratch[0].numel() < self.weight.numel():
             self.scratch[0] = torch.empty(self.weight.numel(), dtype=self.weight.dtype)
-        scratch = self.scratch[0] if mask is not None else rows.new_empty(0)
-        return kernels.masked_linear_prefill(rows, self.weight, mask, self.bias, scratch)
+        return kernels.masked_linear_prefill(rows, self.weight, self.stack[lang], self.bias,
+                                             self.scratch[0])
 
 
 class MaskStrategy:
@@ -224,9 +223,11 @@ class FusedStrategy(MaskStrategy):
     name = "fused"
     mixes_languages = True
 
+    def __init__(self, *args, **kwargs) -> None:
+        self.scratch = [torch.empty(0)]  # its Linears' shared W*M buffer
+        super().__init__(*args, **kwargs)
+
     def make_linear(self, dense):
-        if not hasattr(self, "scratch"):
-            self.scratch: list[torch.Tensor] = []
         return FusedLinear(dense.weight, dense.bias, self.rows, self.scratch)
 
     def set_masks(self, masks):
