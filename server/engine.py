@@ -355,10 +355,10 @@ class Engine:
         prompt, first = handle.prompt_ids, handle.slots[0]
         mask_id = self.mask_ids[handle.key]
         cached = self._reuse_prefix(mask_id, prompt, first, handle.language)
-        self._set_rows([handle.key], prefill=True)
         ids = torch.tensor([prompt[cached:]])
         positions = torch.arange(cached, len(prompt))[None]
-        logits = self.model(ids, positions, self.cache, torch.tensor([first]), prefill=True)[0]
+        logits = self.forward(ids, positions, torch.tensor([first]), [handle.key],
+                              prefill=True)[0]
         if self.prefix_cache is not None:
             self.prefix_cache.store(mask_id, prompt, self.cache.k[:, first],
                                     self.cache.v[:, first])
@@ -385,11 +385,11 @@ class Engine:
 
     def _decode(self, batch: list[Sequence]) -> None:
         started = time.perf_counter()
-        self._set_rows([s.language for s in batch], prefill=False)
         tokens = torch.tensor([[s.last_token] for s in batch])
         positions = torch.tensor([[s.position] for s in batch])
         slots = torch.tensor([s.slot for s in batch])
-        logits = self.model(tokens, positions, self.cache, slots, prefill=False)
+        logits = self.forward(tokens, positions, slots, [s.language for s in batch],
+                              prefill=False)
         for seq, row in zip(batch, logits, strict=True):
             seq.position += 1
             self._accept(seq, choose_token(row, seq.handle.request.params, seq.generator))
@@ -398,15 +398,12 @@ class Engine:
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                 row_languages: list[str], prefill: bool) -> torch.Tensor:
-        """One forward outside the scheduler (benchmarks, tests; the engine thread idle): a
-        prefill of one sequence or a decode step, each row on its language's mask."""
-        self._set_rows(row_languages, prefill)
-        return self.model(tokens, positions, self.cache, slots, prefill=prefill)
-
-    def _set_rows(self, row_languages: list[str], prefill: bool) -> None:
+        """One forward: a prefill of one sequence or a decode step, each row on its language's
+        mask. The engine thread's own; benchmarks and tests call it while that thread idles."""
         seconds = self.strategy.set_rows(row_languages, prefill)
         if seconds:
             self.observer.mask_switch(seconds)
+        return self.model(tokens, positions, self.cache, slots, prefill=prefill)
 
     def _accept(self, seq: Sequence, token: int) -> None:
         """Record a sampled token: emit its text, or finish the sequence."""
