@@ -211,6 +211,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     lo.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
     lo.add_argument("--seed", type=int, default=0, help="sampling seed of request 0 (default 0)")
     lo.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
+    lo.add_argument("--http", action="store_true",
+                    help="also send the measured requests through the OpenAI-compatible HTTP "
+                         "API of the same server and report HTTP/gRPC ratios (gRPC, HTTP, HTTP, "
+                         "gRPC passes: three more passes per strategy)")
     local_cli.add_out(lo, "load")
     lo.set_defaults(func=run_load)
 
@@ -528,7 +532,7 @@ def run_load(args: argparse.Namespace) -> int:
     if not Path(args.store).is_dir():
         raise CLIError(f"{args.store}: no such store directory (build one with submodel prune)")
     cfg = LoadConfig(Path(args.store), args.strategies, args.concurrency, args.requests,
-                     args.max_tokens, seed=args.seed, dtype=args.dtype)
+                     args.max_tokens, seed=args.seed, dtype=args.dtype, http=args.http)
     out = Path(args.out)
     try:
         results = run(cfg, out, progress=lambda s: print(s, file=sys.stderr))

@@ -10,6 +10,8 @@ RSS and PSS come from /proc/PID/smaps_rollup, sampled while traffic runs; its ke
 
 from __future__ import annotations
 
+import http.client
+import json
 import re
 import threading
 import time
@@ -46,6 +48,7 @@ class LoadConfig:
     temperature: float = 0.8
     seed: int = 0
     dtype: str | None = None
+    http: bool = False  # also send the same requests through the HTTP API; report the ratios
 
 
 @dataclass(frozen=True)
@@ -154,6 +157,43 @@ def timed_request(client: Client, language: str, request: pb.GenerateRequest) ->
     return Timed(language, routed, ttft, time.perf_counter() - start, tokens)
 
 
+def timed_http(address: str, language: str, request: pb.GenerateRequest) -> Timed:
+    """The same request through the OpenAI-compatible HTTP API, streamed (SSE)."""
+    start = time.perf_counter()
+    ttft, tokens, routed = None, 0, ""
+    body = {"model": request.language or "auto", "prompt": request.prompt,
+            "max_tokens": request.max_tokens, "temperature": request.temperature,
+            "top_p": request.top_p, "seed": request.seed, "stream": True,
+            "stream_options": {"include_usage": True}}
+    host, _, port = address.rpartition(":")
+    connection = http.client.HTTPConnection(host.strip("[]"), int(port), timeout=600)
+    try:
+        connection.request("POST", "/v1/completions", json.dumps(body),
+                           {"content-type": "application/json"})
+        response = connection.getresponse()
+        routed = response.getheader("x-submodel-language", "")
+        if response.status != 200:
+            message = json.loads(response.read()).get("error", {}).get("message", "")
+            return Timed(language, routed, ttft, time.perf_counter() - start, tokens,
+                         f"HTTP {response.status}: {message}")
+        for line in response:
+            if not line.startswith(b"data: ") or line.strip() == b"data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if "error" in chunk:
+                return Timed(language, routed, ttft, time.perf_counter() - start, tokens,
+                             f"stream error: {chunk['error'].get('message', '')}")
+            if ttft is None and any(c.get("text") for c in chunk.get("choices", ())):
+                ttft = time.perf_counter() - start
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+    except OSError as e:
+        return Timed(language, routed, ttft, time.perf_counter() - start, tokens, f"HTTP: {e}")
+    finally:
+        connection.close()
+    return Timed(language, routed, ttft, time.perf_counter() - start, tokens)
+
+
 def weight_bytes(metrics_url: str | None) -> dict[str, float]:
     """submodel_weight_bytes{kind} from the server's /metrics."""
     if metrics_url is None:
@@ -171,46 +211,76 @@ def _percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
+def traffic_stats(timed: list[Timed], seconds: float) -> dict:
+    """Throughput and latency of one or more measured passes."""
+    ok = [t for t in timed if t.error is None]
+    tokens = sum(t.tokens for t in ok)
+    ttfts = [t.ttft for t in ok if t.ttft is not None]
+    return {
+        "requests": len(timed), "errors": len(timed) - len(ok),
+        "error_examples": sorted({t.error for t in timed if t.error})[:3],
+        "seconds": round(seconds, 3), "tokens": tokens,
+        "tokens_per_s": tokens / seconds, "requests_per_s": len(ok) / seconds,
+        "ttft_p50": _percentile(ttfts, 50), "ttft_p99": _percentile(ttfts, 99),
+        "latency_p50": _percentile([t.latency for t in ok], 50),
+        "latency_p99": _percentile([t.latency for t in ok], 99),
+    }
+
+
+def _measure(send, requests: list[tuple[str, pb.GenerateRequest]], concurrency: int
+             ) -> tuple[list[Timed], float]:
+    with ThreadPoolExecutor(concurrency) as pool:
+        start = time.perf_counter()
+        timed = list(pool.map(lambda lr: send(*lr), requests))
+        return timed, time.perf_counter() - start
+
+
 def run_strategy(strategy: str, cfg: LoadConfig, log_dir: Path) -> dict:
-    """One fresh server; warm-up (one short request per language), then the measured load."""
+    """One fresh server; warm-up (one short request per language), then the measured load.
+    With `cfg.http` the same requests also go through the HTTP API of the same server, in the
+    order gRPC, HTTP, HTTP, gRPC, so drift on a noisy machine falls on both alike."""
     server_strategy = DEFAULT_STRATEGY if strategy == DENSE else strategy
     with ServerProcess(cfg.store, log_dir / f"server-{strategy}.log", strategy=server_strategy,
                        max_batch=cfg.concurrency, max_queue=max(64, 2 * cfg.concurrency),
-                       dtype=cfg.dtype) as server, \
+                       dtype=cfg.dtype, http=cfg.http) as server, \
             Client(server.target) as client:
         listing = client.sub_models(timeout=60)
         languages = [s.id for s in listing.sub_models if not s.dense and s.id in LANGUAGES]
         if not languages:
             raise LoadError(f"{cfg.store} serves no language sub-model")
         dense = strategy == DENSE
-        for lang, request in traffic(languages, len(languages), cfg, dense):
-            request.max_tokens = 2
-            warm = timed_request(client, lang, request)
-            if warm.error:
-                raise LoadError(f"{strategy}: the warm-up request failed: {warm.error}")
+        senders = {"grpc": lambda lang, request: timed_request(client, lang, request),
+                   "http": lambda lang, request: timed_http(server.http_address, lang, request)}
+        for protocol in ("grpc", "http") if cfg.http else ("grpc",):
+            for lang, request in traffic(languages, len(languages), cfg, dense):
+                request.max_tokens = 2
+                warm = senders[protocol](lang, request)
+                if warm.error:
+                    raise LoadError(f"{strategy}: the {protocol} warm-up request failed: "
+                                    f"{warm.error}")
         idle = read_memory(server.pid)
         peak_reset = reset_peak(server.pid)
         requests = traffic(languages, cfg.requests, cfg, dense)
-        with MemoryMonitor(server.pid) as memory, ThreadPoolExecutor(cfg.concurrency) as pool:
-            start = time.perf_counter()
-            timed = list(pool.map(lambda lr: timed_request(client, *lr), requests))
-            seconds = time.perf_counter() - start
+        with MemoryMonitor(server.pid) as memory:
+            timed, seconds = _measure(senders["grpc"], requests, cfg.concurrency)
+        http = None
+        if cfg.http:
+            passes = [_measure(senders["http"], requests, cfg.concurrency) for _ in range(2)]
+            more, more_seconds = _measure(senders["grpc"], requests, cfg.concurrency)
+            grpc = traffic_stats(timed + more, seconds + more_seconds)
+            http = traffic_stats([t for p in passes for t in p[0]], sum(p[1] for p in passes))
+            http["vs_grpc"] = {key: http[key] / grpc[key] if grpc[key] and http[key] else None
+                               for key in ("tokens_per_s", "ttft_p50", "latency_p50")}
+            http["grpc_tokens_per_s"] = grpc["tokens_per_s"]
+            http["same_tokens"] = http["tokens"] == grpc["tokens"]
         hwm = read_memory(server.pid)["vmhwm"] if peak_reset else None
         weights = weight_bytes(server.metrics_url)
     ok = [t for t in timed if t.error is None]
-    tokens = sum(t.tokens for t in ok)
     return {
         "strategy": strategy, "server_strategy": server_strategy,
         "traffic": "dense (language=dense)" if dense else "mixed, unhinted",
-        "languages": languages, "concurrency": cfg.concurrency, "requests": len(timed),
-        "errors": len(timed) - len(ok),
-        "error_examples": sorted({t.error for t in timed if t.error})[:3],
-        "seconds": round(seconds, 3), "tokens": tokens,
-        "tokens_per_s": tokens / seconds, "requests_per_s": len(ok) / seconds,
-        "ttft_p50": _percentile([t.ttft for t in ok if t.ttft is not None], 50),
-        "ttft_p99": _percentile([t.ttft for t in ok if t.ttft is not None], 99),
-        "latency_p50": _percentile([t.latency for t in ok], 50),
-        "latency_p99": _percentile([t.latency for t in ok], 99),
+        "languages": languages, "concurrency": cfg.concurrency,
+        **traffic_stats(timed, seconds),
         "rss_idle": idle["rss"], "pss_idle": idle["pss"],
         "rss_peak": max(memory.peak["rss"], hwm or 0), "pss_peak": memory.peak["pss"],
         "rss_peak_source": "VmHWM reset after warm-up" if peak_reset else "sampled",
@@ -220,6 +290,7 @@ def run_strategy(strategy: str, cfg: LoadConfig, log_dir: Path) -> dict:
         "routing": {lang: dict(Counter(t.routed for t in ok if t.language == lang))
                     for lang in languages},
         "misroutes": sum(1 for t in ok if not dense and t.routed != t.language),
+        "http": http,
     }
 
 
@@ -251,8 +322,11 @@ def run_load(cfg: LoadConfig, out: Path, progress=print) -> dict:
         run = run_strategy(strategy, cfg, out)
         progress(f"load: {strategy}: {run['tokens_per_s']:.1f} tokens/s, p50 latency "
                  f"{run['latency_p50'] or 0:.2f} s, peak RSS {run['rss_peak'] / 2**20:.0f} MiB")
+        if run["http"]:
+            progress(f"load: {strategy}: HTTP/gRPC tokens/s "
+                     f"{run['http']['vs_grpc']['tokens_per_s'] or 0:.3f}x")
         runs.append(run)
     ratios(runs)
     return {"store": str(cfg.store), "concurrency": cfg.concurrency, "requests": cfg.requests,
             "max_tokens": cfg.max_tokens, "temperature": cfg.temperature, "seed": cfg.seed,
-            "runs": runs}
+            "http": cfg.http, "runs": runs}

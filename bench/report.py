@@ -314,6 +314,19 @@ def load_markdown(results: dict, figure: str) -> str:
               _ratio(v["rss_peak"]), _ratio(v["pss_peak"]), _mib(v["extra_rss_bytes"]),
               _ratio(v["extra_rss_over_mask_bytes"])]
              for r in runs if (v := r["vs_dense"])])
+    if results.get("http"):
+        lines += ["", "## HTTP against gRPC (same server, same requests)", "",
+                  "The measured requests sent again through the OpenAI-compatible HTTP API "
+                  "(`/v1/completions`, streamed), in the order gRPC, HTTP, HTTP, gRPC; each "
+                  "column is over both passes of its protocol. Target: HTTP within a few percent "
+                  "of gRPC.", ""]
+        lines += _table(
+            ["strategy", "gRPC tokens/s", "HTTP tokens/s", "HTTP/gRPC tokens/s",
+             "HTTP/gRPC TTFT p50", "HTTP/gRPC latency p50", "HTTP errors", "same tokens"],
+            [[r["strategy"], f"{h['grpc_tokens_per_s']:.1f}", f"{h['tokens_per_s']:.1f}",
+              _ratio(h["vs_grpc"]["tokens_per_s"]), _ratio(h["vs_grpc"]["ttft_p50"]),
+              _ratio(h["vs_grpc"]["latency_p50"]), str(h["errors"]),
+              "yes" if h["same_tokens"] else "no"] for r in runs if (h := r["http"])])
     lines += ["", f"![{figure}]({figure})", ""]
     return "\n".join(lines)
 

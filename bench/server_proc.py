@@ -22,6 +22,7 @@ PRELUDE = ("import ctypes, os, signal, sys\n"
            "if os.getppid() != int(sys.argv[1]): sys.exit(1)\n"
            "os.execv(sys.executable, [sys.executable, '-m', 'submodel.cli', *sys.argv[2:]])\n")
 METRICS = re.compile(r"metrics on http://(\S+)/metrics")
+HTTP_API = re.compile(r"OpenAI-compatible API on http://(\S+)/v1")
 
 
 def _interrupt(signum, frame) -> None:
@@ -38,13 +39,13 @@ class ServerProcess:
 
     def __init__(self, store: str | Path, log_path: Path, *, strategy: str = DEFAULT_STRATEGY,
                  max_batch: int = 8, max_queue: int = 64,
-                 dtype: str | None = None, metrics: bool = True,
+                 dtype: str | None = None, metrics: bool = True, http: bool = False,
                  start_timeout: float = 900.0) -> None:
         self.argv = [sys.executable, "-c", PRELUDE, str(os.getpid()), "serve", str(store),
                      "--port", "0",
                      "--strategy", strategy, "--max-batch", str(max_batch),
-                     "--max-queue", str(max_queue), "--grace", "5",
-                     "--no-http"]
+                     "--max-queue", str(max_queue), "--grace", "5"]
+        self.argv += ["--http-port", "0"] if http else ["--no-http"]
         self.argv += ["--metrics-port", "0"] if metrics else ["--no-metrics"]
         if dtype:
             self.argv += ["--dtype", dtype]
@@ -53,6 +54,7 @@ class ServerProcess:
         self.proc: subprocess.Popen | None = None
         self.target = ""
         self.metrics_url: str | None = None
+        self.http_address: str | None = None  # host:port of the HTTP API, when it serves one
         self._previous_handler = None
 
     @property
@@ -77,7 +79,9 @@ class ServerProcess:
             text = self.log_path.read_text(errors="replace")
             if m := METRICS.search(text):
                 self.metrics_url = f"http://{m[1]}/metrics"
-            if m := READY.search(text):
+            if m := HTTP_API.search(text):
+                self.http_address = m[1]
+            if (m := READY.search(text)) and (self.http_address or "--no-http" in self.argv):
                 self.target = m[1]
                 return self
             if self.proc.poll() is not None:

@@ -177,7 +177,7 @@ def test_passk_user_errors_are_one_line(tmp_path, capsys):
 def test_load_bench_reports_sane_fields(long_store, tmp_path):
     out = tmp_path / "load"
     assert main(["bench", "load", "--store", str(long_store), "--strategies", "swap",
-                 "--concurrency", "2", "--requests", "4", "--max-tokens", "4",
+                 "--concurrency", "2", "--requests", "4", "--max-tokens", "4", "--http",
                  "--out", str(out)]) == 0
     r = json.loads((out / "load.json").read_text())
     (run,) = r["runs"]
@@ -190,8 +190,14 @@ def test_load_bench_reports_sane_fields(long_store, tmp_path):
     # mixed traffic, one prompt per language in turn, routed by content
     assert {lang: sum(v.values()) for lang, v in run["routing"].items()} == dict.fromkeys(LANGS, 1)
     assert run["vs_dense"] is None  # no dense run to compare with
+    # the same requests through HTTP: two passes, the same seeded samples as through gRPC
+    http = run["http"]
+    assert http["errors"] == 0 and http["requests"] == 8 and http["same_tokens"]
+    assert 0 < http["ttft_p50"] <= http["latency_p99"]
+    assert all(ratio > 0 for ratio in http["vs_grpc"].values())
     assert (out / "load.png").read_bytes()[:4] == b"\x89PNG"
     assert "| swap | mixed, unhinted |" in (out / "load.md").read_text()
+    assert "## HTTP against gRPC" in (out / "load.md").read_text()
 
 
 def test_dense_traffic_names_dense_and_ratios_use_it():
