@@ -30,6 +30,16 @@ def copy_bandwidth(repeats: int, gib: float = 1.0) -> float:
     return 2 * src.numel() * 4 / (fastest(lambda: dst.copy_(src), repeats)["ms"] / 1e3)
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it ("unknown" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
 def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list[tuple]:
     """Per Linear: (weight, packed masks of LANGUAGES languages, 8 rows of x)."""
     layers = []
@@ -44,7 +54,12 @@ def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list
 
 
 def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dict]:
-    """A decode step: torch dense vs the kernel (slower paths at batch 1 only, timed once)."""
+    """A decode step: torch dense vs the kernel (slower paths at batch 1 only, timed once),
+    and the kernel over int8 codes of the same weights. Each row carries the weight bytes one
+    step reads, for its fraction of the bandwidth floor."""
+    quantized = [kernels.quantize_q8(w) for w, _, _ in layers]
+    full_bytes = sum(w.numel() * w.element_size() for w, _, _ in layers)
+    int8_bytes = sum(c.numel() + s.numel() * s.element_size() for c, s in quantized)
     one = torch.zeros(1, dtype=torch.int32)
     eight_one = torch.zeros(8, dtype=torch.int32)
     eight_mixed = torch.arange(8, dtype=torch.int32) % LANGUAGES
@@ -55,6 +70,10 @@ def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dic
     def masked(lang):
         return step(lambda w, m, x: kernels.masked_linear(x[: len(lang)], w, m, lang))
 
+    def int8(lang):
+        return lambda: [kernels.masked_linear_q8(x[: len(lang)], codes, scales, m, lang)
+                        for (_, m, x), (codes, scales) in zip(layers, quantized, strict=True)]
+
     best = paths[-1]
     cases = [
         ("torch dense F.linear", 1, "-", step(lambda w, m, x: F.linear(x[:1], w))),
@@ -63,12 +82,16 @@ def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dic
         ("kernel, dense rows", 1, best, masked(one - 1)),
         ("masked, 1 language", 8, best, masked(eight_one)),
         ("masked, 4 languages", 8, best, masked(eight_mixed)),
+        ("int8 masked, 1 language", 1, best, int8(one)),
+        ("int8 kernel, dense rows", 1, best, int8(one - 1)),
+        ("int8 masked, 4 languages", 8, best, int8(eight_mixed)),
     ] + [("masked, 1 language", 1, path, masked(one)) for path in paths[:-1]]
     rows = []
     for name, batch, path, fn in cases:
         kernels.set_kernel_path(None if path == "-" else path)
         t = fastest(fn, repeats if path in ("-", best) else 1)
-        rows.append({"case": name, "batch": batch, "path": path, **t})
+        nbytes = int8_bytes if name.startswith("int8") else full_bytes
+        rows.append({"case": name, "batch": batch, "path": path, "weight_bytes": nbytes, **t})
     kernels.set_kernel_path(None)
     return rows
 
@@ -122,6 +145,7 @@ def run(layers: int, threads: int, repeats: int, prefill_layers: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     bandwidth = copy_bandwidth(repeats)
     result = {"layers": layers, "threads": threads, "load_average": os.getloadavg()[0],
+              "cpu": cpu_model(),
               "bandwidth_gbs": bandwidth / 1e9, "cpu_features": kernels.cpu_features(),
               "paths": kernels.available_paths(), "dtypes": {}}
     for dtype in (torch.bfloat16, torch.float32):
@@ -129,7 +153,7 @@ def run(layers: int, threads: int, repeats: int, prefill_layers: int) -> dict:
         weight_bytes = sum(w.numel() * w.element_size() for w, _, _ in built)
         decode = decode_rows(built, repeats, result["paths"])
         for row in decode:
-            row["floor_fraction"] = weight_bytes / bandwidth * 1e3 / row["ms"]
+            row["floor_fraction"] = row["weight_bytes"] / bandwidth * 1e3 / row["ms"]
         result["dtypes"][str(dtype).removeprefix("torch.")] = {
             "weight_bytes": weight_bytes,
             "decode": decode,
@@ -144,9 +168,10 @@ def markdown(result: dict) -> str:
     lines = [
         f"Masked kernels: {result['layers']} layers of Qwen2.5-0.5B Linear shapes, "
         f"{result['threads']} threads, load average {result['load_average']:.1f}, "
-        f"CPU features {', '.join(result['cpu_features'])}.",
-        f"Copy bandwidth {result['bandwidth_gbs']:.1f} GB/s (read + write); floor = weight "
-        "bytes / that bandwidth. ms = best wall time, cpu = best CPU time of all threads.",
+        f"CPU {result['cpu']} with {', '.join(result['cpu_features'])}.",
+        f"Copy bandwidth {result['bandwidth_gbs']:.1f} GB/s (read + write); floor = the weight "
+        "bytes a row reads (int8: codes + scales) / that bandwidth. ms = best wall time, "
+        "cpu = best CPU time of all threads.",
         "",
         "| decode step | dtype | batch | path | ms | cpu ms | vs torch dense (ms) | floor |",
         "|---|---|---:|---|---:|---:|---:|---:|",

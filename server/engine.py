@@ -64,7 +64,7 @@ class Engine:
     def __init__(self, store: Store, strategy: str = DEFAULT_STRATEGY,
                  dtype: torch.dtype | None = None, max_batch: int = 8, max_context: int = 2048,
                  max_queue: int = 64, time_slice: float = 0.25, prefix_cache_mb: int = 0,
-                 observer: EngineObserver | None = None) -> None:
+                 weights: str = "full", observer: EngineObserver | None = None) -> None:
         self.store = store
         self.languages = store.languages
         self.observer = observer or EngineObserver()
@@ -83,7 +83,7 @@ class Engine:
         self.model = Transformer(self.args, state)  # CPU: the masked kernels are CPU code
         self.names = [f"{name}.weight" for name in self.model.prunable()]
         masks = {lang: self._load_mask(store, lang) for lang in self.languages}
-        self.strategy = make_strategy(strategy, self.model, masks, store.dense_file)
+        self.strategy = make_strategy(strategy, self.model, masks, store.dense_file, weights)
         prunable = set(self.names)
         other_bytes = sum(t.numel() * t.element_size() for n, t in state.items()
                           if n not in prunable)

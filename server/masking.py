@@ -13,6 +13,10 @@ once per forward, which language each batch row uses. Three strategies:
 All three send decode-time matmuls through the same GEMV kernel, so they differ only in how
 masks are applied. A batch is memory-bound up to about kernels.gemm_min_rows rows; past that,
 one language's rows go through W*M in a reused scratch buffer and torch's GEMM.
+
+Fused can also hold the weights as int8 (`weights="int8"`: codes and a scale per 32 columns, made
+from the store's weights at load; the LM head too): a decode step then reads a bit over half the
+bytes, at the cost of that rounding (`submodel bench kernels` times both).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import torch.nn.functional as F
 from submodel.server import kernels
 from submodel.server.dense_source import mapped_tensors
 from submodel.server.model import Linear, Transformer
-from submodel.vocabulary import DENSE, STRATEGIES
+from submodel.vocabulary import DENSE, STRATEGIES, WEIGHT_FORMATS
 
 Masks = dict[str, dict[str, torch.Tensor]]  # language -> weight name -> packed [out, in/8]
 
@@ -72,6 +76,22 @@ class HeadLinear(Linear):
         return dense_gemv(x, self.weight, self.no_masks, None)
 
 
+class Int8HeadLinear(Linear):
+    """The LM head as int8 codes and scales (the embedding table stays as it was): the kernel
+    for every batch size, as the head only ever sees one position per sequence."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__(None)
+        self.codes, self.scales = kernels.quantize_q8(weight)
+        self.no_masks = _no_masks(self.codes)
+
+    def forward(self, x):
+        rows = x.reshape(-1, x.shape[-1])
+        dense_rows = torch.full((rows.shape[0],), -1, dtype=torch.int32)
+        out = kernels.masked_linear_q8(rows, self.codes, self.scales, self.no_masks, dense_rows)
+        return out.view(*x.shape[:-1], -1)
+
+
 class LiveLinear(Linear):
     """A Linear whose weight already carries the mask (swap: the live weights; replicas: the
     active language's copy): torch's GEMM for prefill, the kernel for decode."""
@@ -105,17 +125,20 @@ class FusedLinear(Linear):
         if r.prefill:
             out = self.one_language(rows, int(r.index[0]))
         elif not r.gemm_groups:
-            out = kernels.masked_linear(rows, self.weight, self.stack, r.index, self.bias)
+            out = self.gemv(rows, r.index)
         elif len(r.gemm_groups) == 1 and not len(r.gemv_rows):
             out = self.one_language(rows, r.gemm_groups[0][0])
         else:
-            out = rows.new_empty(rows.shape[0], self.weight.shape[0])
+            out = rows.new_empty(rows.shape[0], self.stack.shape[1])
             for lang, picked in r.gemm_groups:
                 out[picked] = self.one_language(rows[picked], lang)
             if len(r.gemv_rows):
-                out[r.gemv_rows] = kernels.masked_linear(
-                    rows[r.gemv_rows], self.weight, self.stack, r.index[r.gemv_rows], self.bias)
+                out[r.gemv_rows] = self.gemv(rows[r.gemv_rows], r.index[r.gemv_rows])
         return out.view(*x.shape[:-1], -1)
+
+    def gemv(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """Rows of any languages (index: each row's, -1 = dense) through the masked kernel."""
+        return kernels.masked_linear(rows, self.weight, self.stack, index, self.bias)
 
     def one_language(self, rows: torch.Tensor, lang: int) -> torch.Tensor:
         """rows [T, in] all of language `lang` (-1 = dense)."""
@@ -127,6 +150,41 @@ class FusedLinear(Linear):
                                              self.scratch[0])
 
 
+class Int8FusedLinear(FusedLinear):
+    """FusedLinear over int8 codes and per-group scales instead of the weight: the masked int8
+    GEMV for decode rows; W*M dequantized into the scratch buffer for torch's GEMM."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: Rows,
+                 scratch: list[torch.Tensor]) -> None:
+        codes, scales = kernels.quantize_q8(weight)
+        super().__init__(codes, bias, rows, scratch)  # the mask stack takes the codes' shape
+        self.weight = None  # not kept: the codes and scales stand for it
+        self.codes, self.scales = codes, scales
+        self.dtype, self.shape = weight.dtype, weight.shape
+
+    def gemv(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return kernels.masked_linear_q8(rows, self.codes, self.scales, self.stack, index,
+                                        self.bias)
+
+    def one_language(self, rows, lang):
+        if rows.shape[0] < kernels.gemm_min_rows(self.dtype):
+            return self.gemv(rows, torch.full((rows.shape[0],), lang, dtype=torch.int32))
+        numel = self.codes.numel()
+        if self.scratch[0].numel() < numel or self.scratch[0].dtype != self.dtype:
+            self.scratch[0] = torch.empty(numel, dtype=self.dtype)
+        w = self.scratch[0][:numel].view(self.shape)
+        mask = self.stack[lang] if lang >= 0 else None
+        return F.linear(rows, kernels.dequantize_q8_into(self.codes, self.scales, mask, w),
+                        self.bias)
+
+
+def weight_bytes(linear: Linear) -> int:
+    """Bytes of a Linear's weight as held: the tensor, or int8 codes and their scales."""
+    if isinstance(linear, (Int8FusedLinear, Int8HeadLinear)):
+        return linear.codes.numel() + linear.scales.numel() * linear.scales.element_size()
+    return linear.weight.numel() * linear.weight.element_size()
+
+
 class MaskStrategy:
     """Owns the model's prunable Linears (by state-dict name) and their masks."""
 
@@ -136,18 +194,22 @@ class MaskStrategy:
     def __init__(self, model: Transformer, masks: Masks, dense_file: Path) -> None:
         self.model = model
         self.dense_file = dense_file
+        self.dtype = model.lm_head.weight.dtype  # the compute dtype
         self.rows = Rows()
         self.linears: dict[str, Linear] = {}  # weight name (as in the store) -> its Linear
         for name, dense in model.prunable().items():
             self.linears[f"{name}.weight"] = self.make_linear(dense)
             model.replace(name, self.linears[f"{name}.weight"])
-        model.lm_head = HeadLinear(model.lm_head.weight)
+        model.lm_head = self.make_head(model.lm_head.weight)
         self.masks: Masks = {}
         self.languages: list[str] = []
         self.set_masks(masks)
 
     def make_linear(self, dense: Linear) -> Linear:
         return LiveLinear(dense.weight, dense.bias, self.rows)
+
+    def make_head(self, weight: torch.Tensor) -> Linear:
+        return HeadLinear(weight)
 
     @property
     def names(self) -> list[str]:
@@ -174,8 +236,7 @@ class MaskStrategy:
 
     def resident_bytes(self) -> dict[str, int]:
         mask_bytes = sum(m.numel() for per in self.masks.values() for m in per.values())
-        dense_bytes = sum(m.weight.numel() * m.weight.element_size()
-                          for m in self.linears.values())
+        dense_bytes = sum(weight_bytes(m) for m in self.linears.values())
         return {"dense": dense_bytes, "masks": mask_bytes, "extra": 0}
 
 
@@ -223,12 +284,20 @@ class FusedStrategy(MaskStrategy):
     name = "fused"
     mixes_languages = True
 
-    def __init__(self, *args, **kwargs) -> None:
+    def __init__(self, *args, weights: str = "full", **kwargs) -> None:
+        if weights not in WEIGHT_FORMATS:
+            raise ValueError(f"unknown weight format {weights!r} (choose "
+                             f"{', '.join(WEIGHT_FORMATS)})")
+        self.int8 = weights == "int8"
         self.scratch = [torch.empty(0)]  # its Linears' shared W*M buffer
         super().__init__(*args, **kwargs)
 
     def make_linear(self, dense):
-        return FusedLinear(dense.weight, dense.bias, self.rows, self.scratch)
+        kind = Int8FusedLinear if self.int8 else FusedLinear
+        return kind(dense.weight, dense.bias, self.rows, self.scratch)
+
+    def make_head(self, weight):
+        return Int8HeadLinear(weight) if self.int8 else HeadLinear(weight)
 
     def set_masks(self, masks):
         """Restack each weight's masks [L, out, in/8], every language's bits side by side; the
@@ -237,7 +306,7 @@ class FusedStrategy(MaskStrategy):
         super().set_masks(masks)
         for name, linear in self.linears.items():
             linear.stack = (torch.stack([masks[lang][name] for lang in self.languages])
-                            if self.languages else _no_masks(linear.weight))
+                            if self.languages else linear.stack[:0])
         self.masks = {lang: {name: linear.stack[k] for name, linear in self.linears.items()}
                       for k, lang in enumerate(self.languages)}
 
@@ -247,9 +316,8 @@ class FusedStrategy(MaskStrategy):
         (which reads each weight once for all of them)."""
         super().set_rows(row_languages, prefill)
         index = self.rows.index
-        dtype = next(iter(self.linears.values())).weight.dtype if self.linears else torch.float32
         langs, counts = torch.unique(index, return_counts=True)
-        big = langs[counts >= kernels.gemm_min_rows(dtype)]
+        big = langs[counts >= kernels.gemm_min_rows(self.dtype)]
         self.rows.gemm_groups = [(int(lang), torch.nonzero(index == lang).flatten())
                                  for lang in big]
         self.rows.gemv_rows = torch.nonzero(~torch.isin(index, big)).flatten()
@@ -257,6 +325,8 @@ class FusedStrategy(MaskStrategy):
 
     def resident_bytes(self):
         sizes = super().resident_bytes()
+        if self.int8:  # the head's own codes, next to the embedding table it came from
+            sizes["dense"] += weight_bytes(self.model.lm_head)
         sizes["extra"] = sum(s.numel() * s.element_size() for s in self.scratch)
         return sizes
 
@@ -296,10 +366,15 @@ class ReplicaStrategy(MaskStrategy):
         return sizes
 
 
-def make_strategy(name: str, model: Transformer, masks: Masks, dense_file: Path
-                  ) -> MaskStrategy:
-    """Install strategy `name` into `model` (replacing its prunable Linears and LM head)."""
+def make_strategy(name: str, model: Transformer, masks: Masks, dense_file: Path,
+                  weights: str = "full") -> MaskStrategy:
+    """Install strategy `name` into `model` (replacing its prunable Linears and LM head);
+    `weights="int8"` (fused only) holds them as int8 codes and scales."""
     classes = {"swap": SwapStrategy, "fused": FusedStrategy, "replicas": ReplicaStrategy}
     if name not in classes:
         raise ValueError(f"unknown strategy '{name}' (choose {', '.join(STRATEGIES)})")
+    if name == "fused":
+        return FusedStrategy(model, masks, dense_file, weights=weights)
+    if weights != "full":
+        raise ValueError(f"--weights {weights} needs the fused strategy (got {name})")
     return classes[name](model, masks, dense_file)

@@ -93,6 +93,9 @@ def test_kernel_bench_is_a_bench_subcommand(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "kernels.json").read_text())
     assert set(r["dtypes"]) == {"bfloat16", "float32"}
+    assert r["cpu"]
     for figures in r["dtypes"].values():
         assert all(row["ms"] > 0 and row["floor_fraction"] > 0 for row in figures["decode"])
+        int8 = {row["case"]: row["weight_bytes"] for row in figures["decode"]}
+        assert int8["int8 masked, 1 language"] < int8["masked, 1 language"] / 1.7
     assert (tmp_path / "kernels.md").read_text().strip() == capsys.readouterr().out.strip()

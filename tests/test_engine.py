@@ -8,7 +8,7 @@ import torch
 
 from submodel.pruning import masks as bits
 from submodel.pruning.store import open_store
-from submodel.server import omp
+from submodel.server import kernels, omp
 from submodel.server.api import (
     DoneEvent,
     FinishEvent,
@@ -53,12 +53,18 @@ def run(engine, prompt=PROMPT, language=DENSE, params=GREEDY, **kw):
     return tokens, finishes, done
 
 
-def reference_tokens(store, language, prompt=PROMPT, max_tokens=12):
-    """Greedy tokens of transformers' own model with the language's mask multiplied in."""
+def reference_tokens(store, language, prompt=PROMPT, max_tokens=12, int8=False):
+    """Greedy tokens of transformers' own model with the language's mask multiplied in (and,
+    with `int8`, the prunable Linears and the LM head holding the values int8 keeps of them)."""
     model = store.load_hf_model(torch.float32)
+    sd = model.state_dict()
+    if int8:
+        for name in [n for n in sd if n.rsplit(".", 2)[-2] in PRUNABLE]:
+            sd[name].copy_(dequantize(sd[name]))
+        # a head of its own: the engine's embedding table stays as it was
+        model.lm_head.weight = torch.nn.Parameter(dequantize(model.lm_head.weight.detach()))
     if language != DENSE:
         masks = store.load_mask(language)
-        sd = model.state_dict()
         for name, packed in masks.items():
             sd[name].mul_(bits.unpack(packed, sd[name].shape[1]).float())
     tok = store.load_tokenizer()
@@ -68,11 +74,32 @@ def reference_tokens(store, language, prompt=PROMPT, max_tokens=12):
     return out[0, ids.shape[1]:].tolist()
 
 
+def dequantize(weight: torch.Tensor) -> torch.Tensor:
+    codes, scales = kernels.quantize_q8(weight)
+    return (codes.float().view(codes.shape[0], -1, 32) * scales[..., None]).view(weight.shape)
+
+
 @pytest.mark.parametrize("language", [DENSE, "python", "cpp"])
 def test_greedy_matches_masked_reference(engine, store, language):
     tokens, finishes, _ = run(engine, language=language)
     assert tokens[0] == reference_tokens(store, language)
     assert finishes[0].finish_reason == "length" and finishes[0].tokens == 12
+
+
+def test_int8_weights_match_their_dequantized_reference(store):
+    engine = Engine(store, strategy="fused", weights="int8", max_batch=4)
+    engine.start()
+    try:
+        for language in (DENSE, "python", "java"):
+            tokens, _, _ = run(engine, language=language)
+            assert tokens[0] == reference_tokens(store, language, int8=True)
+        sizes = engine.strategy.resident_bytes()
+        full = sum(m.numel() * 4 for m in engine.strategy.masks["python"].values()) * 8
+        assert sizes["dense"] < full / 3  # 1 byte + 1/8 of a scale per weight, not 4
+    finally:
+        engine.stop()
+    with pytest.raises(ValueError, match="needs the fused strategy"):
+        Engine(store, strategy="swap", weights="int8")
 
 
 def test_languages_give_different_outputs(engine):

@@ -47,6 +47,10 @@ def reference(x, weight, bits, row_lang, bias):
     return y + bias.double() if bias is not None else y
 
 
+# int8 weights in fp32: x's int16 codes (15 bits per group of 32) are the only rounding
+Q8_FP32_TOLERANCE = {"atol": 1e-3, "rtol": 1e-4}
+
+
 def tolerance(dtype):
     return {"atol": 2e-2, "rtol": 2e-2} if dtype == torch.bfloat16 else {"atol": 1e-4, "rtol": 1e-4}
 
@@ -215,20 +219,27 @@ class OneLinear(torch.nn.Module):
         setattr(self, name, module)
 
 
+@pytest.mark.parametrize("weights", ["full", "int8"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_decode_plan_matches_reference(dtype):
+def test_fused_decode_plan_matches_reference(dtype, weights):
     """A decode batch where one language has enough rows for the GEMM route, others go through
-    the GEMV kernel, and the LM head too: every row still gets its own language's weights."""
+    the GEMV kernel, and the LM head too: every row still gets its own language's weights
+    (with int8 weights: the dequantized ones), and a prefill of each language as well."""
     from submodel.server.masking import make_strategy
 
     gen = torch.Generator().manual_seed(5)
-    out, inp, langs = 24, 40, ["cpp", "java", "python"]
+    out, inp, langs = 24, 64, ["cpp", "java", "python"]
     bits, packed = random_masks(3, out, inp, gen)
     weight = torch.randn(out, inp, generator=gen).to(dtype)
     lm_head = torch.randn(30, inp, generator=gen).to(dtype)
     masks = {lang: {"w.weight": packed[k]} for k, lang in enumerate(langs)}
     model = OneLinear(weight, lm_head)
-    strategy = make_strategy("fused", model, masks, None)
+    strategy = make_strategy("fused", model, masks, None, weights)
+    tol = tolerance(dtype)
+    if weights == "int8":  # the reference computes with the values int8 holds
+        weight, lm_head = (dequantized(*kernels.quantize_q8(w)) for w in (weight, lm_head))
+        # bf16: the GEMM route also rounds the dequantized weights to bf16
+        tol = Q8_FP32_TOLERANCE if dtype == torch.float32 else {"atol": 6e-2, "rtol": 2e-2}
     many = kernels.gemm_min_rows(dtype)
     for rows in (["java"] * many + ["cpp", "dense", "python"], ["python"] * many,
                  ["dense"] * many + ["java"] * many, ["cpp", "dense"]):
@@ -237,10 +248,17 @@ def test_fused_decode_plan_matches_reference(dtype):
         y = model.w(x)
         row_lang = torch.tensor([langs.index(r) if r != "dense" else -1 for r in rows])
         ref = reference(x[:, 0], weight, bits, row_lang, None)
-        torch.testing.assert_close(y[:, 0].double(), ref, **tolerance(dtype))
+        torch.testing.assert_close(y[:, 0].double(), ref, **tol)
         head = model.lm_head(x)
         torch.testing.assert_close(head[:, 0].double(), x[:, 0].double() @ lm_head.double().T,
-                                   **tolerance(dtype))
+                                   **tol)
+    for rows in (3, many + 5):  # prefill: the GEMV kernel, then W*M and torch's GEMM
+        for lang in ["dense", *langs]:
+            strategy.set_rows([lang], prefill=True)
+            x = torch.randn(1, rows, inp, generator=gen).to(dtype)
+            row_lang = torch.full((rows,), langs.index(lang) if lang != "dense" else -1)
+            ref = reference(x[0], weight, bits, row_lang, None)
+            torch.testing.assert_close(model.w(x)[0].double(), ref, **tol)
 
 
 def test_fused_strategy_without_languages_serves_dense():
@@ -271,3 +289,79 @@ def test_masked_linear_group_shapes(path, dtype, row_lang):
     y = kernels.masked_linear(x, weight, packed, row_lang)
     torch.testing.assert_close(y.double(), reference(x, weight, bits, row_lang, None),
                                **tolerance(dtype))
+
+
+# ---- int8 weights ------------------------------------------------------------------------------
+
+Q8_SHAPES = [(1, 32), (7, 64), (33, 96), (64, 160)]  # in: multiples of the 32-column group
+
+
+def dequantized(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
+    out, inp = codes.shape
+    return (codes.double().view(out, -1, 32) * scales.double()[..., None]).view(out, inp)
+
+
+def test_quantize_q8_rounds_each_group_to_its_own_scale():
+    gen = torch.Generator().manual_seed(11)
+    weight = torch.randn(5, 96, generator=gen)
+    weight[1, 32:64] = 0  # an all-zero group: scale 0, codes 0
+    weight[2, :32] *= 1000  # a group far larger than the others keeps them precise
+    codes, scales = kernels.quantize_q8(weight)
+    assert codes.dtype == torch.int8 and scales.shape == (5, 3)
+    assert codes.abs().max() == 127 and scales[1, 1] == 0 and not codes[1, 32:64].any()
+    error = (dequantized(codes, scales) - weight.double()).abs().view(5, 3, 32)
+    assert (error <= scales.double()[..., None] / 2 + 1e-9).all()
+    with pytest.raises(ValueError, match="divisible by 32"):
+        kernels.quantize_q8(torch.randn(4, 40))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("out,inp", Q8_SHAPES)
+def test_masked_linear_q8_mixed_batch(path, dtype, out, inp):
+    gen = torch.Generator().manual_seed(out * inp)
+    codes, scales = kernels.quantize_q8(torch.randn(out, inp, generator=gen))
+    bits, packed = random_masks(3, out, inp, gen)
+    for row_lang in ([0], [-1], [2, -1, 0, 1, 1], [1, 0, 2, -1, 2, 0, 1, -1, 0]):
+        lang = torch.tensor(row_lang, dtype=torch.int32)
+        x = torch.randn(len(row_lang), inp, generator=gen)
+        x[:, 3] *= 50  # an outlier column, as activations have
+        bias = torch.randn(out, generator=gen)
+        y = kernels.masked_linear_q8(x.to(dtype), codes, scales, packed, lang, bias.to(dtype))
+        assert y.dtype == dtype and y.shape == (len(row_lang), out)
+        ref = reference(x.to(dtype), dequantized(codes, scales), bits, lang, bias.to(dtype))
+        if dtype == torch.bfloat16:
+            torch.testing.assert_close(y.double(), ref, **tolerance(dtype))
+            continue
+        # fp32: the only rounding is x's int16 codes, half a step (group max / 32767) each
+        half_step = x.abs().view(len(row_lang), -1, 32).amax(-1).double() / 32767 / 2
+        w = dequantized(codes, scales).abs().view(out, -1, 32).sum(-1)  # [out, groups]
+        bound = half_step @ w.T
+        assert ((y.double() - ref).abs() <= bound * 1.001 + 1e-5).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_q8_into_is_exact(path, dtype):
+    gen = torch.Generator().manual_seed(12)
+    codes, scales = kernels.quantize_q8(torch.randn(33, 96, generator=gen))
+    bits, packed = random_masks(1, 33, 96, gen)
+    want = codes.float() * scales.repeat_interleave(32, dim=1)
+    out = torch.empty(33, 96, dtype=dtype)
+    assert torch.equal(kernels.dequantize_q8_into(codes, scales, packed[0], out),
+                       (want * bits[0]).to(dtype))
+    assert torch.equal(kernels.dequantize_q8_into(codes, scales, None, out), want.to(dtype))
+
+
+def test_q8_ops_reject_bad_input():
+    codes, scales = kernels.quantize_q8(torch.randn(8, 64))
+    masks = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    lang = torch.zeros(1, dtype=torch.int32)
+    with pytest.raises(RuntimeError, match="x must be"):
+        kernels.masked_linear_q8(torch.randn(1, 32), codes, scales, masks, lang)
+    with pytest.raises(RuntimeError, match="scales must be"):
+        kernels.masked_linear_q8(torch.randn(1, 64), codes, scales[:, :1].contiguous(), masks,
+                                 lang)
+    with pytest.raises(RuntimeError, match="outside"):
+        kernels.masked_linear_q8(torch.randn(1, 64), codes, scales, masks,
+                                 torch.ones(1, dtype=torch.int32))
+    with pytest.raises(RuntimeError, match="codes must be"):
+        kernels.dequantize_q8_into(codes.float(), scales, None, torch.empty(8, 64))

@@ -1,8 +1,9 @@
 """Masked Linear kernels: one compiled op serves every language's sub-model from one dense copy.
 
-The C++ extension (masked_linear.cpp) is compiled on first use with torch.utils.cpp_extension and
-cached under the user cache dir, keyed by a hash of the source, torch and Python versions, so an
-edit rebuilds and an unchanged tree loads in well under a second. Masks use the store's layout:
+The C++ extension (masked_linear.cpp; q8_linear.cpp for int8 weights) is compiled on first use
+with torch.utils.cpp_extension and cached under the user cache dir, keyed by a hash of the
+sources, torch and Python versions, so an edit rebuilds and an unchanged tree loads in well under
+a second. Masks use the store's layout:
 uint8 [out, ceil(in/8)], little-endian bits per row, 1 = kept.
 
 `SUBMODEL_KERNEL_PATH=generic|avx2|avx512|avx512bf16` (or `set_kernel_path`) forces a code path.
@@ -30,6 +31,8 @@ ENV_PATH = "SUBMODEL_KERNEL_PATH"
 PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 20, torch.float32: 48}
 
 _SOURCE = Path(__file__).with_name("masked_linear.cpp")
+_SOURCES = (_SOURCE, _SOURCE.with_name("q8_linear.cpp"), _SOURCE.with_name("q8_linear.h"))
+Q8_GROUP = 32  # int8 weights: columns sharing one scale (kQ8Group in q8_linear.h)
 _lock = threading.Lock()
 _ext: ModuleType | None = None
 
@@ -41,7 +44,7 @@ class KernelUnavailableError(RuntimeError):
 def _build_dir() -> tuple[str, Path]:
     import platformdirs
 
-    key = hashlib.sha256(_SOURCE.read_bytes())
+    key = hashlib.sha256(b"".join(p.read_bytes() for p in _SOURCES))
     key.update(f"{torch.__version__}|{sys.version}".encode())
     name = f"submodel_masked_linear_{key.hexdigest()[:16]}"
     root = Path(platformdirs.user_cache_dir("submodel")) / "torch_extensions" / name
@@ -73,7 +76,7 @@ def _build() -> ModuleType:
     try:
         return cpp_extension.load(
             name=name,
-            sources=[str(_SOURCE)],
+            sources=[str(p) for p in _SOURCES if p.suffix == ".cpp"],
             build_directory=str(root),
             extra_cflags=["-O3", *omp],
             extra_ldflags=omp,
@@ -136,6 +139,43 @@ def masked_linear(
 def apply_mask_into(weight: torch.Tensor, mask: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """Write weight * unpack(mask) into out (same shape and dtype as weight); returns out."""
     return _load().apply_mask_into(weight, mask, out)
+
+
+def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Int8 codes [out, in] and fp32 scales [out, in/Q8_GROUP] with weight ~= scale * code:
+    per group of Q8_GROUP columns of a row, scale = max|w| / 127 (round to nearest)."""
+    out, cols = weight.shape
+    if cols % Q8_GROUP:
+        raise ValueError(f"int8 weights need in_features divisible by {Q8_GROUP}, got {cols}")
+    codes = torch.empty(out, cols, dtype=torch.int8)
+    scales = torch.empty(out, cols // Q8_GROUP, dtype=torch.float32)
+    for r in range(0, out, 4096):  # in slices: a whole fp32 copy of the LM head is 0.5 GB
+        w = weight[r:r + 4096].float().view(-1, cols // Q8_GROUP, Q8_GROUP)
+        s = w.abs().amax(dim=2) / 127
+        scales[r:r + 4096] = s
+        codes[r:r + 4096] = (w / s.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+                             ).round_().clamp_(-127, 127).view(-1, cols).to(torch.int8)
+    return codes, scales
+
+
+def masked_linear_q8(
+    x: torch.Tensor,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    masks: torch.Tensor,
+    row_lang: torch.Tensor,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """masked_linear with the weight held as int8 codes and per-group scales (quantize_q8);
+    y has x's dtype (float32 or bfloat16)."""
+    return _load().masked_linear_q8(x, codes, scales, masks, row_lang, bias)
+
+
+def dequantize_q8_into(codes: torch.Tensor, scales: torch.Tensor, mask: torch.Tensor | None,
+                       out: torch.Tensor) -> torch.Tensor:
+    """Write scale * code (times the mask's bits, if one is given) into out (float32 or
+    bfloat16, codes' shape); returns out."""
+    return _load().dequantize_q8_into(codes, scales, mask, out)
 
 
 def swap_masks_(

@@ -12,10 +12,12 @@
 // C++, any CPU), avx2 (AVX2+FMA; mask bytes expanded to lanes by a table), avx512 (F/BW/VL/DQ;
 // bf16 widened to fp32 for the FMAs), avx512bf16 (bf16 weights and x straight into VDPBF16PS:
 // half the multiply instructions, no widening). Each is compiled with a per-function target
-// attribute, so the build needs no -march flag.
+// attribute, so the build needs no -march flag. Int8 weights: q8_linear.cpp.
 #include <torch/extension.h>
 
 #include <ATen/Parallel.h>
+
+#include "q8_linear.h"
 
 #include <algorithm>
 #include <array>
@@ -46,6 +48,7 @@ bool cpu_has(const std::string& name) {
   if (name == "avx512vl") return __builtin_cpu_supports("avx512vl");
   if (name == "avx512dq") return __builtin_cpu_supports("avx512dq");
   if (name == "avx512bf16") return __builtin_cpu_supports("avx512bf16");
+  if (name == "avx512vnni") return __builtin_cpu_supports("avx512vnni");
 #endif
   (void)name;
   return false;
@@ -790,10 +793,23 @@ void set_path(int64_t path) {
 
 int64_t get_path() { return g_path; }
 
+torch::Tensor masked_linear_q8(const torch::Tensor& x, const torch::Tensor& codes,
+                               const torch::Tensor& scales, const torch::Tensor& masks,
+                               const torch::Tensor& row_lang,
+                               const c10::optional<torch::Tensor>& bias) {
+  return submodel::masked_linear_q8(x, codes, scales, masks, row_lang, bias, g_path >= kAvx512);
+}
+
+torch::Tensor dequantize_q8_into(const torch::Tensor& codes, const torch::Tensor& scales,
+                                 const c10::optional<torch::Tensor>& mask, torch::Tensor out) {
+  return submodel::dequantize_q8_into(codes, scales, mask, out, g_path >= kAvx512);
+}
+
 std::vector<std::string> cpu_features() {
   std::vector<std::string> found;
   for (const char* f :
-       {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512bf16"}) {
+       {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512bf16",
+        "avx512vnni"}) {
     if (cpu_has(f)) found.emplace_back(f);
   }
   return found;
@@ -805,6 +821,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_linear", &masked_linear, "y = x @ (W * M[row_lang])^T, one language per row");
   m.def("apply_mask_into", &apply_mask_into, "out = W * M (one language's packed mask)");
   m.def("swap_masks_", &swap_masks_, "in place: move weight from old_mask to new_mask");
+  m.def("masked_linear_q8", &masked_linear_q8,
+        "y = x @ (W * M[row_lang])^T with W = int8 codes x per-32 scales");
+  m.def("dequantize_q8_into", &dequantize_q8_into, "out = W * M (or W), W = codes x scales");
   m.def("set_path", &set_path);
   m.def("get_path", &get_path);
   m.def("path_supported", &path_supported);

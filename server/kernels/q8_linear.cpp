@@ -1,0 +1,342 @@
+// Int8 weights under the language masks (issue 17: read fewer bytes per decode step).
+//
+// A weight [out, in] is held as int8 codes [out, in] and one fp32 scale per group of kQ8Group
+// columns of a row ([out, in / kQ8Group]): w = scale * code. Masks keep the store's layout (uint8
+// [out, ceil(in/8)], little-endian bits, 1 = kept), so a decode step reads 1 byte + 1 bit per
+// weight (+ a scale per 32) instead of 2 bytes + 1 bit.
+//
+// masked_linear_q8: y[b] = x[b] @ (W * M[lang[b]])^T + bias, lang[b] = -1 is dense. With AVX-512
+// VNNI (Zen 4, Ice Lake and later), x is first coded per group of 32 as int16 with a scale (15
+// bits, finer than bf16); then per group and batch row one masked widening of the codes to
+// int16 under the row's 32 mask bits, one VPDPWSSD, and one FMA of the int32 sums by weight
+// scale x x scale. Codes are read from memory once per call for all rows; two output rows per
+// tile keep independent chains in flight. Elsewhere a scalar loop computes the same in fp32.
+// dequantize_q8_into: out = W * M (or W) in the output's dtype, for prefill's GEMM.
+#include "q8_linear.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SUBMODEL_Q8_X86 1
+#include <immintrin.h>
+#define Q8_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#endif
+
+namespace submodel {
+namespace {
+
+struct Q8Gemv {
+  const float* x;  // [B, in] fp32
+  const int16_t* xq;  // [B, in]: x as int16 codes per group (the VNNI path)
+  const float* xs;  // [B, in / kQ8Group]: their scales, x ~= xs * xq
+  const int8_t* codes;  // [out, in]
+  const float* scales;  // [out, in / kQ8Group]
+  std::vector<const uint8_t*> masks;  // per batch row: its mask's first row (all ones: dense)
+  std::vector<int64_t> mask_stride;  // per batch row: bytes between mask rows (0: dense)
+  const void* bias;  // [out] or nullptr, fp32 or bf16
+  bool bf16_bias, bf16_y;
+  void* y;  // [B, out]
+  int64_t in, out, rows;
+};
+
+inline void store(const Q8Gemv& g, int64_t b, int64_t o, float acc) {
+  if (g.bias) {
+    acc += g.bf16_bias ? float(static_cast<const c10::BFloat16*>(g.bias)[o])
+                       : static_cast<const float*>(g.bias)[o];
+  }
+  if (g.bf16_y) {
+    static_cast<c10::BFloat16*>(g.y)[b * g.out + o] = c10::BFloat16(acc);
+  } else {
+    static_cast<float*>(g.y)[b * g.out + o] = acc;
+  }
+}
+
+// x's groups of kQ8Group as int16 codes and a scale each (max |x| / 32767, round to nearest):
+// 15 bits per value within its group, finer than the bf16 the model computes in.
+void quantize_x(const float* x, int64_t groups, int16_t* xq, float* xs) {
+  for (int64_t k = 0; k < groups; ++k) {
+    const float* v = x + k * kQ8Group;
+    float top = 0.f;
+    for (int64_t i = 0; i < kQ8Group; ++i) top = std::max(top, std::abs(v[i]));
+    xs[k] = top / 32767.f;
+    const float inv = top > 0.f ? 32767.f / top : 0.f;
+    for (int64_t i = 0; i < kQ8Group; ++i) {
+      xq[k * kQ8Group + i] = int16_t(std::lrint(std::clamp(v[i] * inv, -32767.f, 32767.f)));
+    }
+  }
+}
+
+void gemv_generic(const Q8Gemv& g, int64_t o0, int64_t o1) {
+  const int64_t groups = g.in / kQ8Group;
+  for (int64_t o = o0; o < o1; ++o) {
+    const int8_t* w = g.codes + o * g.in;
+    const float* s = g.scales + o * groups;
+    for (int64_t b = 0; b < g.rows; ++b) {
+      const uint8_t* m = g.masks[b] + o * g.mask_stride[b];
+      const float* x = g.x + b * g.in;
+      float acc = 0.f;
+      for (int64_t k = 0; k < groups; ++k) {
+        float part = 0.f;
+        for (int64_t i = k * kQ8Group; i < (k + 1) * kQ8Group; ++i) {
+          const float keep = float((m[i / 8] >> (i % 8)) & 1u);
+          part += keep * float(w[i]) * x[i];
+        }
+        acc += s[k] * part;
+      }
+      store(g, b, o, acc);
+    }
+  }
+}
+
+#ifdef SUBMODEL_Q8_X86
+constexpr int kRowsPerTile = 4;  // batch rows per register tile (4 x 2 output rows in zmm)
+
+bool has_vnni() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
+}
+
+// Output rows o and o + 1 (or o alone when `pair` is false) for batch rows b0 .. b0 + NB - 1.
+// Per group: the 32 codes widened to int16 under each row's mask bits (one masked convert), one
+// VPDPWSSD against x's int16 codes, the int32 sums to fp32, times weight scale x x scale.
+template <int NB>
+Q8_AVX512 void tile(const Q8Gemv& g, int64_t o, bool pair, int64_t b0) {
+  const int64_t groups = g.in / kQ8Group;
+  const int64_t o2 = pair ? o + 1 : o;
+  const int8_t* w0 = g.codes + o * g.in;
+  const int8_t* w1 = g.codes + o2 * g.in;
+  const float* s0 = g.scales + o * groups;
+  const float* s1 = g.scales + o2 * groups;
+  const uint8_t* m0[NB];
+  const uint8_t* m1[NB];
+  const int16_t* xq[NB];
+  const float* xs[NB];
+  __m512 a0[NB], a1[NB];
+  for (int b = 0; b < NB; ++b) {
+    m0[b] = g.masks[b0 + b] + o * g.mask_stride[b0 + b];
+    m1[b] = g.masks[b0 + b] + o2 * g.mask_stride[b0 + b];
+    xq[b] = g.xq + (b0 + b) * g.in;
+    xs[b] = g.xs + (b0 + b) * groups;
+    a0[b] = a1[b] = _mm512_setzero_ps();
+  }
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t k = 0; k < groups; ++k) {
+    const int64_t i = k * kQ8Group;
+    const __m256i c0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w0 + i));
+    const __m256i c1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w1 + i));
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; ++b) {
+      const __m512i x = _mm512_loadu_si512(xq[b] + i);
+      uint32_t bits0, bits1;
+      std::memcpy(&bits0, m0[b] + i / 8, 4);
+      std::memcpy(&bits1, m1[b] + i / 8, 4);
+      const __m512i d0 = _mm512_dpwssd_epi32(zero, _mm512_maskz_cvtepi8_epi16(bits0, c0), x);
+      const __m512i d1 = _mm512_dpwssd_epi32(zero, _mm512_maskz_cvtepi8_epi16(bits1, c1), x);
+      a0[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_set1_ps(s0[k] * xs[b][k]), a0[b]);
+      a1[b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_set1_ps(s1[k] * xs[b][k]), a1[b]);
+    }
+  }
+  for (int b = 0; b < NB; ++b) {
+    store(g, b0 + b, o, _mm512_reduce_add_ps(a0[b]));
+    if (pair) store(g, b0 + b, o + 1, _mm512_reduce_add_ps(a1[b]));
+  }
+}
+
+Q8_AVX512 void gemv_avx512(const Q8Gemv& g, int64_t o0, int64_t o1) {
+  for (int64_t o = o0; o < o1; o += 2) {
+    const bool pair = o + 1 < o1;
+    int64_t b = 0;
+    for (; b + kRowsPerTile <= g.rows; b += kRowsPerTile) tile<kRowsPerTile>(g, o, pair, b);
+    switch (g.rows - b) {
+      case 3: tile<3>(g, o, pair, b); break;
+      case 2: tile<2>(g, o, pair, b); break;
+      case 1: tile<1>(g, o, pair, b); break;
+      default: break;
+    }
+  }
+}
+#endif
+
+void check_q8(const torch::Tensor& codes, const torch::Tensor& scales, const char* op) {
+  TORCH_CHECK(codes.device().is_cpu() && codes.scalar_type() == torch::kInt8 && codes.dim() == 2 &&
+                  codes.is_contiguous() && codes.size(1) % kQ8Group == 0,
+              op, ": codes must be a contiguous CPU int8 [out, in] tensor with in a multiple of ",
+              kQ8Group, ", got ", codes.scalar_type(), " ", codes.sizes());
+  TORCH_CHECK(scales.device().is_cpu() && scales.scalar_type() == torch::kFloat32 &&
+                  scales.is_contiguous() && scales.dim() == 2 &&
+                  scales.size(0) == codes.size(0) && scales.size(1) == codes.size(1) / kQ8Group,
+              op, ": scales must be a contiguous CPU float32 tensor of shape [", codes.size(0),
+              ", ", codes.size(1) / kQ8Group, "], got ", scales.scalar_type(), " ", scales.sizes());
+}
+
+int64_t grain(int64_t cols) { return std::max<int64_t>(4, (int64_t(1) << 14) / cols); }
+
+struct Dequant {
+  const int8_t* codes;
+  const float* scales;
+  const uint8_t* mask;  // all ones for no mask
+  int64_t mask_stride;  // 0 for no mask
+  void* out;
+  bool bf16;
+  int64_t cols;
+};
+
+void dequant_generic(const Dequant& d, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* m = d.mask + r * d.mask_stride;
+    for (int64_t i = 0; i < d.cols; ++i) {
+      const float keep = float((m[i / 8] >> (i % 8)) & 1u);
+      const float v = keep * d.scales[r * (d.cols / kQ8Group) + i / kQ8Group] *
+                      float(d.codes[r * d.cols + i]);
+      if (d.bf16) {
+        static_cast<c10::BFloat16*>(d.out)[r * d.cols + i] = c10::BFloat16(v);
+      } else {
+        static_cast<float*>(d.out)[r * d.cols + i] = v;
+      }
+    }
+  }
+}
+
+#ifdef SUBMODEL_Q8_X86
+Q8_AVX512 inline void widen(const int8_t* codes, float scale, __m512& lo, __m512& hi) {
+  const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
+  const __m512 s = _mm512_set1_ps(scale);
+  lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c))), s);
+  hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1))), s);
+}
+
+// fp32 -> bf16, round to nearest even (the values are finite), 16 at a time.
+Q8_AVX512 inline __m256i to_bf16(__m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i r = _mm512_add_epi32(u, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+  return _mm512_cvtepi32_epi16(_mm512_srli_epi32(r, 16));
+}
+
+Q8_AVX512 void dequant_avx512(const Dequant& d, int64_t r0, int64_t r1) {
+  const int64_t groups = d.cols / kQ8Group;
+  for (int64_t r = r0; r < r1; ++r) {
+    const uint8_t* m = d.mask + r * d.mask_stride;
+    for (int64_t k = 0; k < groups; ++k) {
+      const int64_t i = r * d.cols + k * kQ8Group;
+      __m512 lo, hi;
+      widen(d.codes + i, d.scales[r * groups + k], lo, hi);
+      uint32_t bits;
+      std::memcpy(&bits, m + k * kQ8Group / 8, 4);
+      lo = _mm512_maskz_mov_ps(__mmask16(bits), lo);
+      hi = _mm512_maskz_mov_ps(__mmask16(bits >> 16), hi);
+      if (d.bf16) {
+        auto* o = static_cast<uint16_t*>(d.out) + i;
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), to_bf16(lo));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + 16), to_bf16(hi));
+      } else {
+        float* o = static_cast<float*>(d.out) + i;
+        _mm512_storeu_ps(o, lo);
+        _mm512_storeu_ps(o + 16, hi);
+      }
+    }
+  }
+}
+#endif
+
+}  // namespace
+
+torch::Tensor masked_linear_q8(const torch::Tensor& x_in, const torch::Tensor& codes,
+                               const torch::Tensor& scales, const torch::Tensor& masks,
+                               const torch::Tensor& row_lang,
+                               const c10::optional<torch::Tensor>& bias, bool avx512) {
+  check_q8(codes, scales, "masked_linear_q8");
+  const int64_t out = codes.size(0), in = codes.size(1), nbytes = (in + 7) / 8;
+  TORCH_CHECK(x_in.dim() == 2 && x_in.size(1) == in && x_in.device().is_cpu() &&
+                  (x_in.scalar_type() == torch::kFloat32 || x_in.scalar_type() == torch::kBFloat16),
+              "masked_linear_q8: x must be a CPU float32 or bfloat16 [B, ", in, "] tensor, got ",
+              x_in.scalar_type(), " ", x_in.sizes());
+  TORCH_CHECK(masks.scalar_type() == torch::kUInt8 && masks.dim() == 3 && masks.is_contiguous() &&
+                  masks.size(1) == out && masks.size(2) == nbytes,
+              "masked_linear_q8: masks must be a contiguous uint8 [L, ", out, ", ", nbytes,
+              "] tensor, got ", masks.scalar_type(), " ", masks.sizes());
+  const int64_t B = x_in.size(0), L = masks.size(0);
+  TORCH_CHECK(row_lang.scalar_type() == torch::kInt32 && row_lang.dim() == 1 &&
+                  row_lang.size(0) == B,
+              "masked_linear_q8: row_lang must be int32 [", B, "]");
+  torch::Tensor bias_t = bias.has_value() ? bias->contiguous() : torch::Tensor();
+  if (bias_t.defined()) {
+    TORCH_CHECK(bias_t.numel() == out, "masked_linear_q8: bias must have ", out, " elements");
+  }
+  const auto lang = row_lang.contiguous();
+  const int32_t* lp = lang.data_ptr<int32_t>();
+  const std::vector<uint8_t> ones(nbytes + 4, 0xFF);
+  const auto x = x_in.to(torch::kFloat32).contiguous();
+  auto y = torch::empty({B, out}, x_in.options());
+  Q8Gemv g;
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(lp[b] >= -1 && lp[b] < L, "masked_linear_q8: row_lang[", b, "] = ", lp[b],
+                " is outside [-1, ", L, ")");
+    g.masks.push_back(lp[b] < 0 ? ones.data() : masks.data_ptr<uint8_t>() + lp[b] * out * nbytes);
+    g.mask_stride.push_back(lp[b] < 0 ? 0 : nbytes);
+  }
+  g.x = x.data_ptr<float>();
+  bool vnni = false;
+#ifdef SUBMODEL_Q8_X86
+  vnni = avx512 && has_vnni();
+#endif
+  std::vector<int16_t> xq(vnni ? B * in : 0);
+  std::vector<float> xs(vnni ? B * (in / kQ8Group) : 0);
+  if (vnni) quantize_x(g.x, B * (in / kQ8Group), xq.data(), xs.data());
+  g.xq = xq.data();
+  g.xs = xs.data();
+  g.codes = codes.data_ptr<int8_t>();
+  g.scales = scales.data_ptr<float>();
+  g.bias = bias_t.defined() ? bias_t.data_ptr() : nullptr;
+  g.bf16_bias = bias_t.defined() && bias_t.scalar_type() == torch::kBFloat16;
+  g.y = y.data_ptr();
+  g.bf16_y = x_in.scalar_type() == torch::kBFloat16;
+  g.in = in;
+  g.out = out;
+  g.rows = B;
+  if (B > 0) {
+    at::parallel_for(0, out, grain(in), [&](int64_t o0, int64_t o1) {
+#ifdef SUBMODEL_Q8_X86
+      if (vnni) return gemv_avx512(g, o0, o1);
+#endif
+      gemv_generic(g, o0, o1);
+    });
+  }
+  return y;
+}
+
+torch::Tensor dequantize_q8_into(const torch::Tensor& codes, const torch::Tensor& scales,
+                                 const c10::optional<torch::Tensor>& mask, torch::Tensor out,
+                                 bool avx512) {
+  check_q8(codes, scales, "dequantize_q8_into");
+  const int64_t rows = codes.size(0), cols = codes.size(1), nbytes = (cols + 7) / 8;
+  TORCH_CHECK(out.device().is_cpu() && out.is_contiguous() && out.sizes() == codes.sizes() &&
+                  (out.scalar_type() == torch::kFloat32 || out.scalar_type() == torch::kBFloat16),
+              "dequantize_q8_into: out must be a contiguous float32 or bfloat16 tensor of shape ",
+              codes.sizes());
+  const bool has_mask = mask.has_value() && mask->defined();
+  if (has_mask) {
+    TORCH_CHECK(mask->scalar_type() == torch::kUInt8 && mask->is_contiguous() &&
+                    mask->dim() == 2 && mask->size(0) == rows && mask->size(1) == nbytes,
+                "dequantize_q8_into: mask must be a contiguous uint8 [", rows, ", ", nbytes, "]");
+  }
+  const std::vector<uint8_t> ones(nbytes + 4, 0xFF);
+  Dequant d{codes.data_ptr<int8_t>(), scales.data_ptr<float>(),
+            has_mask ? mask->data_ptr<uint8_t>() : ones.data(), has_mask ? nbytes : 0,
+            out.data_ptr(), out.scalar_type() == torch::kBFloat16, cols};
+  at::parallel_for(0, rows, grain(cols), [&](int64_t r0, int64_t r1) {
+#ifdef SUBMODEL_Q8_X86
+    if (avx512) return dequant_avx512(d, r0, r1);
+#endif
+    dequant_generic(d, r0, r1);
+  });
+  return out;
+}
+
+}  // namespace submodel
