@@ -85,8 +85,10 @@ class Engine:
         masks = {lang: self._load_mask(store, lang) for lang in self.languages}
         self.strategy = make_strategy(strategy, self.model, masks, store.dense_file, weights)
         prunable = set(self.names)
+        held = {id(v) for m in self.model.modules() for v in vars(m).values()
+                if isinstance(v, torch.Tensor)}  # int8's tied head drops the table
         other_bytes = sum(t.numel() * t.element_size() for n, t in state.items()
-                          if n not in prunable)
+                          if n not in prunable and id(t) in held)
         del state
         self.mixes_languages = self.strategy.mixes_languages
         slots = max_batch if self.mixes_languages else 2 * max_batch  # room for paused ones

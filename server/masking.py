@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from submodel.server import kernels
 from submodel.server.dense_source import mapped_tensors
@@ -90,6 +91,20 @@ class Int8HeadLinear(Linear):
         dense_rows = torch.full((rows.shape[0],), -1, dtype=torch.int32)
         out = kernels.masked_linear_q8(rows, self.codes, self.scales, self.no_masks, dense_rows)
         return out.view(*x.shape[:-1], -1)
+
+
+class Int8Embedding(nn.Module):
+    """A tied embedding table read from the int8 LM head's codes and scales, so the full table
+    need not be kept next to them."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.codes, self.scales, self.dtype = codes, scales, dtype
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        codes = self.codes[tokens]
+        grouped = codes.view(*codes.shape[:-1], -1, kernels.Q8_GROUP).float()
+        return (grouped * self.scales[tokens][..., None]).view(codes.shape).to(self.dtype)
 
 
 class LiveLinear(Linear):
@@ -297,7 +312,13 @@ class FusedStrategy(MaskStrategy):
         return kind(dense.weight, dense.bias, self.rows, self.scratch)
 
     def make_head(self, weight):
-        return Int8HeadLinear(weight) if self.int8 else HeadLinear(weight)
+        if not self.int8:
+            return HeadLinear(weight)
+        head = Int8HeadLinear(weight)
+        decoder = getattr(self.model, "model", None)
+        if decoder is not None and decoder.embed_tokens.weight is weight:  # tied
+            decoder.embed_tokens = Int8Embedding(head.codes, head.scales, weight.dtype)
+        return head
 
     def set_masks(self, masks):
         """Restack each weight's masks [L, out, in/8], every language's bits side by side; the

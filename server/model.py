@@ -96,6 +96,17 @@ class Linear(nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
+class Embedding(nn.Module):
+    """Token ids -> rows of the checkpoint's table [vocab, hidden]."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return F.embedding(tokens, self.weight)
+
+
 def _linear(state: dict[str, torch.Tensor], name: str) -> Linear:
     return Linear(state[f"{name}.weight"], state.get(f"{name}.bias"))
 
@@ -189,7 +200,7 @@ class Block(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, args: ModelArgs, state: dict[str, torch.Tensor]) -> None:
         super().__init__()
-        self.embed_tokens = state["model.embed_tokens.weight"]
+        self.embed_tokens = Embedding(state["model.embed_tokens.weight"])
         self.layers = nn.ModuleList(Block(args, state, i) for i in range(args.n_layers))
         self.norm = state["model.norm.weight"]
 
@@ -201,7 +212,7 @@ class Transformer(nn.Module):
         super().__init__()
         self.args = args
         self.model = Decoder(args, state)
-        head = self.model.embed_tokens if args.tie_embeddings else state["lm_head.weight"]
+        head = self.model.embed_tokens.weight if args.tie_embeddings else state["lm_head.weight"]
         self.lm_head = Linear(head)
         self.inv_freq = 1.0 / args.rope_theta ** (
             torch.arange(0, args.head_dim, 2, dtype=torch.float32) / args.head_dim)
@@ -224,7 +235,7 @@ class Transformer(nn.Module):
                 slots: torch.Tensor, prefill: bool) -> torch.Tensor:
         """Logits of the last position of each row (see Step for the two shapes)."""
         bsz = tokens.shape[0]
-        x = F.embedding(tokens, self.model.embed_tokens)
+        x = self.model.embed_tokens(tokens)
         cos, sin = self.rope(positions, x.dtype)
         step = Step(positions, cache, slots, prefill, cos[:, None], sin[:, None])  # [B,1,T,D]
         if not prefill:

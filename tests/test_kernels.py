@@ -365,3 +365,29 @@ def test_q8_ops_reject_bad_input():
                                  torch.ones(1, dtype=torch.int32))
     with pytest.raises(RuntimeError, match="codes must be"):
         kernels.dequantize_q8_into(codes.float(), scales, None, torch.empty(8, 64))
+
+
+def test_int8_tied_head_serves_the_embeddings_from_its_codes():
+    """A tied model: the int8 head's codes also give the embedding rows, and the full table is
+    no longer held by the model."""
+    from submodel.server.masking import make_strategy
+    from submodel.server.model import Embedding, Linear
+
+    class Tied(torch.nn.Module):
+        def __init__(self, table: torch.Tensor) -> None:
+            super().__init__()
+            self.model = torch.nn.Module()
+            self.model.embed_tokens = Embedding(table)
+            self.lm_head = Linear(table)
+
+        def prunable(self) -> dict:
+            return {}
+
+    table = torch.randn(50, 64, generator=torch.Generator().manual_seed(13)).bfloat16()
+    model = Tied(table)
+    make_strategy("fused", model, {}, None, "int8")
+    tokens = torch.tensor([[3, 49, 0, 3]])
+    want = dequantized(*kernels.quantize_q8(table))[tokens].to(torch.bfloat16)
+    assert torch.equal(model.model.embed_tokens(tokens), want)
+    assert not any(v is table for m in model.modules() for v in vars(m).values())
+    assert model.lm_head(torch.ones(1, 64, dtype=torch.bfloat16)).shape == (1, 50)
