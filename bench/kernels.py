@@ -30,16 +30,6 @@ def copy_bandwidth(repeats: int, gib: float = 1.0) -> float:
     return 2 * src.numel() * 4 / (fastest(lambda: dst.copy_(src), repeats)["ms"] / 1e3)
 
 
-def cpu_model() -> str:
-    """The CPU's model name, as /proc/cpuinfo gives it ("unknown" elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name")), "unknown")
-    except OSError:
-        return "unknown"
-
-
 def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list[tuple]:
     """Per Linear: (weight, packed masks of LANGUAGES languages, 8 rows of x)."""
     layers = []
@@ -145,7 +135,7 @@ def run(layers: int, threads: int, repeats: int, prefill_layers: int) -> dict:
     gen = torch.Generator().manual_seed(0)
     bandwidth = copy_bandwidth(repeats)
     result = {"layers": layers, "threads": threads, "load_average": os.getloadavg()[0],
-              "cpu": cpu_model(),
+              "cpu": kernels.cpu_model(),
               "bandwidth_gbs": bandwidth / 1e9, "cpu_features": kernels.cpu_features(),
               "paths": kernels.available_paths(), "dtypes": {}}
     for dtype in (torch.bfloat16, torch.float32):

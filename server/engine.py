@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from submodel.pruning.store import DENSE_FILE, Store, StoreError, open_store, verify_language
+from submodel.server import kernels
 from submodel.server.api import (
     DrainingError,
     EngineObserver,
@@ -79,6 +80,8 @@ class Engine:
         self.prompts = PromptBuilder(self.tokenizer)
         self.end_ids = self._end_token_ids(config)
 
+        if self.dtype in (torch.float32, torch.bfloat16):
+            log.info("kernel path: %s", kernels.use_fastest_path(self.dtype))
         state = store.load_state_dict(self.dtype)
         self.model = Transformer(self.args, state)  # CPU: the masked kernels are CPU code
         self.names = [f"{name}.weight" for name in self.model.prunable()]

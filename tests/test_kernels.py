@@ -391,3 +391,32 @@ def test_int8_tied_head_serves_the_embeddings_from_its_codes():
     assert torch.equal(model.model.embed_tokens(tokens), want)
     assert not any(v is table for m in model.modules() for v in vars(m).values())
     assert model.lm_head(torch.ones(1, 64, dtype=torch.bfloat16)).shape == (1, 50)
+
+
+def test_engine_path_is_the_fastest_measured_and_cached(monkeypatch, tmp_path):
+    monkeypatch.delenv(kernels.ENV_PATH, raising=False)
+    monkeypatch.setattr(kernels, "_fastest_path_file", lambda: tmp_path / "fastest.json")
+    calls = []
+
+    def measured(dtype):  # the slowest-by-flags path is the fastest here
+        calls.append(dtype)
+        return {p: 1.0 + i for i, p in enumerate(PATHS)}
+
+    monkeypatch.setattr(kernels, "measure_paths", measured)
+    try:
+        assert kernels.use_fastest_path(torch.bfloat16) == PATHS[0] == kernels.kernel_path()
+        assert kernels.use_fastest_path(torch.bfloat16) == PATHS[0] and len(calls) == 1
+        kernels.use_fastest_path(torch.float32)
+        assert calls == [torch.bfloat16, torch.float32]
+        monkeypatch.setenv(kernels.ENV_PATH, PATHS[-1])  # an explicit choice is left alone
+        kernels.set_kernel_path(PATHS[-1])
+        (tmp_path / "fastest.json").unlink()
+        assert kernels.use_fastest_path(torch.bfloat16) == PATHS[-1] and len(calls) == 2
+    finally:
+        kernels.set_kernel_path(None)
+
+
+def test_measure_paths_times_every_path_and_restores_the_current_one():
+    times = kernels.measure_paths(torch.bfloat16)
+    assert set(times) == set(PATHS) and all(t > 0 for t in times.values())
+    assert kernels.kernel_path() == PATHS[-1]

@@ -6,16 +6,20 @@ sources, torch and Python versions, so an edit rebuilds and an unchanged tree lo
 a second. Masks use the store's layout:
 uint8 [out, ceil(in/8)], little-endian bits per row, 1 = kept.
 
+The engine runs the path that measured fastest on this machine (`use_fastest_path`, cached);
 `SUBMODEL_KERNEL_PATH=generic|avx2|avx512|avx512bf16` (or `set_kernel_path`) forces a code path.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 import sys
 import threading
+import time
 from pathlib import Path
 from types import ModuleType
 
@@ -35,6 +39,7 @@ _SOURCES = (_SOURCE, _SOURCE.with_name("q8_linear.cpp"), _SOURCE.with_name("q8_l
 Q8_GROUP = 32  # int8 weights: columns sharing one scale (kQ8Group in q8_linear.h)
 _lock = threading.Lock()
 _ext: ModuleType | None = None
+log = logging.getLogger(__name__)
 
 
 class KernelUnavailableError(RuntimeError):
@@ -114,6 +119,70 @@ def available_paths() -> list[str]:
     """Paths this CPU can run, slowest first."""
     ext = _load()
     return [p for i, p in enumerate(PATHS) if ext.path_supported(i)]
+
+
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it ("unknown" elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f
+                         if line.startswith("model name")), "unknown")
+    except OSError:
+        return "unknown"
+
+
+def measure_paths(dtype: torch.dtype) -> dict[str, float]:
+    """Best seconds of a decode-sized masked GEMV (batch 1, one language, 4 gate/up-shaped
+    weights: past the L2 cache, as in a decode step) on each path this CPU runs."""
+    ext = _load()
+    gen = torch.Generator().manual_seed(0)
+    weights = [torch.randn(4864, 896, generator=gen).to(dtype) for _ in range(4)]
+    mask = torch.randint(0, 256, (1, 4864, 112), generator=gen, dtype=torch.uint8)
+    x, lang = torch.randn(1, 896, generator=gen).to(dtype), torch.zeros(1, dtype=torch.int32)
+    previous, times = ext.get_path(), {}
+    try:
+        for path in available_paths():
+            ext.set_path(PATHS.index(path))
+            best = float("inf")
+            for _ in range(5):
+                started = time.perf_counter()
+                for w in weights:
+                    ext.masked_linear(x, w, mask, lang, None)
+                best = min(best, time.perf_counter() - started)
+            times[path] = best
+    finally:
+        ext.set_path(previous)
+    return times
+
+
+def _fastest_path_file() -> Path:
+    return _build_dir()[1] / "fastest-path.json"
+
+
+def use_fastest_path(dtype: torch.dtype) -> str:
+    """Switch to the path that runs `dtype`'s decode-sized masked GEMV fastest on this machine
+    (machines with the same flags differ: Zen 4 splits 512-bit ops, Intel does not). Measured
+    once per CPU model, dtype and kernel build, then read from a file next to the build; an
+    explicit SUBMODEL_KERNEL_PATH wins. Returns the path in use."""
+    if os.environ.get(ENV_PATH):
+        return kernel_path()
+    file = _fastest_path_file()
+    key = f"{cpu_model()}|{str(dtype).removeprefix('torch.')}"
+    try:
+        known = json.loads(file.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if known.get(key) not in available_paths():
+        times = measure_paths(dtype)
+        known[key] = min(times, key=times.get)
+        log.info("kernel paths measured for %s: %s", key, ", ".join(
+            f"{p} {t * 1e3:.2f} ms" for p, t in times.items()))
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_suffix(f".tmp-{os.getpid()}")
+        tmp.write_text(json.dumps(known, indent=1))
+        os.replace(tmp, file)
+    set_kernel_path(known[key])
+    return known[key]
 
 
 def cpu_features() -> list[str]:
