@@ -131,9 +131,9 @@ def cpu_model() -> str:
         return "unknown"
 
 
-def measure_paths(dtype: torch.dtype) -> dict[str, float]:
+def measure_paths(dtype: torch.dtype, paths: list[str]) -> dict[str, float]:
     """Best seconds of a decode-sized masked GEMV (batch 1, one language, 4 gate/up-shaped
-    weights: past the L2 cache, as in a decode step) on each path this CPU runs."""
+    weights: past the L2 cache, as in a decode step) on each of `paths`."""
     ext = _load()
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn(4864, 896, generator=gen).to(dtype) for _ in range(4)]
@@ -141,7 +141,7 @@ def measure_paths(dtype: torch.dtype) -> dict[str, float]:
     x, lang = torch.randn(1, 896, generator=gen).to(dtype), torch.zeros(1, dtype=torch.int32)
     previous, times = ext.get_path(), {}
     try:
-        for path in available_paths():
+        for path in paths:
             ext.set_path(PATHS.index(path))
             best = float("inf")
             for _ in range(5):
@@ -161,10 +161,13 @@ def _fastest_path_file() -> Path:
 
 def use_fastest_path(dtype: torch.dtype) -> str:
     """Switch to the path that runs `dtype`'s decode-sized masked GEMV fastest on this machine
-    (machines with the same flags differ: Zen 4 splits 512-bit ops, Intel does not). Measured
-    once per CPU model, dtype and kernel build, then read from a file next to the build; an
-    explicit SUBMODEL_KERNEL_PATH wins. Returns the path in use."""
-    if os.environ.get(ENV_PATH):
+    (machines with the same flags differ: Zen 4 splits 512-bit ops, Intel does not). The
+    AVX-512 paths are the candidates: the scalar and AVX2 paths are never faster where AVX-512
+    runs, and a machine without it has one path to take. Measured once per CPU model, dtype and
+    kernel build, then read from a file next to the build; an explicit SUBMODEL_KERNEL_PATH
+    wins. Returns the path in use."""
+    candidates = [p for p in available_paths() if p.startswith("avx512")]
+    if os.environ.get(ENV_PATH) or len(candidates) < 2:
         return kernel_path()
     file = _fastest_path_file()
     key = f"{cpu_model()}|{str(dtype).removeprefix('torch.')}"
@@ -172,8 +175,8 @@ def use_fastest_path(dtype: torch.dtype) -> str:
         known = json.loads(file.read_text())
     except (OSError, ValueError):
         known = {}
-    if known.get(key) not in available_paths():
-        times = measure_paths(dtype)
+    if known.get(key) not in candidates:
+        times = measure_paths(dtype, candidates)
         known[key] = min(times, key=times.get)
         log.info("kernel paths measured for %s: %s", key, ", ".join(
             f"{p} {t * 1e3:.2f} ms" for p, t in times.items()))
