@@ -184,7 +184,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                          "each HumanEval canonical solution (Python), ask dense and each "
                          "language mask to fill it (GenerateRequest.suffix, greedy) and run the "
                          "problem's tests: pass rate per sub-model and mode. Writes fim.json "
-                         "and fim.md.")
+                         "and fim.md; every fill is kept in fills.jsonl as it comes, so a run "
+                         "stopped midway resumes with the same command.")
     fwhere = f.add_mutually_exclusive_group(required=True)
     fwhere.add_argument("--store", help="store directory: start `submodel serve` for the run")
     fwhere.add_argument("--server", metavar="HOST:PORT", help="a running `submodel serve`")
@@ -504,8 +505,13 @@ def run_fim(args: argparse.Namespace) -> int:
             missing = [r for r in args.submodels if r not in model["sub_models"]]
             if missing:
                 raise CLIError(f"the server does not serve {', '.join(missing)}")
+            identities = model["row_identity"] or dict.fromkeys(args.submodels,
+                                                                 model["identity"])
+            log = fim.FillLog(out / "fills.jsonl", identities, args.seed, args.max_tokens)
+            if log.done:
+                print(f"fim: resuming: {len(log.done)} fills from {log.path}", file=sys.stderr)
             fills = fim.fill_all(client, spans, args.submodels, args.max_tokens,
-                                 args.concurrency)
+                                 args.concurrency, log)
         except grpc.RpcError as e:
             raise CLIError(f"{target}: {e.code().name}: {e.details()}") from None
     results = fim.score(spans, fills, args.submodels)

@@ -7,10 +7,13 @@ sub-model, so the score is a pass rate."""
 
 from __future__ import annotations
 
+import json
 import random
+import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -74,22 +77,63 @@ def request_for(span: Span, row: str, max_tokens: int) -> pb.GenerateRequest:
                               filename="solution.py", max_tokens=max_tokens, temperature=0.0)
 
 
+class FillLog:
+    """Finished fills, a JSON line each (OUT/fills.jsonl), so that an interrupted run resumes
+    where it stopped. A line is reused when its row computed with the same thing (the row
+    identity: base files, mask, strategy, dtype), with the same seed and max_tokens."""
+
+    def __init__(self, path: Path, identities: dict[str, str], seed: int,
+                 max_tokens: int) -> None:
+        self.path, self.identities = path, identities
+        self.settings = {"seed": seed, "max_tokens": max_tokens}
+        self.done: dict[tuple[str, str, str], str | None] = {}
+        self._lock = threading.Lock()
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:  # a line cut short by the interruption
+                    continue
+                if (r.get("identity") == identities.get(r.get("row"))
+                        and all(r.get(k) == v for k, v in self.settings.items())):
+                    self.done[(r["row"], r["task_id"], r["mode"])] = r["fill"]
+
+    def get(self, row: str, span: Span) -> tuple[bool, str | None]:
+        key = (row, span.problem.task_id, span.mode)
+        return key in self.done, self.done.get(key)
+
+    def add(self, row: str, span: Span, fill: str | None) -> None:
+        record = {"row": row, "identity": self.identities.get(row),
+                  "task_id": span.problem.task_id, "mode": span.mode, **self.settings,
+                  "fill": fill}
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+
 def fill_all(client: Client, spans: list[Span], rows: Iterable[str], max_tokens: int,
-             concurrency: int) -> dict[tuple[str, int], str | None]:
+             concurrency: int, log: FillLog) -> dict[tuple[str, int], str | None]:
     """(row, span index) -> the trimmed fill, or None when the prompt does not fit the
-    server's context; requests `concurrency` at a time (the server batches them). Any other
-    failure raises grpc.RpcError."""
+    server's context; fills already in `log` are not asked again, new ones are added to it.
+    Requests go `concurrency` at a time (the server batches them). Any other failure raises
+    grpc.RpcError."""
     jobs = [(row, i) for row in rows for i in range(len(spans))]
 
     def one(job: tuple[str, int]) -> str | None:
         row, i = job
+        known, fill = log.get(row, spans[i])
+        if known:
+            return fill
         try:
             response = client.generate(request_for(spans[i], row, max_tokens), timeout=600)
+            fill = trim(spans[i], response.completions[0].text)
         except grpc.RpcError as e:
-            if reason_of(e)[0] == Reason.PROMPT_TOO_LONG:
-                return None
-            raise
-        return trim(spans[i], response.completions[0].text)
+            if reason_of(e)[0] != Reason.PROMPT_TOO_LONG:
+                raise
+            fill = None
+        log.add(row, spans[i], fill)
+        return fill
 
     with ThreadPoolExecutor(concurrency) as pool:
         return dict(zip(jobs, pool.map(one, jobs), strict=True))

@@ -47,15 +47,23 @@ def test_trim():
     assert fim.trim(span, "y = 2") == "y = 2\n"
 
 
-def test_bench_fim_end_to_end(editor_store, tmp_path, capsys):
+def test_bench_fim_end_to_end(editor_store, tmp_path, capsys, monkeypatch):
+    args = ["bench", "fim", "--limit", "2", "--seed", SEED, "--submodels", "dense,python",
+            "--max-tokens", "8", "--out", str(tmp_path)]
     s = serve_store(editor_store)
     try:
-        assert main(["bench", "fim", "--server", s.target, "--limit", "2", "--seed", SEED,
-                     "--submodels", "dense,python", "--max-tokens", "8",
-                     "--out", str(tmp_path)]) == 0
+        assert main([*args, "--server", s.target]) == 0
+        first = json.loads((tmp_path / "fim.json").read_text())
+        # a second run finds every fill in fills.jsonl and asks the server for none of them
+        monkeypatch.setattr(fim, "request_for", lambda *a: pytest.fail("asked the server"))
+        assert main([*args, "--server", s.target]) == 0
     finally:
         s.stop()
+    printed = capsys.readouterr()
+    assert "resuming: 8 fills" in printed.err and "wrote" in printed.out
+    assert len((tmp_path / "fills.jsonl").read_text().splitlines()) == 8
     data = json.loads((tmp_path / "fim.json").read_text())
+    assert data["table"] == first["table"]
     assert set(data["table"]) == {"dense", "python"}
     for row in ("dense", "python"):
         for mode in fim.MODES:
@@ -66,4 +74,3 @@ def test_bench_fim_end_to_end(editor_store, tmp_path, capsys):
     assert {s["task_id"] for s in ran} == {"HumanEval/135"}
     assert all(isinstance(s["passed"], bool) for s in ran)
     assert "| dense |" in (tmp_path / "fim.md").read_text()
-    assert "wrote" in capsys.readouterr().out
