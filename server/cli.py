@@ -149,6 +149,8 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     if not Path(args.store).is_dir():
         raise CLIError(f"{args.store}: no such store directory (build one with submodel prune)")
+    if args.weights != "full" and args.strategy != "fused":
+        raise CLIError(f"--weights {args.weights} needs --strategy fused")
 
     def load_engine(metrics: Metrics):
         import torch

@@ -490,6 +490,12 @@ def test_serve_refuses_public_bind(tiny_store, capsys):
     assert "refusing to listen on 0.0.0.0" in err and err.count("\n") == 1
 
 
+def test_serve_refuses_int8_weights_without_fused(tiny_store, capsys):
+    assert main(["serve", str(tiny_store), "--strategy", "swap", "--weights", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "--weights int8 needs --strategy fused" in err and err.count("\n") == 1
+
+
 # ---- metrics under known traffic --------------------------------------------------------
 
 def test_metrics_after_known_traffic(tiny_store):
