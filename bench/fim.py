@@ -62,11 +62,22 @@ def cut_spans(problem: Problem, seed: int) -> list[Span]:
     return spans
 
 
-def trim(span: Span, fill: str) -> str:
-    """A single-line fill keeps its first line; every fill ends with the newline the span's
-    text had, so the suffix starts a line of its own."""
+def trim(span: Span, text: str) -> str:
+    """The fill an editor client would insert, from the model's text: a single-line fill keeps
+    its first line; a multi-line fill ends before the first line that leaves the function
+    (column 0: the spans lie inside a function body) or repeats the suffix's first line (the
+    model went on past the span, as an Instruct model does). Every fill ends with the newline
+    the span's text had, so the suffix starts a line of its own."""
     if span.mode == "single":
-        fill = fill.split("\n", 1)[0]
+        fill = text.split("\n", 1)[0]
+    else:
+        anchor = next((line.strip() for line in span.suffix.splitlines() if line.strip()), None)
+        kept = []
+        for line in text.splitlines(keepends=True):
+            if line.strip() and (not line[0].isspace() or line.strip() == anchor):
+                break
+            kept.append(line)
+        fill = "".join(kept)
     if span.middle.endswith("\n") and not fill.endswith("\n"):
         fill += "\n"
     return fill
@@ -78,9 +89,10 @@ def request_for(span: Span, row: str, max_tokens: int) -> pb.GenerateRequest:
 
 
 class FillLog:
-    """Finished fills, a JSON line each (OUT/fills.jsonl), so that an interrupted run resumes
-    where it stopped. A line is reused when its row computed with the same thing (the row
-    identity: base files, mask, strategy, dtype), with the same seed and max_tokens."""
+    """The model's text for each finished fill (before `trim`), a JSON line each
+    (OUT/fills.jsonl), so that an interrupted run resumes where it stopped. A line is reused
+    when its row computed with the same thing (the row identity: base files, mask, strategy,
+    dtype), with the same seed and max_tokens."""
 
     def __init__(self, path: Path, identities: dict[str, str], seed: int,
                  max_tokens: int) -> None:
@@ -114,7 +126,7 @@ class FillLog:
 
 def fill_all(client: Client, spans: list[Span], rows: Iterable[str], max_tokens: int,
              concurrency: int, log: FillLog) -> dict[tuple[str, int], str | None]:
-    """(row, span index) -> the trimmed fill, or None when the prompt does not fit the
+    """(row, span index) -> the model's text, or None when the prompt does not fit the
     server's context; fills already in `log` are not asked again, new ones are added to it.
     Requests go `concurrency` at a time (the server batches them). Any other failure raises
     grpc.RpcError."""
@@ -127,7 +139,7 @@ def fill_all(client: Client, spans: list[Span], rows: Iterable[str], max_tokens:
             return fill
         try:
             response = client.generate(request_for(spans[i], row, max_tokens), timeout=600)
-            fill = trim(spans[i], response.completions[0].text)
+            fill = response.completions[0].text
         except grpc.RpcError as e:
             if reason_of(e)[0] != Reason.PROMPT_TOO_LONG:
                 raise
@@ -139,11 +151,12 @@ def fill_all(client: Client, spans: list[Span], rows: Iterable[str], max_tokens:
         return dict(zip(jobs, pool.map(one, jobs), strict=True))
 
 
-def score(spans: list[Span], fills: dict[tuple[str, int], str | None], rows: Iterable[str],
+def score(spans: list[Span], texts: dict[tuple[str, int], str | None], rows: Iterable[str],
           workers: int | None = None) -> dict:
-    """Pass rates per row and mode (over the spans whose prompt fit the context; the others
-    are counted as too_long), plus every span's outcome."""
+    """Pass rates per row and mode of the trimmed fills (over the spans whose prompt fit the
+    context; the others are counted as too_long), plus every span's outcome."""
     executor = get_executor("python")
+    fills = {k: None if text is None else trim(spans[k[1]], text) for k, text in texts.items()}
     keys = [k for k, fill in fills.items() if fill is not None]
     programs = [spans[i].program(fills[(row, i)]) for row, i in keys]
     with ThreadPoolExecutor(workers or 2) as pool:
@@ -159,9 +172,10 @@ def score(spans: list[Span], fills: dict[tuple[str, int], str | None], rows: Ite
             table[row][mode] = {"spans": len(ran), "passed": sum(ran), "too_long": too_long,
                                 "pass_rate": sum(ran) / len(ran) if ran else None}
     details = [{"row": row, "task_id": spans[i].problem.task_id, "mode": spans[i].mode,
-                "fill": fills[(row, i)], "passed": results[(row, i)].passed if (row, i) in
-                results else None, "status": results[(row, i)].status if (row, i) in results
-                else "too_long"} for row, i in fills]
+                "text": texts[(row, i)], "fill": fills[(row, i)],
+                "passed": results[(row, i)].passed if (row, i) in results else None,
+                "status": results[(row, i)].status if (row, i) in results else "too_long"}
+               for row, i in fills]
     return {"table": table, "spans": details}
 
 

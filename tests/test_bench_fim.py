@@ -42,9 +42,17 @@ def test_the_cut_span_passes_and_a_wrong_fill_fails(spans):
 
 
 def test_trim():
-    span = fim.Span(load_problems("python", 1, 0)[0], "single", "p", "x = 1\n", "s")
+    problem = load_problems("python", 1, 0)[0]
+    span = fim.Span(problem, "single", "p", "x = 1\n", "s")
     assert fim.trim(span, "y = 2\nz = 3\n") == "y = 2\n"
     assert fim.trim(span, "y = 2") == "y = 2\n"
+    multi = fim.Span(problem, "multi", "def f(xs):\n", "    n = 0\n    for x in xs:\n",
+                     "\n        n += x\n    return n\n")
+    # the model wrote the middle, went on with the suffix, then left the function
+    text = "    n = 0\n    for x in xs:\n        n += x\n    return n\n\n\n# check\nassert f([1])\n"
+    assert fim.trim(multi, text) == "    n = 0\n    for x in xs:\n"
+    assert fim.trim(multi, "    n = 0\n\ndef g():\n") == "    n = 0\n\n"
+    assert fim.trim(multi, "        n += x\n") == "\n"  # nothing before the suffix
 
 
 def test_bench_fim_end_to_end(editor_store, tmp_path, capsys, monkeypatch):
