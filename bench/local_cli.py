@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from submodel.cli import CLIError
-from submodel.vocabulary import LANGUAGES
+from submodel.vocabulary import LANGUAGES, STRATEGIES, WEIGHT_FORMATS
 
 
 def _positive(text: str) -> int:
@@ -95,6 +95,45 @@ def register(kinds: argparse._SubParsersAction) -> None:
                    help="skip routing the HumanEval prompts")
     add_out(r, "router")
     r.set_defaults(func=run_router)
+
+    ide = kinds.add_parser("ide", help="an editing session replayed: TTFT with and without "
+                           "the prefix cache, a long prompt admitted under load, llama.cpp "
+                           "side by side",
+                           description="What an editor user waits for, as ratios from one run "
+                           "(~10 min on the default model): (1) a real file typed forward, a "
+                           "fill-in-the-middle request at each pause with up to "
+                           "--context-tokens of context, some abandoned as typing goes on, on "
+                           "an engine without and with the prefix cache (TTFT p50/p99, "
+                           "latency, hit rate); (2) a running request's inter-token gaps while "
+                           "a ~2k-token prompt is admitted, chunked prefill vs whole; (3) "
+                           "llama.cpp's llama-bench on the store's GGUF next to our decode and "
+                           "prefill, when a llama-bench binary is found.")
+    ide.add_argument("store", help="sub-model store directory")
+    ide.add_argument("--file", type=Path, default=None,
+                     help="the source file typed in the session (default: Python's own "
+                          "argparse.py)")
+    ide.add_argument("--language", default="python",
+                     help="the sub-model the session's requests use (default python)")
+    ide.add_argument("--pauses", type=_positive, default=24,
+                     help="pauses in typing = requests (default 24)")
+    ide.add_argument("--context-tokens", type=_positive, default=1536,
+                     help="most tokens of text before the cursor sent (default 1536)")
+    ide.add_argument("--max-tokens", type=_positive, default=32,
+                     help="tokens per completion (default 32)")
+    ide.add_argument("--prefix-cache-mb", type=_positive, default=256,
+                     help="the cache's budget in the cached run (default 256)")
+    ide.add_argument("--prefill-chunk", type=_positive, default=256,
+                     help="the engine's chunked prefill (see `serve --prefill-chunk`; "
+                          "default 256)")
+    ide.add_argument("--strategy", choices=STRATEGIES, default="fused",
+                     help="engine strategy (default fused)")
+    ide.add_argument("--weights", choices=WEIGHT_FORMATS, default="full",
+                     help="how fused holds the weights (default full)")
+    ide.add_argument("--llama-bench", default=None,
+                     help="a llama-bench binary (default: llama-bench on PATH, if any)")
+    ide.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2)")
+    add_out(ide, "ide")
+    ide.set_defaults(func=run_ide)
 
     sb = kinds.add_parser("sandbox", help="HumanEval sandbox throughput per language (known-good "
                           "programs)",
@@ -187,6 +226,32 @@ def run_router(args: argparse.Namespace) -> int:
     except (OSError, ValueError, fetch.FetchError) as e:
         raise CLIError(str(e)) from None
     return _report(args.out, "router", result, markdown(result))
+
+
+def run_ide(args: argparse.Namespace) -> int:
+    import torch
+
+    from submodel import corpora
+    from submodel.bench.ide import Settings, markdown, run
+    from submodel.pruning.store import StoreError, open_store
+
+    path = args.file or Path(argparse.__file__)
+    try:
+        text = path.read_text(encoding="utf-8")
+        store = open_store(args.store)
+        language = corpora.canonical_language(args.language)
+    except (OSError, UnicodeDecodeError, StoreError, ValueError) as e:
+        raise CLIError(str(e)) from None
+    if language not in store.languages:
+        raise CLIError(f"the store has no '{language}' mask (has {', '.join(store.languages)})")
+    torch.set_num_threads(args.threads)
+    settings = Settings(pauses=args.pauses, context_tokens=args.context_tokens,
+                        max_tokens=args.max_tokens, prefix_cache_mb=args.prefix_cache_mb,
+                        prefill_chunk=args.prefill_chunk)
+    engine_kwargs = {"strategy": args.strategy, "weights": args.weights}
+    result = run(store, text, language, settings, engine_kwargs, args.llama_bench, args.threads)
+    result["file"] = str(path)
+    return _report(args.out, "ide", result, markdown(result))
 
 
 def run_sandbox(args: argparse.Namespace) -> int:

@@ -65,6 +65,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=int, default=2048,
                    help="prompt + generated tokens per sequence (default 2048, capped by the "
                         "model)")
+    p.add_argument("--prefill-chunk", type=int, default=256,
+                   help="while other requests are decoding, prefill at most this many prompt "
+                        "tokens per step, so a long prompt arriving does not stall their "
+                        "tokens; smaller keeps their inter-token latency lower, larger gets the "
+                        "new prompt its first token sooner (0: prefill every prompt whole)")
     p.add_argument("--prefix-cache-mb", type=int, default=0,
                    help="keep the keys and values of recent prompts' starts, up to this many "
                         "MiB, so that a prompt extending one seen before (an editor's context "
@@ -125,6 +130,8 @@ def _check_serve_args(args: argparse.Namespace) -> None:
     for flag in ("max_batch", "max_queue", "max_context"):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.prefill_chunk < 0:
+        raise CLIError("--prefill-chunk must be >= 0 (0: whole prompts)")
     if args.prefix_cache_mb < 0:
         raise CLIError("--prefix-cache-mb must be >= 0 (0: off)")
     if args.grace < 0 or args.time_slice <= 0:
@@ -165,6 +172,7 @@ def run_serve(args: argparse.Namespace) -> int:
                           max_batch=args.max_batch, max_context=args.max_context,
                           max_queue=args.max_queue, time_slice=args.time_slice,
                           prefix_cache_mb=args.prefix_cache_mb, weights=args.weights,
+                          prefill_chunk=args.prefill_chunk,
                           observer=metrics)
         except (StoreError, ValueError) as e:
             raise CLIError(str(e)) from None

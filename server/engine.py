@@ -9,7 +9,10 @@ mask changed, finish on the mask they started with: at the swap they move to a r
 refused or disturbed; only new requests see the new set.
 
 Each step: drop cancelled and expired sequences, pick the language(s) to run, admit waiting
-requests into free slots (prefilling them), then run one decode step for the batch.
+requests into free slots, prefill, then run one decode step for the batch. While sequences are
+decoding, a step prefills at most `prefill_chunk` prompt tokens (a long prompt takes several
+steps), so admitting a 2k-token prompt never stalls the tokens of requests in flight; with
+nothing decoding, prompts are prefilled whole.
 """
 
 from __future__ import annotations
@@ -65,7 +68,8 @@ class Engine:
     def __init__(self, store: Store, strategy: str = DEFAULT_STRATEGY,
                  dtype: torch.dtype | None = None, max_batch: int = 8, max_context: int = 2048,
                  max_queue: int = 64, time_slice: float = 0.25, prefix_cache_mb: int = 0,
-                 weights: str = "full", observer: EngineObserver | None = None) -> None:
+                 weights: str = "full", prefill_chunk: int = 256,
+                 observer: EngineObserver | None = None) -> None:
         self.store = store
         self.languages = store.languages
         self.observer = observer or EngineObserver()
@@ -73,6 +77,7 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.time_slice = time_slice
+        self.prefill_chunk = prefill_chunk  # tokens per step while others decode; 0 = whole
         config = store.config()
         self.args = ModelArgs.from_config(config)
         self.max_context = min(max_context, self.args.max_positions)
@@ -301,6 +306,8 @@ class Engine:
                 log.exception("engine step failed; failing the requests in it")
                 for seq in list(sched.running):
                     sched.finish(seq, "error")
+                for handle in list(sched.prefilling):
+                    sched.fail(handle)
             with self.lock:
                 self.lock.notify_all()  # drain() waits for idleness
         sched.cancel_all()
@@ -346,25 +353,39 @@ class Engine:
         sched.drop_stale(now)
         language = None if self.mixes_languages else sched.pick_language(now)
         for handle in sched.admit(language):
+            handle.prefilled = self._reuse_prefix(self.mask_ids[handle.key], handle.prompt_ids,
+                                                  handle.slots[0], handle.language)
+        budget = self.prefill_chunk if sched.running and self.prefill_chunk else None
+        for handle in sched.to_prefill(language):
+            if budget is not None and budget <= 0:
+                break
+            remaining = len(handle.prompt_ids) - handle.prefilled
+            chunk = remaining if budget is None else min(remaining, budget)
             try:
-                self._prefill(handle)
+                self._prefill(handle, chunk)
             except Exception:
                 log.exception("prefill failed; failing its request")
                 sched.fail(handle)
+            if budget is not None:
+                budget -= chunk
         batch = sched.batch(language)
         if batch:
             self._decode(batch)
 
-    def _prefill(self, handle: RequestHandle) -> None:
-        params = handle.request.params
-        prompt, first = handle.prompt_ids, handle.slots[0]
-        mask_id = self.mask_ids[handle.key]
-        cached = self._reuse_prefix(mask_id, prompt, first, handle.language)
-        ids = torch.tensor([prompt[cached:]])
-        positions = torch.arange(cached, len(prompt))[None]
+    def _prefill(self, handle: RequestHandle, tokens: int) -> None:
+        """Prefill the next `tokens` prompt tokens; once the prompt is all in, start its
+        samples from the last position's logits."""
+        prompt, first, start = handle.prompt_ids, handle.slots[0], handle.prefilled
+        ids = torch.tensor([prompt[start:start + tokens]])
+        positions = torch.arange(start, start + tokens)[None]
         logits = self.forward(ids, positions, torch.tensor([first]), [handle.key],
                               prefill=True)[0]
+        handle.prefilled += tokens
+        if handle.prefilled < len(prompt):
+            return
+        params = handle.request.params
         if self.prefix_cache is not None:
+            mask_id = self.mask_ids[handle.key]
             self.prefix_cache.store(mask_id, prompt, self.cache.k[:, first],
                                     self.cache.v[:, first])
             self.observer.prefix_cache_bytes(self.prefix_cache.nbytes)

@@ -5,8 +5,10 @@ Requests wait in one queue per mask key (a language, `dense`, or a retired key s
 once per step: which language runs (`pick_language`: a language keeps the batch for a bounded
 time slice, then the oldest waiting work goes next; strategies that mix languages in one step
 skip this), which waiting requests get free KV slots (`admit`), and which running sequences
-make up the decode batch (`batch`). A request's handle emits its own events; the scheduler
-finishes sequences and frees their slots. One condition (`lock`) guards all of it: callers
+make up the decode batch (`batch`). An admitted request is `prefilling` until its whole
+prompt is in its slot (the engine prefills it in chunks while others decode); then its samples
+run. A request's handle emits its own events; the scheduler finishes sequences and frees their
+slots. One condition (`lock`) guards all of it: callers
 submit and cancel from any thread, the engine thread schedules.
 """
 
@@ -51,6 +53,7 @@ class RequestHandle:
         self.admitted: float | None = None
         self.first_token: float | None = None
         self.slots: list[int] = []  # KV slots, one per sample, given at admission
+        self.prefilled = 0  # prompt tokens already in slots[0]
         self.cancelled = False
         self.unfinished = request.params.n
         self.generated = 0
@@ -115,6 +118,7 @@ class Scheduler:
         self.free_slots = list(range(slots))
         self.waiting: dict[str, deque[RequestHandle]] = {
             lang: deque() for lang in [*languages, DENSE]}
+        self.prefilling: list[RequestHandle] = []  # admitted, prompt not yet all in its slot
         self.running: list[Sequence] = []
         self.active = DENSE
         self.slice_started = 0.0
@@ -135,7 +139,7 @@ class Scheduler:
             self.lock.notify()
 
     def idle(self) -> bool:
-        return not self.running and not any(self.waiting.values())
+        return not self.running and not self.prefilling and not any(self.waiting.values())
 
     def drain(self, timeout: float) -> bool:
         """Refuse new requests and wait for the ones in flight; True if all finished."""
@@ -150,6 +154,10 @@ class Scheduler:
         for seq in list(self.running):
             if seq.handle.cancelled or seq.handle.expired(now):
                 self.finish(seq, "cancelled" if seq.handle.cancelled else "deadline")
+        for handle in list(self.prefilling):
+            if handle.cancelled or handle.expired(now):
+                self.release(handle)
+                self.abandon(handle, "cancelled" if handle.cancelled else "deadline")
         with self.lock:
             dropped = []
             for key, q in self.waiting.items():
@@ -169,8 +177,8 @@ class Scheduler:
             for lang, q in self.waiting.items():
                 if q and len(self.free_slots) >= q[0].request.params.n:
                     oldest[lang] = q[0].submitted
-            for seq in self.running:
-                oldest[seq.language] = min(oldest.get(seq.language, now), seq.handle.submitted)
+            for handle in [*self.prefilling, *(seq.handle for seq in self.running)]:
+                oldest[handle.key] = min(oldest.get(handle.key, now), handle.submitted)
         if not oldest:
             return None
         fresh = now - self.slice_started < self.time_slice
@@ -187,6 +195,8 @@ class Scheduler:
         admitted = []
         with self.lock:
             in_batch = sum(1 for s in self.running if language is None or s.language == language)
+            in_batch += sum(h.request.params.n for h in self.prefilling
+                            if language is None or h.key == language)
             while True:
                 queues = [self.waiting[language]] if language else list(self.waiting.values())
                 heads = [q for q in queues if q]
@@ -203,9 +213,18 @@ class Scheduler:
                 handle.admitted = time.monotonic()
                 in_batch += n
                 admitted.append(handle)
+                self.prefilling.append(handle)
         return admitted
 
+    def to_prefill(self, language: str | None) -> list[RequestHandle]:
+        """Admitted requests whose prompt is not all in its slot yet, oldest first (of
+        `language` only, unless None)."""
+        return [h for h in self.prefilling if language is None or h.key == language]
+
     def start(self, seq: Sequence) -> None:
+        """A sample whose prompt is prefilled starts decoding (its request leaves prefilling)."""
+        if seq.handle in self.prefilling:
+            self.prefilling.remove(seq.handle)
         self.running.append(seq)
 
     def batch(self, language: str | None) -> list[Sequence]:
@@ -228,6 +247,8 @@ class Scheduler:
     def fail(self, handle: RequestHandle) -> None:
         """End a request whose prefill raised: its started samples and the rest."""
         started = [s for s in self.running if s.handle is handle]
+        if handle in self.prefilling:
+            self.prefilling.remove(handle)
         with self.lock:
             used = {s.slot for s in started}
             self.free_slots.extend(slot for slot in handle.slots if slot not in used)
@@ -235,6 +256,12 @@ class Scheduler:
             self.finish(seq, "error")
         for sample in range(len(started), handle.request.params.n):
             handle.finish(sample, "error", "", 0)
+
+    def release(self, handle: RequestHandle) -> None:
+        """Take a request out of prefilling and free its slots (it has no samples running)."""
+        self.prefilling.remove(handle)
+        with self.lock:
+            self.free_slots.extend(handle.slots)
 
     def abandon(self, handle: RequestHandle, reason: str) -> None:
         """End a request that never got a slot (cancelled, expired, or shutting down)."""
@@ -245,6 +272,9 @@ class Scheduler:
         """Shutting down: end every running and waiting request as cancelled."""
         for seq in list(self.running):
             self.finish(seq, "cancelled")
+        for handle in list(self.prefilling):
+            self.release(handle)
+            self.abandon(handle, "cancelled")
         with self.lock:
             waiting = [h for q in self.waiting.values() for h in q]
             for q in self.waiting.values():
@@ -255,15 +285,16 @@ class Scheduler:
     # ---- reloads (engine thread, lock held) ----
 
     def retire(self, language: str, key: str, removed: bool) -> bool:
-        """Move `language`'s running sequences (and, if it is `removed`, its waiting requests)
-        to mask key `key`; False if there were none."""
+        """Move `language`'s running and prefilling work (and, if it is `removed`, its waiting
+        requests) to mask key `key`; False if there was none."""
         running = [s for s in self.running if s.language == language]
+        prefilling = self.to_prefill(language)
         waiting = self.waiting.pop(language) if removed else deque()
-        if not running and not waiting:
+        if not running and not prefilling and not waiting:
             return False
         for seq in running:
             seq.language = seq.handle.key = key
-        for handle in waiting:
+        for handle in [*prefilling, *waiting]:
             handle.key = key
         self.waiting[key] = waiting
         return True
@@ -279,7 +310,7 @@ class Scheduler:
     def finished_keys(self, keys: set[str]) -> set[str]:
         """Which of these (retired) keys have no work left; their queues are dropped."""
         with self.lock:
-            done = {key for key in keys if not self.waiting[key]
+            done = {key for key in keys if not self.waiting[key] and not self.to_prefill(key)
                     and not any(s.language == key for s in self.running)}
             for key in done:
                 del self.waiting[key]

@@ -320,3 +320,80 @@ def test_engine_thread_releases_its_team_when_idle(store, monkeypatch):
         assert released[1:] == ["submodel-engine"]
     finally:
         engine.stop()
+
+
+LONG_PROMPT = "def total(values):\n" + "    values = [v + 1 for v in values]\n" * 4
+
+
+def recording_forward(engine, monkeypatch):
+    """Record (prefill?, tokens per row or rows) of each forward the engine thread runs."""
+    calls, real = [], engine.forward
+
+    def recording(tokens, positions, slots, row_languages, prefill):
+        calls.append((prefill, tokens.shape[1] if prefill else tokens.shape[0]))
+        return real(tokens, positions, slots, row_languages, prefill=prefill)
+
+    monkeypatch.setattr(engine, "forward", recording)
+    return calls
+
+
+def start_decoding(engine, **params):
+    """A python request that decodes until cancelled, once it has emitted its first token."""
+    handle = engine.submit(GenerationRequest("import os\n", "python",
+                                             SamplingParams(max_tokens=400, **params)))
+    events = iter(handle)
+    assert isinstance(next(events), TokenEvent)
+    return handle, events
+
+
+@pytest.mark.parametrize("strategy", ["swap", "fused"])
+def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(store, strategy,
+                                                                   monkeypatch):
+    engine = Engine(store, strategy=strategy, max_batch=4, prefill_chunk=8)
+    calls = recording_forward(engine, monkeypatch)
+    engine.start()
+    try:
+        prompt_tokens = engine.count_tokens(LONG_PROMPT)
+        alone = run(engine, prompt=LONG_PROMPT, language="python")[0][0]
+        assert calls[0] == (True, prompt_tokens)  # nothing decoding: the prompt whole
+        running, events = start_decoding(engine)
+        calls.clear()
+        joined = run(engine, prompt=LONG_PROMPT, language="python")[0][0]
+        running.cancel()
+        assert [type(e) for e in events][-1] is DoneEvent
+        assert joined == alone
+        chunks = [size for prefill, size in calls if prefill]
+        assert sum(chunks) == prompt_tokens and max(chunks) == 8 and len(chunks) > 2
+        kinds = "".join("p" if prefill else "d" for prefill, _ in calls)
+        assert "pp" not in kinds.strip("d")  # a decode step between every two chunks
+    finally:
+        engine.stop()
+
+
+def test_a_request_cancelled_mid_prefill_frees_its_slots(store, monkeypatch):
+    engine = Engine(store, strategy="fused", max_batch=4, prefill_chunk=8)
+    real, first_chunk, proceed = engine.forward, threading.Event(), threading.Event()
+
+    def pausing(tokens, positions, slots, row_languages, prefill):
+        out = real(tokens, positions, slots, row_languages, prefill=prefill)
+        if prefill and int(positions[0, 0]) == 0 and tokens.shape[1] == 8:
+            first_chunk.set()  # the long prompt's first chunk is in; hold the next step
+            proceed.wait(30)
+        return out
+
+    monkeypatch.setattr(engine, "forward", pausing)
+    engine.start()
+    try:
+        running, events = start_decoding(engine)
+        handle = engine.submit(GenerationRequest(LONG_PROMPT, "python", GREEDY))
+        assert first_chunk.wait(30)
+        handle.cancel()
+        proceed.set()
+        finishes = [e for e in handle if isinstance(e, FinishEvent)]
+        assert [(f.finish_reason, f.tokens) for f in finishes] == [("cancelled", 0)]
+        running.cancel()
+        list(events)
+        assert engine.drain(5.0)
+        assert len(engine.scheduler.free_slots) == engine.cache.k.shape[1]
+    finally:
+        engine.stop()

@@ -1,0 +1,377 @@
+"""`submodel bench ide`: what an editor user waits for, in this process, as ratios from one run.
+
+1. **An editing session, replayed.** A real file is typed forward from a point deep inside it:
+   at each pause in typing the editor sends a fill-in-the-middle request (the text before the
+   cursor, up to `context_tokens`, and a few lines after it); some requests are abandoned
+   because typing goes on (cancelled `abandon_after` seconds after they were sent). The client
+   keeps the context's first line fixed while it fits (as editor plugins do, so consecutive
+   prompts share their start) and moves it down by half the budget when it no longer does.
+   The session runs on an engine without and with the prefix cache: time to first token
+   (TTFT) p50/p99, completion latency, and the cache's hit rate; TTFT of a cache hit is also
+   given in decode steps (target: <= 2).
+2. **A long prompt admitted under load.** One request decodes; a ~2k-token prompt arrives.
+   Inter-token gaps of the running request while the new prompt is prefilled, p99 over the
+   unloaded median gap, with chunked prefill (the engine's `prefill_chunk`) and with whole
+   prompts (target: <= 2x).
+3. **llama.cpp on the same GGUF**, where a `llama-bench` binary is given or on PATH: its batch-1
+   decode and 512-token prefill tokens/s next to ours, same threads, in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from submodel.bench.timing import progress
+from submodel.pruning.models import ModelError, resolve_model
+from submodel.pruning.store import Store
+from submodel.server import kernels
+from submodel.server.api import (
+    DoneEvent,
+    EngineObserver,
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
+from submodel.server.engine import Engine
+
+SUFFIX_LINES = 8  # lines after the cursor sent as the suffix
+
+
+@dataclass(frozen=True)
+class Settings:
+    pauses: int = 24
+    context_tokens: int = 1536
+    max_tokens: int = 32
+    abandon_fraction: float = 0.25
+    abandon_after: float = 0.2  # seconds after sending: typing resumed
+    prefix_cache_mb: int = 256
+    prefill_chunk: int = 256
+    long_prompt_tokens: int = 1900
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Pause:
+    """One request of the session: the editor's text before and after the cursor."""
+
+    prefix: str
+    suffix: str
+    abandoned: bool
+
+
+def edit_session(text: str, count_tokens, s: Settings) -> list[Pause]:
+    """The pauses of typing `text` forward from a line about 1.5 contexts in: each pause types
+    the next 4-40 characters of the file (ending at a word's end)."""
+    rng = random.Random(s.seed)
+    lines = text.splitlines(keepends=True)
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line))
+    tokens_per_char = count_tokens(text[:20000]) / max(1, len(text[:20000]))
+    cursor = min(len(text) // 2, int(1.5 * s.context_tokens / tokens_per_char))
+    anchor = _line_start(starts, max(0, cursor - int(0.75 * s.context_tokens / tokens_per_char)))
+    pauses = []
+    for _ in range(s.pauses):
+        step = rng.randint(4, 40)
+        end = cursor + step
+        while end < len(text) and text[end].isalnum():
+            end += 1
+        cursor = min(end, len(text) - 1)
+        if count_tokens(text[anchor:cursor]) > s.context_tokens:
+            target = cursor - int(0.5 * s.context_tokens / tokens_per_char)
+            anchor = _line_start(starts, target)
+        line_end = _line_index(starts, cursor)
+        suffix = text[cursor:starts[min(len(lines), line_end + SUFFIX_LINES)]]
+        pauses.append(Pause(text[anchor:cursor], suffix,
+                            abandoned=rng.random() < s.abandon_fraction))
+    return pauses
+
+
+def _line_index(starts: list[int], offset: int) -> int:
+    lo, hi = 0, len(starts) - 1
+    while lo < hi:  # the last line starting at or before offset
+        mid = (lo + hi + 1) // 2
+        if starts[mid] <= offset:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _line_start(starts: list[int], offset: int) -> int:
+    return starts[_line_index(starts, offset)]
+
+
+class CacheCounts(EngineObserver):
+    def __init__(self) -> None:
+        self.prompt_tokens = self.hit_tokens = 0
+
+    def prefix_cache_lookup(self, language: str, prompt_tokens: int, hit_tokens: int) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.hit_tokens += hit_tokens
+
+
+def timed_request(engine: Engine, request: GenerationRequest,
+                  cancel_after: float | None = None) -> dict:
+    """Send one request; TTFT, latency, token arrival times and how it finished."""
+    sent = time.perf_counter()
+    handle = engine.submit(request)
+    timer = None
+    if cancel_after is not None:
+        timer = threading.Timer(cancel_after, handle.cancel)
+        timer.start()
+    arrivals, reason = [], None
+    for event in handle:
+        if isinstance(event, TokenEvent) and event.token_id >= 0:
+            arrivals.append(time.perf_counter() - sent)
+        elif isinstance(event, FinishEvent):
+            reason = event.finish_reason
+        elif isinstance(event, DoneEvent):
+            break
+    if timer is not None:
+        timer.cancel()
+    return {"ttft_s": arrivals[0] if arrivals else None, "latency_s": time.perf_counter() - sent,
+            "tokens": len(arrivals), "reason": reason,
+            "gaps_s": [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]}
+
+
+def replay(engine: Engine, pauses: list[Pause], language: str, s: Settings) -> list[dict]:
+    results = []
+    for i, pause in enumerate(pauses):
+        request = GenerationRequest(pause.prefix, language, SamplingParams(s.max_tokens),
+                                    suffix=pause.suffix)
+        r = timed_request(engine, request, s.abandon_after if pause.abandoned else None)
+        r.update(pause=i, abandoned=pause.abandoned,
+                 prompt_tokens=engine.count_tokens(pause.prefix + pause.suffix))
+        results.append(r)
+    return results
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def summarize_session(results: list[dict], counts: CacheCounts) -> dict:
+    answered = [r for r in results if not r["abandoned"] and r["ttft_s"] is not None]
+    ttft = [r["ttft_s"] for r in answered]
+    latency = [r["latency_s"] for r in answered]
+    gaps = [g for r in answered for g in r["gaps_s"]]
+    return {"requests": len(results), "answered": len(answered),
+            "abandoned": sum(r["abandoned"] for r in results),
+            "ttft_p50_s": _percentile(ttft, 0.5), "ttft_p99_s": _percentile(ttft, 0.99),
+            "latency_p50_s": _percentile(latency, 0.5),
+            "latency_p99_s": _percentile(latency, 0.99),
+            "step_p50_s": statistics.median(gaps) if gaps else None,
+            "mean_prompt_tokens": statistics.mean(r["prompt_tokens"] for r in results),
+            "cache_hit_rate": counts.hit_tokens / counts.prompt_tokens
+            if counts.prompt_tokens else 0.0}
+
+
+def session_phase(store: Store, pauses: list[Pause], language: str, s: Settings,
+                  engine_kwargs: dict) -> dict:
+    out = {}
+    for name, cache_mb in (("no_cache", 0), ("cache", s.prefix_cache_mb)):
+        progress("ide", f"editing session, {name}: {len(pauses)} pauses")
+        counts = CacheCounts()
+        engine = Engine(store, prefix_cache_mb=cache_mb, prefill_chunk=s.prefill_chunk,
+                        observer=counts, **engine_kwargs)
+        engine.start()
+        try:
+            timed_request(engine, GenerationRequest("def f():\n", language,
+                                                    SamplingParams(4)))  # warm-up
+            results = replay(engine, pauses, language, s)
+        finally:
+            engine.stop()
+        out[name] = {"summary": summarize_session(results, counts), "requests": results}
+    cache = out["cache"]["summary"]
+    hits = [r["ttft_s"] for r in out["cache"]["requests"][1:]
+            if not r["abandoned"] and r["ttft_s"] is not None]
+    out["ttft_p50_no_cache_over_cache"] = (out["no_cache"]["summary"]["ttft_p50_s"]
+                                           / cache["ttft_p50_s"])
+    out["cached_ttft_in_steps"] = (statistics.median(hits) / cache["step_p50_s"]
+                                   if hits and cache["step_p50_s"] else None)
+    return out
+
+
+def admission_phase(store: Store, text: str, language: str, s: Settings,
+                    engine_kwargs: dict) -> dict:
+    """Gaps of a running request while a long prompt is prefilled, chunked and whole."""
+    engine = Engine(store, prefill_chunk=s.prefill_chunk, **engine_kwargs)
+    ids = engine.tokenizer.encode(text)[:min(s.long_prompt_tokens, engine.max_context - 64)]
+    long_prompt = engine.tokenizer.decode(ids)
+    engine.start()
+    out = {"long_prompt_tokens": engine.count_tokens(long_prompt)}
+    try:
+        timed_request(engine, GenerationRequest("def f():\n", language, SamplingParams(4)))
+        for name, chunk in (("chunked", s.prefill_chunk), ("whole", 0)):
+            progress("ide", f"long prompt admitted under load, prefill {name}")
+            engine.prefill_chunk = chunk  # read by the engine thread each step; it is idle
+            out[name] = _gaps_while_admitting(engine, long_prompt, language)
+    finally:
+        engine.stop()
+    return out
+
+
+def _gaps_while_admitting(engine: Engine, long_prompt: str, language: str) -> dict:
+    arrivals: list[float] = []
+    first_token = threading.Event()
+    request = GenerationRequest("import os\n", language, SamplingParams(engine.max_context - 16))
+    handle = engine.submit(request)
+
+    def consume() -> None:
+        for event in handle:
+            if isinstance(event, TokenEvent) and event.token_id >= 0:
+                arrivals.append(time.perf_counter())
+                if len(arrivals) == 24:
+                    first_token.set()
+        first_token.set()
+
+    reader = threading.Thread(target=consume)
+    reader.start()
+    first_token.wait()
+    admitted_at = time.perf_counter()
+    long = timed_request(engine, GenerationRequest(long_prompt, language, SamplingParams(1)))
+    answered_at = time.perf_counter()
+    handle.cancel()
+    reader.join()
+    gaps = [(a, b - a) for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    unloaded = [g for a, g in gaps if a < admitted_at][1:]  # the first gap may hold the warm-up
+    loaded = [g for a, g in gaps if admitted_at <= a < answered_at]
+    base = statistics.median(unloaded) if unloaded else None
+    return {"unloaded_step_s": base, "loaded_gaps": len(loaded),
+            "loaded_p99_s": _percentile(loaded, 0.99), "loaded_max_s": max(loaded, default=None),
+            "p99_over_unloaded": _percentile(loaded, 0.99) / base if loaded and base else None,
+            "long_prompt_ttft_s": long["ttft_s"]}
+
+
+def find_llama_bench(given: str | None) -> str | None:
+    if given:
+        return given
+    return shutil.which("llama-bench")
+
+
+def llama_cpp_phase(binary: str, gguf: Path, threads: int, engine: Engine, language: str,
+                    text: str) -> dict:
+    """llama-bench's decode (64 tokens) and prefill (512) next to ours on the same GGUF."""
+    progress("ide", f"llama.cpp: {binary} on {gguf.name}")
+    proc = subprocess.run([binary, "-m", str(gguf), "-t", str(threads), "-p", "512", "-n", "64",
+                           "-r", "3", "-o", "json"], capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        return {"error": f"llama-bench exited {proc.returncode}: "
+                         f"{(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"}
+    rows = json.loads(proc.stdout)
+    theirs = {("prefill" if r["n_prompt"] else "decode"): r["avg_ts"] for r in rows}
+    ids = engine.tokenizer.encode(text)[:512]
+    prompt = engine.tokenizer.decode(ids)
+    ours: dict[str, dict] = {}
+    for lang in ("dense", language):
+        decode = [timed_request(engine, GenerationRequest("import os\n", lang,
+                                                          SamplingParams(65)))["gaps_s"]
+                  for _ in range(3)]
+        prefill = min(timed_request(engine, GenerationRequest(prompt, lang, SamplingParams(1)))
+                      ["ttft_s"] for _ in range(3))
+        ours[lang] = {"decode_tokens_per_s": max(len(g) / sum(g) for g in decode if g),
+                      "prefill_tokens_per_s": len(ids) / prefill}
+    return {"llama_cpp": theirs, "ours": ours, "build": rows[0].get("build_commit"),
+            "type": rows[0].get("model_type"),
+            "decode_vs_llama_cpp": {k: v["decode_tokens_per_s"] / theirs["decode"]
+                                    for k, v in ours.items()},
+            "prefill_vs_llama_cpp": {k: v["prefill_tokens_per_s"] / theirs["prefill"]
+                                     for k, v in ours.items()}}
+
+
+def run(store: Store, text: str, language: str, s: Settings, engine_kwargs: dict,
+        llama_bench: str | None, threads: int) -> dict:
+    counter = store.load_tokenizer()
+    pauses = edit_session(text, lambda t: len(counter.encode(t)), s)
+    result = {"cpu": kernels.cpu_model(), "threads": threads, "settings": s.__dict__,
+              "language": language, "engine": engine_kwargs,
+              "session": session_phase(store, pauses, language, s, engine_kwargs),
+              "admission": admission_phase(store, text, language, s, engine_kwargs)}
+    binary = find_llama_bench(llama_bench)
+    if binary is None:
+        result["llama_cpp"] = {"skipped": "no llama-bench binary (--llama-bench PATH or on PATH)"}
+        return result
+    try:
+        gguf = resolve_model(store.manifest["base_model"]["id"], verify=False)
+    except ModelError as e:
+        result["llama_cpp"] = {"skipped": str(e)}
+        return result
+    if gguf.kind != "gguf":
+        result["llama_cpp"] = {"skipped": "the store's base model is not a GGUF file"}
+        return result
+    engine = Engine(store, prefill_chunk=0, **engine_kwargs)
+    engine.start()
+    try:
+        timed_request(engine, GenerationRequest("def f():\n", language, SamplingParams(4)))
+        result["llama_cpp"] = llama_cpp_phase(binary, gguf.path, threads, engine, language,
+                                              text)
+    finally:
+        engine.stop()
+    return result
+
+
+def _s(x: float | None, scale: float = 1e3, unit: str = " ms") -> str:
+    return "-" if x is None else f"{x * scale:.0f}{unit}"
+
+
+def _x(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}x"
+
+
+def markdown(result: dict) -> str:
+    s, session, adm = result["settings"], result["session"], result["admission"]
+    lines = [f"# submodel bench ide ({result.get('cpu', '')})", "",
+             f"Editing session: {s['pauses']} pauses, context up to {s['context_tokens']} tokens, "
+             f"{s['max_tokens']} tokens per completion, language {result['language']}, "
+             f"engine {result['engine']}.", "",
+             "| | requests (answered/abandoned) | mean prompt tokens | TTFT p50 | TTFT p99 | "
+             "latency p50 | latency p99 | cache hit rate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ("no_cache", "cache"):
+        m = session[name]["summary"]
+        lines.append(f"| {name.replace('_', ' ')} | {m['requests']} ({m['answered']}/"
+                     f"{m['abandoned']}) | {m['mean_prompt_tokens']:.0f} | "
+                     f"{_s(m['ttft_p50_s'])} | {_s(m['ttft_p99_s'])} | {_s(m['latency_p50_s'])} | "
+                     f"{_s(m['latency_p99_s'])} | {m['cache_hit_rate']:.0%} |")
+    speedup = _x(session["ttft_p50_no_cache_over_cache"])
+    lines += ["", f"TTFT p50 without / with the cache: {speedup}; a cached prompt's TTFT "
+              f"(median) = {session['cached_ttft_in_steps'] or 0:.1f} decode steps "
+              "(target <= 2).", "",
+              f"Long prompt ({adm['long_prompt_tokens']} tokens) admitted while one request "
+              f"decodes (prefill chunk {s['prefill_chunk']}):", "",
+              "| prefill | unloaded step | gaps while admitting | p99 gap | max gap | "
+              "p99 / unloaded (target <= 2x) | long prompt TTFT |",
+              "|---|---:|---:|---:|---:|---:|---:|"]
+    for name in ("chunked", "whole"):
+        g = adm[name]
+        lines.append(f"| {name} | {_s(g['unloaded_step_s'])} | {g['loaded_gaps']} | "
+                     f"{_s(g['loaded_p99_s'])} | {_s(g['loaded_max_s'])} | "
+                     f"{_x(g['p99_over_unloaded'])} | {_s(g['long_prompt_ttft_s'], 1, ' s')} |")
+    lc = result["llama_cpp"]
+    lines += ["", "llama.cpp on the same GGUF, same threads:"]
+    if "skipped" in lc or "error" in lc:
+        lines.append(f"not measured: {lc.get('skipped') or lc.get('error')}")
+    else:
+        lines += ["", "| | decode tok/s | prefill 512 tok/s | decode vs llama.cpp | "
+                  "prefill vs llama.cpp |", "|---|---:|---:|---:|---:|",
+                  f"| llama.cpp ({lc['type']}, build {lc['build']}) | "
+                  f"{lc['llama_cpp']['decode']:.1f} | {lc['llama_cpp']['prefill']:.1f} | | |"]
+        for name, o in lc["ours"].items():
+            lines.append(f"| submodel {name} | {o['decode_tokens_per_s']:.1f} | "
+                         f"{o['prefill_tokens_per_s']:.1f} | "
+                         f"{_x(lc['decode_vs_llama_cpp'][name])} | "
+                         f"{_x(lc['prefill_vs_llama_cpp'][name])} |")
+    return "\n".join(lines)
