@@ -35,7 +35,8 @@ ENV_PATH = "SUBMODEL_KERNEL_PATH"
 PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 20, torch.float32: 48}
 
 _SOURCE = Path(__file__).with_name("masked_linear.cpp")
-_SOURCES = (_SOURCE, _SOURCE.with_name("q8_linear.cpp"), _SOURCE.with_name("q8_linear.h"))
+_SOURCES = (_SOURCE, *(_SOURCE.with_name(name)
+                       for name in ("q8_linear.cpp", "q8_linear.h", "gemv_output.h")))
 Q8_GROUP = 32  # int8 weights: columns sharing one scale (kQ8Group in q8_linear.h)
 _lock = threading.Lock()
 _ext: ModuleType | None = None

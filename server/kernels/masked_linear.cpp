@@ -17,6 +17,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "gemv_output.h"
 #include "q8_linear.h"
 
 #include <algorithm>
@@ -35,6 +36,8 @@
 #endif
 
 namespace {
+
+using submodel::store;
 
 enum Path : int64_t { kGeneric = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
@@ -112,19 +115,6 @@ struct Gemv {
 
 constexpr int kMaxRows = 8;  // batch rows per register tile
 constexpr int kRowBlock = 4;  // output rows fetched together; each group re-reads them from cache
-
-// Writing y in the weights' dtype here saves torch a conversion op per call (~170 per step).
-inline void store(const Gemv& g, int64_t b, int64_t o, float acc) {
-  if (g.bias) {
-    acc += g.bf16_bias ? float(static_cast<const c10::BFloat16*>(g.bias)[o])
-                       : static_cast<const float*>(g.bias)[o];
-  }
-  if (g.bf16_y) {
-    static_cast<c10::BFloat16*>(g.y)[b * g.out + o] = c10::BFloat16(acc);
-  } else {
-    static_cast<float*>(g.y)[b * g.out + o] = acc;
-  }
-}
 
 // ---------------------------------------------------------------- generic
 inline uint32_t fp32_bits(float v) {

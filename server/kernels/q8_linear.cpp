@@ -12,6 +12,7 @@
 // scale x x scale. Codes are read from memory once per call for all rows; several output rows
 // per tile keep independent chains in flight. Elsewhere a scalar loop computes the same in fp32.
 // dequantize_q8_into: out = W * M (or W) in the output's dtype, for prefill's GEMM.
+#include "gemv_output.h"
 #include "q8_linear.h"
 
 #include <ATen/Parallel.h>
@@ -44,18 +45,6 @@ struct Q8Gemv {
   void* y;  // [B, out]
   int64_t in, out, rows;
 };
-
-inline void store(const Q8Gemv& g, int64_t b, int64_t o, float acc) {
-  if (g.bias) {
-    acc += g.bf16_bias ? float(static_cast<const c10::BFloat16*>(g.bias)[o])
-                       : static_cast<const float*>(g.bias)[o];
-  }
-  if (g.bf16_y) {
-    static_cast<c10::BFloat16*>(g.y)[b * g.out + o] = c10::BFloat16(acc);
-  } else {
-    static_cast<float*>(g.y)[b * g.out + o] = acc;
-  }
-}
 
 // x's groups of kQ8Group as int16 codes and a scale each (max |x| / 32767, round to nearest):
 // 15 bits per value within its group, finer than the bf16 the model computes in.
