@@ -1,5 +1,6 @@
 import os
 import random
+import shutil
 import threading
 import time
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from submodel.pruning import masks as bits
+from submodel.pruning.edit import remove_language
 from submodel.pruning.store import open_store
 from submodel.server import kernels, omp
 from submodel.server.api import (
@@ -395,5 +397,44 @@ def test_a_request_cancelled_mid_prefill_frees_its_slots(store, monkeypatch):
         list(events)
         assert engine.drain(5.0)
         assert len(engine.scheduler.free_slots) == engine.cache.k.shape[1]
+    finally:
+        engine.stop()
+
+
+def test_a_request_mid_prefill_when_its_language_is_removed_finishes_on_its_mask(
+        tiny_store, tmp_path, monkeypatch):
+    path = tmp_path / "store"
+    shutil.copytree(tiny_store, path)
+    engine = Engine(open_store(path), strategy="fused", max_batch=4, prefill_chunk=8)
+    engine.start()
+    try:
+        reference = run(engine, prompt=LONG_PROMPT, language="java")[0][0]
+        real, first_chunk, proceed = engine.forward, threading.Event(), threading.Event()
+
+        def pausing(tokens, positions, slots, row_languages, prefill):
+            out = real(tokens, positions, slots, row_languages, prefill=prefill)
+            if prefill and tokens.shape[1] == 8 and not first_chunk.is_set():
+                first_chunk.set()  # the java prompt's first chunk is in: hold the step
+                proceed.wait(30)
+            return out
+
+        monkeypatch.setattr(engine, "forward", pausing)
+        running, events = start_decoding(engine)
+        handle = engine.submit(GenerationRequest(LONG_PROMPT, "java", GREEDY))
+        assert first_chunk.wait(30)
+        remove_language(path, "java")
+        reloads = []
+        reloader = threading.Thread(target=lambda: reloads.append(engine.reload()))
+        reloader.start()
+        with engine.lock:
+            assert engine.lock.wait_for(lambda: engine.pending is not None, 30)
+        proceed.set()  # the swap happens between this step and the next chunk
+        tokens = [e.token_id for e in handle if isinstance(e, TokenEvent) and e.token_id >= 0]
+        reloader.join()
+        assert reloads[0].removed == ("java",) and "java" not in engine.languages
+        assert tokens == reference
+        running.cancel()
+        list(events)
+        assert engine.drain(5.0) and not engine.scheduler.prefilling
     finally:
         engine.stop()
