@@ -55,6 +55,7 @@ class Settings:
     abandon_after: float = 0.2  # seconds after sending: typing resumed
     prefix_cache_mb: int = 256
     prefill_chunk: int = 256
+    admission_chunks: tuple[int, ...] = (16, 64, 256)  # chunk sizes timed in phase 2 (+ whole)
     long_prompt_tokens: int = 1900
     seed: int = 0
 
@@ -215,8 +216,9 @@ def admission_phase(store: Store, text: str, language: str, s: Settings,
     out = {"long_prompt_tokens": engine.count_tokens(long_prompt)}
     try:
         timed_request(engine, GenerationRequest("def f():\n", language, SamplingParams(4)))
-        for name, chunk in (("chunked", s.prefill_chunk), ("whole", 0)):
-            progress("ide", f"long prompt admitted under load, prefill {name}")
+        for chunk in (*s.admission_chunks, 0):
+            name = str(chunk) if chunk else "whole"
+            progress("ide", f"long prompt admitted under load, prefill chunk {name}")
             engine.prefill_chunk = chunk  # read by the engine thread each step; it is idle
             out[name] = _gaps_while_admitting(engine, long_prompt, language)
     finally:
@@ -292,35 +294,43 @@ def llama_cpp_phase(binary: str, gguf: Path, threads: int, engine: Engine, langu
                                      for k, v in ours.items()}}
 
 
+PHASES = ("session", "admission", "llama_cpp")
+
+
 def run(store: Store, text: str, language: str, s: Settings, engine_kwargs: dict,
-        llama_bench: str | None, threads: int) -> dict:
-    counter = store.load_tokenizer()
-    pauses = edit_session(text, lambda t: len(counter.encode(t)), s)
+        llama_bench: str | None, threads: int, phases: tuple[str, ...] = PHASES) -> dict:
     result = {"cpu": kernels.cpu_model(), "threads": threads, "settings": s.__dict__,
-              "language": language, "engine": engine_kwargs,
-              "session": session_phase(store, pauses, language, s, engine_kwargs),
-              "admission": admission_phase(store, text, language, s, engine_kwargs)}
+              "language": language, "engine": engine_kwargs}
+    if "session" in phases:
+        counter = store.load_tokenizer()
+        pauses = edit_session(text, lambda t: len(counter.encode(t)), s)
+        result["session"] = session_phase(store, pauses, language, s, engine_kwargs)
+    if "admission" in phases:
+        result["admission"] = admission_phase(store, text, language, s, engine_kwargs)
+    if "llama_cpp" in phases:
+        result["llama_cpp"] = llama_cpp_result(store, text, language, engine_kwargs,
+                                               llama_bench, threads)
+    return result
+
+
+def llama_cpp_result(store: Store, text: str, language: str, engine_kwargs: dict,
+                     llama_bench: str | None, threads: int) -> dict:
     binary = find_llama_bench(llama_bench)
     if binary is None:
-        result["llama_cpp"] = {"skipped": "no llama-bench binary (--llama-bench PATH or on PATH)"}
-        return result
+        return {"skipped": "no llama-bench binary (--llama-bench PATH or on PATH)"}
     try:
         gguf = resolve_model(store.manifest["base_model"]["id"], verify=False)
     except ModelError as e:
-        result["llama_cpp"] = {"skipped": str(e)}
-        return result
+        return {"skipped": str(e)}
     if gguf.kind != "gguf":
-        result["llama_cpp"] = {"skipped": "the store's base model is not a GGUF file"}
-        return result
+        return {"skipped": "the store's base model is not a GGUF file"}
     engine = Engine(store, prefill_chunk=0, **engine_kwargs)
     engine.start()
     try:
         timed_request(engine, GenerationRequest("def f():\n", language, SamplingParams(4)))
-        result["llama_cpp"] = llama_cpp_phase(binary, gguf.path, threads, engine, language,
-                                              text)
+        return llama_cpp_phase(binary, gguf.path, threads, engine, language, text)
     finally:
         engine.stop()
-    return result
 
 
 def _s(x: float | None, scale: float = 1e3, unit: str = " ms") -> str:
@@ -332,11 +342,21 @@ def _x(x: float | None) -> str:
 
 
 def markdown(result: dict) -> str:
-    s, session, adm = result["settings"], result["session"], result["admission"]
-    lines = [f"# submodel bench ide ({result.get('cpu', '')})", "",
-             f"Editing session: {s['pauses']} pauses, context up to {s['context_tokens']} tokens, "
-             f"{s['max_tokens']} tokens per completion, language {result['language']}, "
-             f"engine {result['engine']}.", "",
+    lines = [f"# submodel bench ide ({result['cpu']}, {result['threads']} threads)", ""]
+    if "session" in result:
+        lines += _session_lines(result["settings"], result["language"], result["engine"],
+                                result["session"])
+    if "admission" in result:
+        lines += _admission_lines(result["admission"])
+    if "llama_cpp" in result:
+        lines += _llama_cpp_lines(result["llama_cpp"])
+    return "\n".join(lines)
+
+
+def _session_lines(s: dict, language: str, engine: dict, session: dict) -> list[str]:
+    lines = [f"Editing session: {s['pauses']} pauses, context up to {s['context_tokens']} tokens, "
+             f"{s['max_tokens']} tokens per completion, language {language}, engine {engine}, "
+             f"prefill chunk {s['prefill_chunk']}.", "",
              "| | requests (answered/abandoned) | mean prompt tokens | TTFT p50 | TTFT p99 | "
              "latency p50 | latency p99 | cache hit rate |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -347,31 +367,37 @@ def markdown(result: dict) -> str:
                      f"{_s(m['ttft_p50_s'])} | {_s(m['ttft_p99_s'])} | {_s(m['latency_p50_s'])} | "
                      f"{_s(m['latency_p99_s'])} | {m['cache_hit_rate']:.0%} |")
     speedup = _x(session["ttft_p50_no_cache_over_cache"])
-    lines += ["", f"TTFT p50 without / with the cache: {speedup}; a cached prompt's TTFT "
-              f"(median) = {session['cached_ttft_in_steps'] or 0:.1f} decode steps "
-              "(target <= 2).", "",
-              f"Long prompt ({adm['long_prompt_tokens']} tokens) admitted while one request "
-              f"decodes (prefill chunk {s['prefill_chunk']}):", "",
-              "| prefill | unloaded step | gaps while admitting | p99 gap | max gap | "
-              "p99 / unloaded (target <= 2x) | long prompt TTFT |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
-    for name in ("chunked", "whole"):
-        g = adm[name]
-        lines.append(f"| {name} | {_s(g['unloaded_step_s'])} | {g['loaded_gaps']} | "
-                     f"{_s(g['loaded_p99_s'])} | {_s(g['loaded_max_s'])} | "
-                     f"{_x(g['p99_over_unloaded'])} | {_s(g['long_prompt_ttft_s'], 1, ' s')} |")
-    lc = result["llama_cpp"]
-    lines += ["", "llama.cpp on the same GGUF, same threads:"]
+    return lines + ["", f"TTFT p50 without / with the cache: {speedup}; a cached prompt's TTFT "
+                    f"(median) = {session['cached_ttft_in_steps'] or 0:.1f} decode steps "
+                    "(target <= 2).", ""]
+
+
+def _admission_lines(adm: dict) -> list[str]:
+    lines = [f"A {adm['long_prompt_tokens']}-token prompt admitted while one request decodes: "
+             "that request's inter-token gaps until the prompt's first token.", "",
+             "| prefill chunk | unloaded step | gaps while admitting | p99 gap | max gap | "
+             "p99 / unloaded (target <= 2x) | long prompt TTFT |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for name, g in adm.items():
+        if isinstance(g, dict):
+            lines.append(f"| {name} | {_s(g['unloaded_step_s'])} | {g['loaded_gaps']} | "
+                         f"{_s(g['loaded_p99_s'])} | {_s(g['loaded_max_s'])} | "
+                         f"{_x(g['p99_over_unloaded'])} | "
+                         f"{_s(g['long_prompt_ttft_s'], 1, ' s')} |")
+    return lines + [""]
+
+
+def _llama_cpp_lines(lc: dict) -> list[str]:
+    lines = ["llama.cpp (`llama-bench`) on the same GGUF, same threads:", ""]
     if "skipped" in lc or "error" in lc:
-        lines.append(f"not measured: {lc.get('skipped') or lc.get('error')}")
-    else:
-        lines += ["", "| | decode tok/s | prefill 512 tok/s | decode vs llama.cpp | "
-                  "prefill vs llama.cpp |", "|---|---:|---:|---:|---:|",
-                  f"| llama.cpp ({lc['type']}, build {lc['build']}) | "
-                  f"{lc['llama_cpp']['decode']:.1f} | {lc['llama_cpp']['prefill']:.1f} | | |"]
-        for name, o in lc["ours"].items():
-            lines.append(f"| submodel {name} | {o['decode_tokens_per_s']:.1f} | "
-                         f"{o['prefill_tokens_per_s']:.1f} | "
-                         f"{_x(lc['decode_vs_llama_cpp'][name])} | "
-                         f"{_x(lc['prefill_vs_llama_cpp'][name])} |")
-    return "\n".join(lines)
+        return lines + [f"not measured: {lc.get('skipped') or lc.get('error')}"]
+    lines += ["| | decode tok/s | prefill 512 tok/s | decode vs llama.cpp | "
+              "prefill vs llama.cpp |", "|---|---:|---:|---:|---:|",
+              f"| llama.cpp ({lc['type']}, build {lc['build']}) | "
+              f"{lc['llama_cpp']['decode']:.1f} | {lc['llama_cpp']['prefill']:.1f} | | |"]
+    for name, o in lc["ours"].items():
+        lines.append(f"| submodel {name} | {o['decode_tokens_per_s']:.1f} | "
+                     f"{o['prefill_tokens_per_s']:.1f} | "
+                     f"{_x(lc['decode_vs_llama_cpp'][name])} | "
+                     f"{_x(lc['prefill_vs_llama_cpp'][name])} |")
+    return lines

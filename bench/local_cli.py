@@ -125,6 +125,12 @@ def register(kinds: argparse._SubParsersAction) -> None:
     ide.add_argument("--prefill-chunk", type=_positive, default=256,
                      help="the engine's chunked prefill (see `serve --prefill-chunk`; "
                           "default 256)")
+    ide.add_argument("--admission-chunks", default="16,64,256",
+                     help="prefill chunks timed while a long prompt is admitted, "
+                          "comma-separated (whole prompts are always timed; default 16,64,256)")
+    ide.add_argument("--phases", default="session,admission,llama_cpp",
+                     help="which parts to run, comma-separated (default all: "
+                          "session,admission,llama_cpp)")
     ide.add_argument("--strategy", choices=STRATEGIES, default="fused",
                      help="engine strategy (default fused)")
     ide.add_argument("--weights", choices=WEIGHT_FORMATS, default="full",
@@ -232,7 +238,7 @@ def run_ide(args: argparse.Namespace) -> int:
     import torch
 
     from submodel import corpora
-    from submodel.bench.ide import Settings, markdown, run
+    from submodel.bench.ide import PHASES, Settings, markdown, run
     from submodel.pruning.store import StoreError, open_store
 
     path = args.file or Path(argparse.__file__)
@@ -245,11 +251,21 @@ def run_ide(args: argparse.Namespace) -> int:
     if language not in store.languages:
         raise CLIError(f"the store has no '{language}' mask (has {', '.join(store.languages)})")
     torch.set_num_threads(args.threads)
+    phases = tuple(x for x in args.phases.split(",") if x)
+    if not phases or set(phases) - set(PHASES):
+        raise CLIError(f"--phases: pick from {', '.join(PHASES)}")
+    try:
+        chunks = tuple(int(x) for x in args.admission_chunks.split(",") if x)
+    except ValueError:
+        chunks = (0,)
+    if not chunks or min(chunks) < 1:
+        raise CLIError("--admission-chunks: comma-separated token counts >= 1")
     settings = Settings(pauses=args.pauses, context_tokens=args.context_tokens,
                         max_tokens=args.max_tokens, prefix_cache_mb=args.prefix_cache_mb,
-                        prefill_chunk=args.prefill_chunk)
+                        prefill_chunk=args.prefill_chunk, admission_chunks=chunks)
     engine_kwargs = {"strategy": args.strategy, "weights": args.weights}
-    result = run(store, text, language, settings, engine_kwargs, args.llama_bench, args.threads)
+    result = run(store, text, language, settings, engine_kwargs, args.llama_bench, args.threads,
+                 phases)
     result["file"] = str(path)
     return _report(args.out, "ide", result, markdown(result))
 

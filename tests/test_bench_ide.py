@@ -37,7 +37,15 @@ def test_quick_run_on_the_editor_store(editor_store, tmp_path):
     assert no_cache["cache_hit_rate"] == 0 < cache["cache_hit_rate"]
     assert [q["reason"] for q in r["session"]["no_cache"]["requests"]] == [
         q["reason"] for q in r["session"]["cache"]["requests"]]
-    for name in ("chunked", "whole"):
+    for name in ("16", "64", "256", "whole"):
         assert r["admission"][name]["long_prompt_ttft_s"] > 0
     assert "error" in r["llama_cpp"] or "skipped" in r["llama_cpp"]
     assert "TTFT p50" in (tmp_path / "ide.md").read_text()
+
+
+def test_bad_flags_are_one_line_errors(editor_store, tmp_path, capsys):
+    for flags in (["--phases", "nope"], ["--admission-chunks", "0"],
+                  ["--file", str(tmp_path / "missing.py")], ["--language", "go"]):
+        assert main(["bench", "ide", str(editor_store), *flags, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and err
