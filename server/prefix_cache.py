@@ -5,9 +5,10 @@ starts the same way prefills only what follows.
 KV depends on the mask, so entries are per mask (by its content digest: a reload that changes
 a language's mask never hits the old one's entries). Prompts are cut into blocks of BLOCK
 tokens and each block is named by a hash chained over every block before it (as vLLM's prefix
-caching does), so a lookup walks the new prompt's chain and stops at the first unknown block.
-An entry holds the KV of one prompt's whole blocks; entries are evicted least recently used
-first once their bytes pass the budget.
+caching does), so a lookup walks the new prompt's chain and stops at the first unknown block,
+then follows the entry that holds the last known block token by token: an editor's prompt that
+extends the last one by a few tokens prefills only those. An entry holds the KV of one prompt;
+entries are evicted least recently used first once their bytes pass the budget.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from dataclasses import dataclass
 
 import torch
 
-BLOCK = 16  # tokens per hashed block: on a hit, at most this many old tokens are prefilled again
+BLOCK = 16  # tokens per hashed block
 
 
 @dataclass
 class Entry:
     k: torch.Tensor  # [layers, kv_heads, tokens, head_dim]
     v: torch.Tensor
-    hashes: list[bytes]  # its blocks' chained hashes, in order
+    ids: list[int]  # the tokens whose keys and values it holds
+    hashes: list[bytes]  # its whole blocks' chained hashes, in order
 
     @property
     def tokens(self) -> int:
@@ -57,25 +59,37 @@ class PrefixCache:
     def lookup(self, mask_id: str, ids: list[int]) -> tuple[Entry | None, int]:
         """The entry holding the longest cached prefix of `ids` and that prefix's length,
         leaving at least one token to prefill (its logits start the generation)."""
-        found, length = None, 0
-        for h in block_hashes(mask_id, ids[:-1]):
-            hit = self.blocks.get(h)
-            if hit is None:
-                break
-            found, length = hit
+        found, length = self._longest(mask_id, ids[:-1])
         if found is None:
             return None, 0
         self.entries.move_to_end(found)
         return self.entries[found], length
 
+    def _longest(self, mask_id: str, ids: list[int]) -> tuple[int | None, int]:
+        """(entry id, length) of the longest cached prefix of `ids`: whole blocks along the
+        hash chain, then token by token along the entry holding the last of them."""
+        found, length = None, 0
+        for h in block_hashes(mask_id, ids):
+            hit = self.blocks.get(h)
+            if hit is None:
+                break
+            found, length = hit
+        if found is not None:
+            held = self.entries[found].ids
+            end = min(len(held), len(ids))
+            while length < end and held[length] == ids[length]:
+                length += 1
+        return found, length
+
     def store(self, mask_id: str, ids: list[int], k: torch.Tensor, v: torch.Tensor) -> None:
-        """Keep the KV of `ids`' whole blocks; k, v: [layers, kv_heads, >= len(ids), head_dim]
-        views of a sequence's cache slot (copied here)."""
+        """Keep the KV of `ids` (unless an entry holds all of them already, or they are
+        shorter than a block); k, v: [layers, kv_heads, >= len(ids), head_dim] views of a
+        sequence's cache slot (copied here)."""
         hashes = block_hashes(mask_id, ids)
-        if not hashes or all(h in self.blocks for h in hashes):
+        if not hashes or self._longest(mask_id, ids)[1] == len(ids):
             return
-        tokens = len(hashes) * BLOCK
-        entry = Entry(k[:, :, :tokens].clone(), v[:, :, :tokens].clone(), hashes)
+        tokens = len(ids)
+        entry = Entry(k[:, :, :tokens].clone(), v[:, :, :tokens].clone(), list(ids), hashes)
         if entry.nbytes > self.budget:
             return
         entry_id, self._next_id = self._next_id, self._next_id + 1

@@ -35,6 +35,7 @@ def test_quick_run_on_the_editor_store(editor_store, tmp_path):
     no_cache, cache = r["session"]["no_cache"]["summary"], r["session"]["cache"]["summary"]
     assert no_cache["requests"] == cache["requests"] == 6
     assert no_cache["cache_hit_rate"] == 0 < cache["cache_hit_rate"]
+    assert r["session"]["extension"]["ttft_in_steps"] > 0
     assert [q["reason"] for q in r["session"]["no_cache"]["requests"]] == [
         q["reason"] for q in r["session"]["cache"]["requests"]]
     for name in ("16", "64", "256", "whole"):

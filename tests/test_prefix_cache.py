@@ -28,19 +28,23 @@ def test_longest_cached_prefix_per_mask_leaves_a_token_to_prefill():
     cache = PrefixCache(1 << 20)
     prompt = list(range(3 * BLOCK + BLOCK // 2))
     cache.store("m1", prompt, *kv(len(prompt), 1.0))
-    assert cache.nbytes == entry_bytes(3 * BLOCK)  # whole blocks only
-    entry, length = cache.lookup("m1", prompt + [7, 8, 9])
-    assert length == 3 * BLOCK and torch.equal(entry.k[:, :, :length], kv(length, 1.0)[0])
-    assert cache.lookup("m1", prompt[:3 * BLOCK])[1] == 2 * BLOCK  # one token left to prefill
+    assert cache.nbytes == entry_bytes(len(prompt))
+    entry, length = cache.lookup("m1", prompt + [7, 8, 9])  # an extension: only 7, 8, 9 left
+    assert length == len(prompt) and torch.equal(entry.k[:, :, :length], kv(length, 1.0)[0])
+    assert cache.lookup("m1", prompt)[1] == len(prompt) - 1  # one token left to prefill
+    assert cache.lookup("m1", prompt[:BLOCK + 3] + [7, 8])[1] == BLOCK + 3  # an edit mid-block
     assert cache.lookup("m2", prompt)[1] == 0  # another mask: other keys and values
     assert cache.lookup("m1", [1000] + prompt[1:])[1] == 0  # a changed first block
-    assert cache.lookup("m1", prompt[:BLOCK] + [5] * 3 * BLOCK)[1] == BLOCK
+    assert cache.lookup("m1", prompt[:5])[1] == 0  # shorter than a block: never cached
     cache.store("m1", prompt[:BLOCK + 5], *kv(BLOCK + 5, 2.0))  # already covered: kept once
-    assert cache.nbytes == entry_bytes(3 * BLOCK)
+    assert cache.nbytes == entry_bytes(len(prompt))
+    longer = prompt + [7, 8, 9]
+    cache.store("m1", longer, *kv(len(longer), 3.0))  # extends it: kept
+    assert cache.lookup("m1", longer + [1])[1] == len(longer)
 
 
 def test_least_recently_used_entries_go_first_and_bytes_stay_in_budget():
-    cache = PrefixCache(2 * entry_bytes(2 * BLOCK))
+    cache = PrefixCache(2 * entry_bytes(2 * BLOCK + 1))
     a, b, c = ([base + i for i in range(2 * BLOCK + 1)] for base in (0, 1000, 2000))
     cache.store("m", a, *kv(len(a), 1.0))
     cache.store("m", b, *kv(len(b), 2.0))
@@ -87,8 +91,10 @@ def test_greedy_tokens_are_the_same_with_and_without_the_cache(tiny_store, strat
     by_language = {}
     for language, prompt_tokens, hit in lookups.seen:
         by_language.setdefault(language, []).append((prompt_tokens, hit))
+    context_tokens = len(CONTEXT.encode())  # the tiny tokenizer: one token per byte
     for language, rows in by_language.items():
         assert rows[0][1] == 0, language  # nothing cached yet for this mask
+        assert [hit for _, hit in rows[1:]] == [context_tokens] * 2  # only the new text prefills
         for prompt_tokens, hit in rows[1:]:  # the later prompts extend the first
             assert hit >= len(CONTEXT.encode()) // BLOCK * BLOCK - BLOCK, (language, hit)
             assert hit < prompt_tokens
