@@ -3,7 +3,8 @@
 the proxy predicts pass@1 (Spearman rank correlation over every cell that has both).
 
 Only reads what those commands wrote; runs nothing. The table is what a recipe choice rests on
-(README "Mask quality")."""
+(README "Mask quality"). Where the runs hold one language's mask at two or more sparsities,
+sparsity.png plots its retention against sparsity (operators pick `--sparsity` from it)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from submodel.bench.report import write_report
+from submodel.bench.report import pyplot, save_figure, write_report
 from submodel.pruning.recipe import describe_recipe
 from submodel.vocabulary import DENSE
 
@@ -92,7 +93,48 @@ def collect(run: Run) -> dict:
             cells.setdefault(key, {}).update(agreement=c["agreement"], kl=c["kl"])
     return {"name": run.name, "store": str(run.store), "recipe": describe(manifest),
             "prune_seconds": prune_seconds(manifest), "cells": cells,
+            "sparsity": {lang: sparsity_of(manifest, lang) for lang in manifest["languages"]},
             "retention": greedy.get("retention", {}) if greedy else {}}
+
+
+def sparsity_of(manifest: dict, language: str) -> float:
+    """The sparsity a store's mask of `language` was pruned to."""
+    return float((manifest.get("sparsity_overrides") or {}).get(language,
+                                                               manifest.get("sparsity")))
+
+
+def sparsity_curve(rows: list[dict]) -> dict[str, list[dict]]:
+    """Per language, its retention at each sparsity the runs measured (sorted), where there are
+    at least two sparsities."""
+    curve: dict[str, list[dict]] = {}
+    for r in rows:
+        for lang, ret in r["retention"].items():
+            if ret.get("retention") is not None and lang in r["sparsity"]:
+                curve.setdefault(lang, []).append({
+                    "sparsity": r["sparsity"][lang], "retention": ret["retention"],
+                    "interval": (ret.get("vs_dense") or {}).get("ratio_95"), "run": r["name"]})
+    return {lang: sorted(points, key=lambda p: p["sparsity"]) for lang, points in curve.items()
+            if len({p["sparsity"] for p in points}) >= 2}
+
+
+def plot_curve(curve: dict[str, list[dict]], path: Path) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for lang, points in sorted(curve.items()):
+        x = [100 * p["sparsity"] for p in points]
+        y = [100 * p["retention"] for p in points]
+        # a percentile interval need not bracket the point estimate: clamp the bars at it
+        low = [max(0, 100 * (p["retention"] - p["interval"][0])) if p["interval"] else 0
+               for p in points]
+        high = [max(0, 100 * (p["interval"][1] - p["retention"])) if p["interval"] else 0
+                for p in points]
+        ax.errorbar(x, y, yerr=[low, high], marker="o", capsize=3, label=lang)
+    ax.axhline(85, color="grey", linestyle="--", linewidth=1, label="target 85%")
+    ax.set_xlabel("sparsity (% of each row pruned)")
+    ax.set_ylabel("own-mask greedy pass@1 / dense (%)")
+    ax.set_title("Retention vs sparsity (95% paired bootstrap)")
+    ax.legend()
+    save_figure(fig, path)
 
 
 def ranks(values: list[float]) -> list[float]:
@@ -151,8 +193,11 @@ def correlation(rows: list[dict]) -> dict:
 
 def compare(runs: list[Run], out: Path) -> dict:
     rows = [collect(r) for r in runs]
-    result = {"runs": rows, "correlation": correlation(rows)}
+    result = {"runs": rows, "correlation": correlation(rows), "sparsity_curve":
+              sparsity_curve(rows)}
     write_report(out, "recipes", result, markdown(result))
+    if result["sparsity_curve"]:
+        plot_curve(result["sparsity_curve"], out / "sparsity.png")
     return result
 
 
@@ -195,6 +240,14 @@ def markdown(result: dict) -> str:
                 f"{_pct(ret['retention'])} | {_interval(ret.get('vs_dense'), 'ratio_95')}% | "
                 f"{ret.get('best_other_mask') or '–'} {_pct(ret.get('best_other'))} | "
                 f"{_interval(ret.get('vs_best_other'), 'difference_95')} |")
+    if result["sparsity_curve"]:
+        lines += ["", "Retention vs sparsity (sparsity.png):", "",
+                  "| language | " + " | ".join(["sparsity -> retention [95%]"]) + " |",
+                  "|---|---|"]
+        for lang, points in sorted(result["sparsity_curve"].items()):
+            lines.append(f"| {lang} | " + ", ".join(
+                f"{p['sparsity']:.2f} -> {_pct(p['retention'])} "
+                f"{_interval({'i': p['interval']}, 'i')}" for p in points) + " |")
     lines += ["", "Does the proxy predict greedy pass@1? Spearman over the mask cells that "
               "have both:", ""]
     for name, c in result["correlation"].items():

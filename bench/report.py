@@ -48,7 +48,7 @@ def save_figure(fig, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -207,7 +207,7 @@ def _coverage_md(results: dict) -> list[str]:
 
 
 def matrix_figure(results: dict):
-    plt = _pyplot()
+    plt = pyplot()
     rows, cols, k = results["rows"], results["columns"], headline_k(results)
     values = [[results["cells"][r][c][pass_key(k)] for c in cols] for r in rows]
     grid = [[math.nan if v is None else v for v in row] for row in values]
@@ -232,7 +232,7 @@ def matrix_figure(results: dict):
 
 
 def retention_figure(results: dict):
-    plt = _pyplot()
+    plt = pyplot()
     ret = results["retention"]
     langs = list(ret)
     values = [100 * (ret[lang]["retention"] or 0) for lang in langs]
@@ -332,7 +332,7 @@ def load_markdown(results: dict, figure: str) -> str:
 
 
 def load_figure(results: dict):
-    plt = _pyplot()
+    plt = pyplot()
     runs = results["runs"]
     names = [r["strategy"] for r in runs]
     fig, axes = plt.subplots(1, 3, figsize=(4 + 1.6 * len(runs), 3.4))

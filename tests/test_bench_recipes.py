@@ -33,9 +33,10 @@ def test_parse_run_names_what_is_wrong():
             parse_run(bad)
 
 
-def _store(path: Path, kind: str, seconds: float) -> Path:
+def _store(path: Path, kind: str, seconds: float, python_sparsity: float = 0.4) -> Path:
     path.mkdir(parents=True)
-    manifest = {"method": "wanda", "sparsity": 0.5, "sparsity_overrides": {"python": 0.4},
+    manifest = {"method": "wanda", "sparsity": 0.5,
+                "sparsity_overrides": {"python": python_sparsity},
                 "score": "wanda", "allocation": {"kind": "uniform"}, "refine": {"kind": "none"},
                 "calibration": {"kind": kind, "nsamples": 128, "seqlen": 512},
                 "languages": {"python": {"seconds": seconds}, "java": {"seconds": seconds}}}
@@ -87,6 +88,25 @@ def test_recipes_table_and_correlation(tmp_path, capsys):
     md = (out / "recipes.md").read_text()
     assert "selfgen 128x512" in md and "python=0.4" in md and "[40, 80]%" in md
     assert "rho +1.00 over 8 cells" in capsys.readouterr().out
+
+
+def test_retention_vs_sparsity_curve_from_runs_at_several_sparsities(tmp_path):
+    runs = []
+    for sparsity, own in ((0.6, 0.1), (0.3, 0.38), (0.4, 0.3)):
+        scores = {"dense": {"python": 0.4}, "python": {"python": own}, "java": {"python": 0.1}}
+        store = _store(tmp_path / f"s{sparsity}", "raw", 10.0, python_sparsity=sparsity)
+        greedy = _greedy(tmp_path / f"g{sparsity}", scores)
+        runs += ["--run", f"sp{sparsity}={store},greedy={greedy}"]
+    out = tmp_path / "out"
+    assert main(["bench", "recipes", *runs, "--out", str(out)]) == 0
+    curve = json.loads((out / "recipes.json").read_text())["sparsity_curve"]
+    assert list(curve) == ["python"]  # java's retention was not measured
+    assert [(p["sparsity"], p["retention"]) for p in curve["python"]] == [
+        (0.3, pytest.approx(0.95)), (0.4, pytest.approx(0.75)), (0.6, pytest.approx(0.25))]
+    assert (out / "sparsity.png").stat().st_size > 1000
+    assert "0.30 -> 95.0% [40, 80]" in (out / "recipes.md").read_text()
+    assert main(["bench", "recipes", *runs[:2], "--out", str(tmp_path / "one")]) == 0
+    assert not (tmp_path / "one" / "sparsity.png").exists()  # one sparsity: no curve
 
 
 def test_recipes_refuses_a_sampled_run_and_missing_files(tmp_path, capsys):
