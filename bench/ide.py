@@ -145,6 +145,11 @@ def timed_request(engine: Engine, request: GenerationRequest,
             "gaps_s": [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]}
 
 
+def warm_up(engine: Engine, language: str) -> None:
+    """One short request first, so no timed one pays for the first forward's set-up."""
+    timed_request(engine, GenerationRequest("def f():\n", language, SamplingParams(4)))
+
+
 def replay(engine: Engine, pauses: list[Pause], language: str, s: Settings) -> list[dict]:
     results = []
     for i, pause in enumerate(pauses):
@@ -190,8 +195,7 @@ def session_phase(store: Store, pauses: list[Pause], language: str, s: Settings,
                         observer=counts, **engine_kwargs)
         engine.start()
         try:
-            timed_request(engine, GenerationRequest("def f():\n", language,
-                                                    SamplingParams(4)))  # warm-up
+            warm_up(engine, language)
             results = replay(engine, pauses, language, s)
             extension = extension_ttft(engine, pauses[-1].prefix, language) if cache_mb else None
         finally:
@@ -234,7 +238,7 @@ def admission_phase(store: Store, text: str, language: str, s: Settings,
     engine.start()
     out = {"long_prompt_tokens": engine.count_tokens(long_prompt)}
     try:
-        timed_request(engine, GenerationRequest("def f():\n", language, SamplingParams(4)))
+        warm_up(engine, language)
         for chunk in (*s.admission_chunks, 0):
             name = str(chunk) if chunk else "whole"
             progress("ide", f"long prompt admitted under load, prefill chunk {name}")
@@ -275,12 +279,6 @@ def _gaps_while_admitting(engine: Engine, long_prompt: str, language: str) -> di
             "loaded_p99_s": _percentile(loaded, 0.99), "loaded_max_s": max(loaded, default=None),
             "p99_over_unloaded": _percentile(loaded, 0.99) / base if loaded and base else None,
             "long_prompt_ttft_s": long["ttft_s"]}
-
-
-def find_llama_bench(given: str | None) -> str | None:
-    if given:
-        return given
-    return shutil.which("llama-bench")
 
 
 def llama_cpp_phase(binary: str, gguf: Path, threads: int, engine: Engine, language: str,
@@ -334,7 +332,7 @@ def run(store: Store, text: str, language: str, s: Settings, engine_kwargs: dict
 
 def llama_cpp_result(store: Store, text: str, language: str, engine_kwargs: dict,
                      llama_bench: str | None, threads: int) -> dict:
-    binary = find_llama_bench(llama_bench)
+    binary = llama_bench or shutil.which("llama-bench")
     if binary is None:
         return {"skipped": "no llama-bench binary (--llama-bench PATH or on PATH)"}
     try:
@@ -346,7 +344,7 @@ def llama_cpp_result(store: Store, text: str, language: str, engine_kwargs: dict
     engine = Engine(store, prefill_chunk=0, **engine_kwargs)
     engine.start()
     try:
-        timed_request(engine, GenerationRequest("def f():\n", language, SamplingParams(4)))
+        warm_up(engine, language)
         return llama_cpp_phase(binary, gguf.path, threads, engine, language, text)
     finally:
         engine.stop()

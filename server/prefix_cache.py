@@ -59,17 +59,18 @@ class PrefixCache:
     def lookup(self, mask_id: str, ids: list[int]) -> tuple[Entry | None, int]:
         """The entry holding the longest cached prefix of `ids` and that prefix's length,
         leaving at least one token to prefill (its logits start the generation)."""
-        found, length = self._longest(mask_id, ids[:-1])
+        found, length = self._longest(block_hashes(mask_id, ids[:-1]), ids[:-1])
         if found is None:
             return None, 0
         self.entries.move_to_end(found)
         return self.entries[found], length
 
-    def _longest(self, mask_id: str, ids: list[int]) -> tuple[int | None, int]:
-        """(entry id, length) of the longest cached prefix of `ids`: whole blocks along the
-        hash chain, then token by token along the entry holding the last of them."""
+    def _longest(self, hashes: list[bytes], ids: list[int]) -> tuple[int | None, int]:
+        """(entry id, length) of the longest cached prefix of `ids` (whose block hashes are
+        `hashes`): whole blocks along the hash chain, then token by token along the entry
+        holding the last of them."""
         found, length = None, 0
-        for h in block_hashes(mask_id, ids):
+        for h in hashes:
             hit = self.blocks.get(h)
             if hit is None:
                 break
@@ -86,7 +87,7 @@ class PrefixCache:
         shorter than a block); k, v: [layers, kv_heads, >= len(ids), head_dim] views of a
         sequence's cache slot (copied here)."""
         hashes = block_hashes(mask_id, ids)
-        if not hashes or self._longest(mask_id, ids)[1] == len(ids):
+        if not hashes or self._longest(hashes, ids)[1] == len(ids):
             return
         tokens = len(ids)
         entry = Entry(k[:, :, :tokens].clone(), v[:, :, :tokens].clone(), list(ids), hashes)

@@ -55,6 +55,11 @@ def run(engine, prompt=PROMPT, language=DENSE, params=GREEDY, **kw):
     return tokens, finishes, done
 
 
+def assert_idle_with_every_slot_free(engine) -> None:
+    assert engine.drain(5.0)
+    assert len(engine.scheduler.free_slots) == engine.cache.k.shape[1]
+
+
 def reference_tokens(store, language, prompt=PROMPT, max_tokens=12, int8=False):
     """Greedy tokens of transformers' own model with the language's mask multiplied in (and,
     with `int8`, the prunable Linears and the LM head holding the values int8 keeps of them)."""
@@ -258,8 +263,7 @@ def test_queue_full_cancel_and_deadline(store):
         assert reasons == ["deadline"]
         second.cancel()
         list(second)
-        assert engine.drain(5.0)
-        assert len(engine.scheduler.free_slots) == engine.cache.k.shape[1]
+        assert_idle_with_every_slot_free(engine)
     finally:
         engine.stop()
 
@@ -281,7 +285,7 @@ def test_a_failing_prefill_fails_only_its_request(store, monkeypatch):
         assert done is not None
         tokens, finishes, _ = run(engine, language="python")
         assert finishes[0].finish_reason == "length" and len(tokens[0]) == 12
-        assert engine.drain(5.0) and len(engine.scheduler.free_slots) == engine.cache.k.shape[1]
+        assert_idle_with_every_slot_free(engine)
     finally:
         engine.stop()
 
@@ -395,8 +399,7 @@ def test_a_request_cancelled_mid_prefill_frees_its_slots(store, monkeypatch):
         assert [(f.finish_reason, f.tokens) for f in finishes] == [("cancelled", 0)]
         running.cancel()
         list(events)
-        assert engine.drain(5.0)
-        assert len(engine.scheduler.free_slots) == engine.cache.k.shape[1]
+        assert_idle_with_every_slot_free(engine)
     finally:
         engine.stop()
 
