@@ -249,13 +249,16 @@ def test_detect_and_list_sub_models(client):
 
 def test_deadline_exceeded(served, client, monkeypatch):
     """The client gets DEADLINE_EXCEEDED, and the engine stops working on the request. Its
-    decode steps wait until the client has seen the deadline pass, so however fast the machine
-    is, the request cannot finish first."""
+    decode steps wait until the client has seen the deadline pass and the server's own copy of
+    it has passed too (the client's cancel can arrive first), so however fast the machine is,
+    the request cannot finish first, and the server counts it as a deadline."""
     engine, passed = served.engine, threading.Event()
     decode = engine._decode
 
     def gated_decode(batch):
         assert passed.wait(60), "the client never saw its deadline pass"
+        deadline = max(s.handle.request.deadline for s in batch)
+        time.sleep(max(0.0, deadline - time.monotonic()))  # until the server's deadline
         decode(batch)
 
     monkeypatch.setattr(engine, "_decode", gated_decode)
