@@ -116,11 +116,15 @@ Q8_AVX512 void tile(const Q8Gemv& g, int64_t o, int64_t b0) {
     xs[b] = g.xs + (b0 + b) * groups;
   }
   const __m512i zero = _mm512_setzero_si512();
+  const int64_t ahead = R * g.in;  // the same columns of the next tile's rows
   for (int64_t k = 0; k < groups; ++k) {
     const int64_t i = k * kQ8Group;
     __m256i c[R];
 #pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) c[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + i));
+    for (int r = 0; r < R; ++r) {
+      _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
+      c[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + i));
+    }
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
       const __m512i x = _mm512_loadu_si512(xq[b] + i);
