@@ -124,6 +124,22 @@ class Step:
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
     visible: torch.Tensor | None = None  # [B, 1, T, length] keys each query may see
+    hidden: torch.Tensor | None = None  # decode: [B, 1, 1, length], -inf where not visible
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     hidden: torch.Tensor) -> torch.Tensor:
+    """One query per row: q [B, H, 1, D] against k, v [B, G, L, D], `hidden` [B, 1, 1, L]
+    added to the scores (-inf for keys a row may not see), in fp32. Each group's H/G query
+    heads share one matmul. For bf16 this replaces SDPA, whose CPU path costs 94 vs 49 us per
+    layer at 130 keys and 904 vs 130 us at 1,500 (one row; 677 vs 107 us for 4 rows at 300;
+    AMD EPYC, 2 threads); for fp32 SDPA is as fast."""
+    b, h, _, d = q.shape
+    groups = k.shape[1]
+    scores = torch.matmul(q.reshape(b, groups, h // groups, d).float(),
+                          k.float().transpose(-1, -2))
+    weights = (scores * d ** -0.5 + hidden).softmax(-1)
+    return torch.matmul(weights, v.float()).view(b, h, 1, d).to(q.dtype)
 
 
 class Attention(nn.Module):
@@ -166,8 +182,11 @@ class Attention(nn.Module):
             cache.v[i, step.slots, :, pos] = v[:, :, 0]
             ks = cache.k[i, step.slots, :, :length]
             vs = cache.v[i, step.slots, :, :length]
-            o = F.scaled_dot_product_attention(q, ks, vs, attn_mask=step.visible,
-                                               enable_gqa=True)
+            if q.dtype == torch.float32:
+                o = F.scaled_dot_product_attention(q, ks, vs, attn_mask=step.visible,
+                                                   enable_gqa=True)
+            else:
+                o = decode_attention(q, ks, vs, step.hidden)
         return self.o_proj(o.transpose(1, 2).reshape(bsz, seqlen, a.n_heads * a.head_dim))
 
 
@@ -242,6 +261,9 @@ class Transformer(nn.Module):
             length = int(positions.max()) + 1
             keys = torch.arange(length, device=tokens.device)
             step.visible = (keys[None, :] <= positions).view(bsz, 1, 1, length)
+            if x.dtype != torch.float32:
+                step.hidden = torch.zeros(step.visible.shape).masked_fill_(~step.visible,
+                                                                           float("-inf"))
         elif int(positions[0, 0]) > 0:
             length = int(positions[0, -1]) + 1
             keys = torch.arange(length, device=tokens.device)

@@ -35,7 +35,7 @@ namespace submodel {
 namespace {
 
 struct Q8Gemv {
-  const float* x;  // [B, in] fp32
+  const float* x;  // [B, in] fp32 (the scalar path; null on the VNNI one)
   const int16_t* xq;  // [B, in]: x as int16 codes per group (the VNNI path)
   const float* xs;  // [B, in / kQ8Group]: their scales, x ~= xs * xq
   const int8_t* codes;  // [out, in]
@@ -49,12 +49,17 @@ struct Q8Gemv {
 };
 
 // x's groups of kQ8Group as int16 codes and a scale each (max |x| / 32767, round to nearest):
-// 15 bits per value within its group, finer than the bf16 the model computes in.
-void quantize_x(const float* x, int64_t groups, int16_t* xq, float* xs) {
+// 15 bits per value within its group, finer than the bf16 the model computes in. Read straight
+// from x's own dtype (fp32 or bf16), so no converted copy of x is made per call.
+template <typename T>
+void quantize_x(const T* x, int64_t groups, int16_t* xq, float* xs) {
+  float v[kQ8Group];
   for (int64_t k = 0; k < groups; ++k) {
-    const float* v = x + k * kQ8Group;
     float top = 0.f;
-    for (int64_t i = 0; i < kQ8Group; ++i) top = std::max(top, std::abs(v[i]));
+    for (int64_t i = 0; i < kQ8Group; ++i) {
+      v[i] = float(x[k * kQ8Group + i]);
+      top = std::max(top, std::abs(v[i]));
+    }
     xs[k] = top / 32767.f;
     const float inv = top > 0.f ? 32767.f / top : 0.f;
     for (int64_t i = 0; i < kQ8Group; ++i) {
@@ -279,7 +284,13 @@ torch::Tensor masked_linear_q8(const torch::Tensor& x_in, const torch::Tensor& c
   const auto lang = row_lang.contiguous();
   const int32_t* lp = lang.data_ptr<int32_t>();
   const std::vector<uint8_t> ones(nbytes + 4, 0xFF);
-  const auto x = x_in.to(torch::kFloat32).contiguous();
+  const bool bf16_x = x_in.scalar_type() == torch::kBFloat16;
+  bool vnni = false;
+#ifdef SUBMODEL_Q8_X86
+  vnni = avx512 && has_vnni();
+#endif
+  // The VNNI path reads x's int16 codes only; the scalar one reads x in fp32.
+  const auto x = vnni ? x_in.contiguous() : x_in.to(torch::kFloat32).contiguous();
   auto y = torch::empty({B, out}, x_in.options());
   Q8Gemv g;
   for (int64_t b = 0; b < B; ++b) {
@@ -288,14 +299,15 @@ torch::Tensor masked_linear_q8(const torch::Tensor& x_in, const torch::Tensor& c
     g.masks.push_back(lp[b] < 0 ? ones.data() : masks.data_ptr<uint8_t>() + lp[b] * out * nbytes);
     g.mask_stride.push_back(lp[b] < 0 ? 0 : nbytes);
   }
-  g.x = x.data_ptr<float>();
-  bool vnni = false;
-#ifdef SUBMODEL_Q8_X86
-  vnni = avx512 && has_vnni();
-#endif
+  g.x = vnni ? nullptr : x.data_ptr<float>();
   std::vector<int16_t> xq(vnni ? B * in : 0);
   std::vector<float> xs(vnni ? B * (in / kQ8Group) : 0);
-  if (vnni) quantize_x(g.x, B * (in / kQ8Group), xq.data(), xs.data());
+  if (vnni && bf16_x) {
+    quantize_x(static_cast<const c10::BFloat16*>(x.data_ptr()), B * (in / kQ8Group), xq.data(),
+               xs.data());
+  } else if (vnni) {
+    quantize_x(x.data_ptr<float>(), B * (in / kQ8Group), xq.data(), xs.data());
+  }
   g.xq = xq.data();
   g.xs = xs.data();
   g.codes = codes.data_ptr<int8_t>();
