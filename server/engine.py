@@ -355,8 +355,12 @@ class Engine:
         for handle in sched.admit(language):
             handle.prefilled = self._reuse_prefix(self.mask_ids[handle.key], handle.prompt_ids,
                                                   handle.slots[0], handle.language)
+        batch = sched.batch(language)
+        pending = sched.to_prefill(language)
+        if batch and pending and self.prefill_chunk:
+            return self._decode(batch, pending[0])  # the oldest prompt's next chunk rides along
         budget = self.prefill_chunk if sched.running and self.prefill_chunk else None
-        for handle in sched.to_prefill(language):
+        for handle in pending:
             if budget is not None and budget <= 0:
                 break
             remaining = len(handle.prompt_ids) - handle.prefilled
@@ -373,14 +377,23 @@ class Engine:
             self._decode(batch)
 
     def _prefill(self, handle: RequestHandle, tokens: int) -> None:
-        """Prefill the next `tokens` prompt tokens; once the prompt is all in, start its
-        samples from the last position's logits."""
-        prompt, first, start = handle.prompt_ids, handle.slots[0], handle.prefilled
-        ids = torch.tensor([prompt[start:start + tokens]])
-        positions = torch.arange(start, start + tokens)[None]
-        logits = self.forward(ids, positions, torch.tensor([first]), [handle.key],
+        """Prefill the next `tokens` prompt tokens on their own."""
+        ids, positions = self._chunk(handle, tokens)
+        logits = self.forward(ids, positions, torch.tensor([handle.slots[0]]), [handle.key],
                               prefill=True)[0]
+        self._prefilled(handle, tokens, logits)
+
+    def _chunk(self, handle: RequestHandle, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and positions [1, tokens] of the prompt's next `tokens` tokens."""
+        start = handle.prefilled
+        return (torch.tensor([handle.prompt_ids[start:start + tokens]]),
+                torch.arange(start, start + tokens)[None])
+
+    def _prefilled(self, handle: RequestHandle, tokens: int, logits: torch.Tensor) -> None:
+        """`tokens` more of the prompt are in its slot; once the prompt is all in, start its
+        samples from the last position's logits."""
         handle.prefilled += tokens
+        prompt, first = handle.prompt_ids, handle.slots[0]
         if handle.prefilled < len(prompt):
             return
         params = handle.request.params
@@ -391,8 +404,8 @@ class Engine:
             self.observer.prefix_cache_bytes(self.prefix_cache.nbytes)
         for sample, slot in enumerate(handle.slots):
             if sample:
-                self.cache.copy_slot(handle.slots[0], slot, len(handle.prompt_ids))
-            seq = Sequence(handle, sample, slot, len(handle.prompt_ids), -1,
+                self.cache.copy_slot(first, slot, len(prompt))
+            seq = Sequence(handle, sample, slot, len(prompt), -1,
                            TextAssembler(self.tokenizer, params.stop),
                            make_generator(params, sample))
             self.scheduler.start(seq)
@@ -409,14 +422,23 @@ class Engine:
         self.observer.prefix_cache_lookup(language, len(prompt), length)
         return length
 
-    def _decode(self, batch: list[Sequence]) -> None:
+    def _decode(self, batch: list[Sequence], pending: RequestHandle | None = None) -> None:
+        """One decode step of `batch`; with `pending`, the next prefill_chunk tokens of its
+        prompt go through the same pass over the weights."""
         started = time.perf_counter()
         tokens = torch.tensor([[s.last_token] for s in batch])
         positions = torch.tensor([[s.position] for s in batch])
         slots = torch.tensor([s.slot for s in batch])
-        logits = self.forward(tokens, positions, slots, [s.language for s in batch],
-                              prefill=False)
-        for seq, row in zip(batch, logits, strict=True):
+        languages = [s.language for s in batch]
+        if pending is None:
+            logits = self.forward(tokens, positions, slots, languages, prefill=False)
+        else:
+            chunk = min(len(pending.prompt_ids) - pending.prefilled, self.prefill_chunk)
+            ids, chunk_positions = self._chunk(pending, chunk)
+            logits = self.forward_mixed(tokens, positions, slots, languages, ids,
+                                        chunk_positions, pending.slots[0], pending.key)
+            self._prefilled(pending, chunk, logits[-1])
+        for seq, row in zip(batch, logits[:len(batch)], strict=True):
             seq.position += 1
             self._accept(seq, choose_token(row, seq.handle.request.params, seq.generator))
         self.observer.batch_size(len(batch))
@@ -430,6 +452,19 @@ class Engine:
         if seconds:
             self.observer.mask_switch(seconds)
         return self.model(tokens, positions, self.cache, slots, prefill=prefill)
+
+    def forward_mixed(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                      row_languages: list[str], chunk_tokens: torch.Tensor,
+                      chunk_positions: torch.Tensor, chunk_slot: int,
+                      chunk_language: str) -> torch.Tensor:
+        """A decode step with a prompt chunk ([1, T] tokens of `chunk_language` into
+        `chunk_slot`) in the same pass: logits [B + 1, vocab], the chunk's last row last."""
+        rows = row_languages + [chunk_language] * chunk_tokens.shape[1]
+        seconds = self.strategy.set_rows(rows, prefill=False)
+        if seconds:
+            self.observer.mask_switch(seconds)
+        return self.model.forward_mixed(tokens, positions, slots, chunk_tokens, chunk_positions,
+                                        torch.tensor([chunk_slot]), self.cache)
 
     def _accept(self, seq: Sequence, token: int) -> None:
         """Record a sampled token: emit its text, or finish the sequence."""

@@ -127,6 +127,16 @@ class Step:
     hidden: torch.Tensor | None = None  # decode: [B, 1, 1, length], -inf where not visible
 
 
+@dataclass
+class MixedStep:
+    """A decode step and one prompt chunk in one pass over the weights: the rows of x are the
+    decode step's B tokens, then the chunk's T tokens; attention runs per part."""
+
+    decode: Step
+    chunk: Step
+    rows: int  # B
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                      hidden: torch.Tensor) -> torch.Tensor:
     """One query per row: q [B, H, 1, D] against k, v [B, G, L, D], `hidden` [B, 1, 1, L]
@@ -153,12 +163,27 @@ class Attention(nn.Module):
         self.v_proj = _linear(state, prefix + "v_proj")
         self.o_proj = _linear(state, prefix + "o_proj")
 
-    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
-        a, cache, i = self.args, step.cache, self.layer
+    def forward(self, x: torch.Tensor, step: Step | MixedStep) -> torch.Tensor:
+        a = self.args
         bsz, seqlen, _ = x.shape
         q = self.q_proj(x).view(bsz, seqlen, a.n_heads, a.head_dim)
         k = self.k_proj(x).view(bsz, seqlen, a.n_kv_heads, a.head_dim)
         v = self.v_proj(x).view(bsz, seqlen, a.n_kv_heads, a.head_dim)
+        if isinstance(step, MixedStep):  # x [1, B + T]: B decode rows, then the chunk
+            b = step.rows
+            o = torch.cat((self.attend(q[0, :b, None], k[0, :b, None], v[0, :b, None],
+                                       step.decode).view(1, b, -1),
+                           self.attend(q[:, b:], k[:, b:], v[:, b:], step.chunk)), dim=1)
+        else:
+            o = self.attend(q, k, v, step)
+        return self.o_proj(o)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               step: Step) -> torch.Tensor:
+        """q [B, T, H, D], k and v [B, T, G, D] of one Step's rows (rotary embedding not yet
+        applied): writes the keys and values into the cache, returns [B, T, H * D]."""
+        a, cache, i = self.args, step.cache, self.layer
+        bsz, seqlen = q.shape[:2]
         q = rotate(q.transpose(1, 2), step.cos, step.sin)
         k = rotate(k.transpose(1, 2), step.cos, step.sin)
         v = v.transpose(1, 2)
@@ -187,7 +212,7 @@ class Attention(nn.Module):
                                                    enable_gqa=True)
             else:
                 o = decode_attention(q, ks, vs, step.hidden)
-        return self.o_proj(o.transpose(1, 2).reshape(bsz, seqlen, a.n_heads * a.head_dim))
+        return o.transpose(1, 2).reshape(bsz, seqlen, a.n_heads * a.head_dim)
 
 
 class MLP(nn.Module):
@@ -211,7 +236,7 @@ class Block(nn.Module):
         self.post_attention_layernorm = state[p + "post_attention_layernorm.weight"]
         self.mlp = MLP(state, p + "mlp.")
 
-    def forward(self, x: torch.Tensor, step: Step) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, step: Step | MixedStep) -> torch.Tensor:
         x = x + self.self_attn(rms_norm(x, self.input_layernorm, self.eps), step)
         return x + self.mlp(rms_norm(x, self.post_attention_layernorm, self.eps))
 
@@ -250,25 +275,46 @@ class Transformer(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                slots: torch.Tensor, prefill: bool) -> torch.Tensor:
-        """Logits of the last position of each row (see Step for the two shapes)."""
-        bsz = tokens.shape[0]
-        x = self.model.embed_tokens(tokens)
-        cos, sin = self.rope(positions, x.dtype)
+    def step(self, positions: torch.Tensor, cache: KVCache, slots: torch.Tensor, prefill: bool,
+             dtype: torch.dtype) -> Step:
+        """The Step of a prefill ([1, T] positions) or a decode step ([B, 1])."""
+        cos, sin = self.rope(positions, dtype)
         step = Step(positions, cache, slots, prefill, cos[:, None], sin[:, None])  # [B,1,T,D]
         if not prefill:
             length = int(positions.max()) + 1
-            keys = torch.arange(length, device=tokens.device)
-            step.visible = (keys[None, :] <= positions).view(bsz, 1, 1, length)
-            if x.dtype != torch.float32:
+            keys = torch.arange(length, device=positions.device)
+            step.visible = (keys[None, :] <= positions).view(positions.shape[0], 1, 1, length)
+            if dtype != torch.float32:
                 step.hidden = torch.zeros(step.visible.shape).masked_fill_(~step.visible,
                                                                            float("-inf"))
         elif int(positions[0, 0]) > 0:
             length = int(positions[0, -1]) + 1
-            keys = torch.arange(length, device=tokens.device)
+            keys = torch.arange(length, device=positions.device)
             step.visible = (keys[None, :] <= positions[0, :, None]).view(1, 1, -1, length)
+        return step
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                slots: torch.Tensor, prefill: bool) -> torch.Tensor:
+        """Logits of the last position of each row (see Step for the two shapes)."""
+        x = self.model.embed_tokens(tokens)
+        step = self.step(positions, cache, slots, prefill, x.dtype)
         for block in self.model.layers:
             x = block(x, step)
         x = rms_norm(x[:, -1], self.model.norm, self.args.rms_eps)
+        return self.lm_head(x).float()
+
+    def forward_mixed(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
+                      chunk_tokens: torch.Tensor, chunk_positions: torch.Tensor,
+                      chunk_slot: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """A decode step (tokens [B, 1]) and a prompt chunk (chunk_tokens [1, T]) in one pass:
+        every Linear reads its weights once for both, so the decode rows wait for the chunk's
+        share of the work only, not for a forward of its own. Logits [B + 1, vocab]: the
+        decode rows', then the chunk's last position's."""
+        b = tokens.shape[0]
+        x = self.model.embed_tokens(torch.cat((tokens.view(1, b), chunk_tokens), dim=1))
+        step = MixedStep(self.step(positions, cache, slots, False, x.dtype),
+                         self.step(chunk_positions, cache, chunk_slot, True, x.dtype), b)
+        for block in self.model.layers:
+            x = block(x, step)
+        x = rms_norm(torch.cat((x[0, :b], x[0, -1:])), self.model.norm, self.args.rms_eps)
         return self.lm_head(x).float()

@@ -334,15 +334,39 @@ LONG_PROMPT = "def total(values):\n" + "    values = [v + 1 for v in values]\n" 
 
 
 def recording_forward(engine, monkeypatch):
-    """Record (prefill?, tokens per row or rows) of each forward the engine thread runs."""
-    calls, real = [], engine.forward
+    """Record what each forward of the engine thread runs: ("prefill", prompt tokens),
+    ("decode", rows) or ("mixed", prompt tokens riding along a decode step)."""
+    calls, real, real_mixed = [], engine.forward, engine.forward_mixed
 
     def recording(tokens, positions, slots, row_languages, prefill):
-        calls.append((prefill, tokens.shape[1] if prefill else tokens.shape[0]))
+        calls.append(("prefill", tokens.shape[1]) if prefill else ("decode", tokens.shape[0]))
         return real(tokens, positions, slots, row_languages, prefill=prefill)
 
+    def recording_mixed(tokens, positions, slots, row_languages, chunk_tokens, *chunk):
+        calls.append(("mixed", chunk_tokens.shape[1]))
+        return real_mixed(tokens, positions, slots, row_languages, chunk_tokens, *chunk)
+
     monkeypatch.setattr(engine, "forward", recording)
+    monkeypatch.setattr(engine, "forward_mixed", recording_mixed)
     return calls
+
+
+def pause_after_first_chunk(engine, monkeypatch, language):
+    """Hold the engine thread after the step that carried the first chunk of a `language`
+    prompt; returns (that chunk is in, let the engine go on)."""
+    real, first_chunk, proceed = engine.forward_mixed, threading.Event(), threading.Event()
+
+    def pausing(tokens, positions, slots, row_languages, chunk_tokens, chunk_positions,
+                chunk_slot, chunk_language):
+        out = real(tokens, positions, slots, row_languages, chunk_tokens, chunk_positions,
+                   chunk_slot, chunk_language)
+        if chunk_language == language and int(chunk_positions[0, 0]) == 0:
+            first_chunk.set()
+            proceed.wait(30)
+        return out
+
+    monkeypatch.setattr(engine, "forward_mixed", pausing)
+    return first_chunk, proceed
 
 
 def start_decoding(engine, **params):
@@ -355,41 +379,30 @@ def start_decoding(engine, **params):
 
 
 @pytest.mark.parametrize("strategy", ["swap", "fused"])
-def test_a_long_prompt_is_prefilled_in_chunks_between_decode_steps(store, strategy,
-                                                                   monkeypatch):
+def test_a_long_prompt_is_prefilled_in_chunks_inside_decode_steps(store, strategy, monkeypatch):
     engine = Engine(store, strategy=strategy, max_batch=4, prefill_chunk=8)
     calls = recording_forward(engine, monkeypatch)
     engine.start()
     try:
         prompt_tokens = engine.count_tokens(LONG_PROMPT)
         alone = run(engine, prompt=LONG_PROMPT, language="python")[0][0]
-        assert calls[0] == (True, prompt_tokens)  # nothing decoding: the prompt whole
+        assert calls[0] == ("prefill", prompt_tokens)  # nothing decoding: the prompt whole
         running, events = start_decoding(engine)
         calls.clear()
         joined = run(engine, prompt=LONG_PROMPT, language="python")[0][0]
         running.cancel()
         assert [type(e) for e in events][-1] is DoneEvent
         assert joined == alone
-        chunks = [size for prefill, size in calls if prefill]
+        chunks = [size for kind, size in calls if kind == "mixed"]
         assert sum(chunks) == prompt_tokens and max(chunks) == 8 and len(chunks) > 2
-        kinds = "".join("p" if prefill else "d" for prefill, _ in calls)
-        assert "pp" not in kinds.strip("d")  # a decode step between every two chunks
+        assert "prefill" not in {kind for kind, _ in calls}  # no forward of its own
     finally:
         engine.stop()
 
 
 def test_a_request_cancelled_mid_prefill_frees_its_slots(store, monkeypatch):
     engine = Engine(store, strategy="fused", max_batch=4, prefill_chunk=8)
-    real, first_chunk, proceed = engine.forward, threading.Event(), threading.Event()
-
-    def pausing(tokens, positions, slots, row_languages, prefill):
-        out = real(tokens, positions, slots, row_languages, prefill=prefill)
-        if prefill and int(positions[0, 0]) == 0 and tokens.shape[1] == 8:
-            first_chunk.set()  # the long prompt's first chunk is in; hold the next step
-            proceed.wait(30)
-        return out
-
-    monkeypatch.setattr(engine, "forward", pausing)
+    first_chunk, proceed = pause_after_first_chunk(engine, monkeypatch, "python")
     engine.start()
     try:
         running, events = start_decoding(engine)
@@ -414,16 +427,7 @@ def test_a_request_mid_prefill_when_its_language_is_removed_finishes_on_its_mask
     engine.start()
     try:
         reference = run(engine, prompt=LONG_PROMPT, language="java")[0][0]
-        real, first_chunk, proceed = engine.forward, threading.Event(), threading.Event()
-
-        def pausing(tokens, positions, slots, row_languages, prefill):
-            out = real(tokens, positions, slots, row_languages, prefill=prefill)
-            if prefill and tokens.shape[1] == 8 and not first_chunk.is_set():
-                first_chunk.set()  # the java prompt's first chunk is in: hold the step
-                proceed.wait(30)
-            return out
-
-        monkeypatch.setattr(engine, "forward", pausing)
+        first_chunk, proceed = pause_after_first_chunk(engine, monkeypatch, "java")
         running, events = start_decoding(engine)
         handle = engine.submit(GenerationRequest(LONG_PROMPT, "java", GREEDY))
         assert first_chunk.wait(30)
@@ -477,3 +481,31 @@ def test_bf16_decode_steps_match_prefill_logits(store):
                               torch.tensor([2]), [lang], prefill=True)[0]
         assert torch.allclose(got[row], want, atol=0.1, rtol=0.05), (got[row] - want).abs().max()
         assert got[row].argmax() == want.argmax()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_mixed_step_gives_the_logits_of_its_two_forwards(store, dtype):
+    """A decode row and a prompt chunk of another language in one pass give the logits the
+    decode step and the chunk's own prefill give."""
+    engine = Engine(store, strategy="fused", dtype=dtype, max_batch=4)
+    decoding = engine.tokenizer.encode(PROMPT)
+    prompt = engine.tokenizer.encode(LONG_PROMPT)
+    chunk = torch.tensor([prompt[8:20]]), torch.arange(8, 20)[None]
+
+    def setup():  # slot 0: PROMPT but its last token; slot 1: the long prompt's first 8
+        engine.forward(torch.tensor([decoding[:-1]]), torch.arange(len(decoding) - 1)[None],
+                       torch.tensor([0]), ["python"], prefill=True)
+        engine.forward(torch.tensor([prompt[:8]]), torch.arange(8)[None], torch.tensor([1]),
+                       ["java"], prefill=True)
+
+    step = torch.tensor([[decoding[-1]]]), torch.tensor([[len(decoding) - 1]])
+    setup()
+    mixed = engine.forward_mixed(*step, torch.tensor([0]), ["python"], *chunk, 1, "java")
+    setup()
+    decode = engine.forward(*step, torch.tensor([0]), ["python"], prefill=False)[0]
+    prefill = engine.forward(*chunk, torch.tensor([1]), ["java"], prefill=True)[0]
+    tol = 1e-4 if dtype == torch.float32 else 0.1
+    assert mixed.shape[0] == 2
+    assert torch.allclose(mixed[0], decode, atol=tol, rtol=tol)
+    assert torch.allclose(mixed[1], prefill, atol=tol, rtol=tol)
+    assert mixed[0].argmax() == decode.argmax() and mixed[1].argmax() == prefill.argmax()
