@@ -423,3 +423,26 @@ def test_measure_paths_times_each_path_and_restores_the_current_one():
     times = kernels.measure_paths(torch.bfloat16, PATHS)
     assert set(times) == set(PATHS) and all(t > 0 for t in times.values())
     assert kernels.kernel_path() == PATHS[-1]
+
+
+def test_gemm_min_rows_is_measured_once_and_cached(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_fastest_path_file", lambda: tmp_path / "fastest.json")
+    monkeypatch.setattr(kernels, "_measured_gemm_min_rows", {})
+    calls = []
+
+    def measured(dtype):
+        calls.append(dtype)
+        return 40
+
+    monkeypatch.setattr(kernels, "measure_gemm_min_rows", measured)
+    assert kernels.gemm_min_rows(torch.bfloat16) == kernels.PREFILL_GEMM_MIN_TOKENS[torch.bfloat16]
+    assert kernels.use_measured_gemm_min_rows(torch.bfloat16) == 40
+    assert kernels.gemm_min_rows(torch.bfloat16) == 40
+    assert kernels.gemm_min_rows(torch.float32) == kernels.PREFILL_GEMM_MIN_TOKENS[torch.float32]
+    monkeypatch.setattr(kernels, "_measured_gemm_min_rows", {})
+    assert kernels.use_measured_gemm_min_rows(torch.bfloat16) == 40 and calls == [torch.bfloat16]
+    assert kernels.gemm_min_rows(torch.bfloat16) == 40  # read back from the file
+
+
+def test_measure_gemm_min_rows_gives_a_tried_count_or_one_past_them():
+    assert kernels.measure_gemm_min_rows(torch.bfloat16, tried=(8, 256)) in (8, 256, 257)

@@ -29,10 +29,13 @@ import torch.nn.functional as F
 PATHS = ("generic", "avx2", "avx512", "avx512bf16")
 ENV_PATH = "SUBMODEL_KERNEL_PATH"
 # From this many tokens on, prefill writes W*M into a scratch buffer and calls torch's GEMM;
-# below it, the masked kernel blocked over tokens is faster (measured on a Xeon with AVX-512 and
-# AMX, see `submodel bench kernels`: torch's bf16 GEMM pulls ahead much sooner).
-# The same holds for a decode batch of one language (rows = tokens).
+# below it, the masked kernel blocked over tokens is faster. The same holds for a decode batch
+# of one language (rows = tokens). These defaults were measured on a Xeon with AVX-512 and AMX
+# (torch's bf16 GEMM pulls ahead much sooner there); the engine measures the crossover of the
+# machine it runs on (`use_measured_gemm_min_rows`): on Zen 4 the kernel wins up to ~64 tokens.
 PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 20, torch.float32: 48}
+GEMM_ROWS_TRIED = (8, 16, 24, 32, 48, 64, 96, 128)
+_measured_gemm_min_rows: dict[torch.dtype, int] = {}
 
 _SOURCE = Path(__file__).with_name("masked_linear.cpp")
 _SOURCES = (_SOURCE, *(_SOURCE.with_name(name)
@@ -170,22 +173,33 @@ def use_fastest_path(dtype: torch.dtype) -> str:
     candidates = [p for p in available_paths() if p.startswith("avx512")]
     if os.environ.get(ENV_PATH) or len(candidates) < 2:
         return kernel_path()
-    file = _fastest_path_file()
     key = f"{cpu_model()}|{str(dtype).removeprefix('torch.')}"
+
+    def fastest() -> str:
+        times = measure_paths(dtype, candidates)
+        log.info("kernel paths measured for %s: %s", key, ", ".join(
+            f"{p} {t * 1e3:.2f} ms" for p, t in times.items()))
+        return min(times, key=times.get)
+
+    path = _measured(key, lambda known: known in candidates, fastest)
+    set_kernel_path(path)
+    return path
+
+
+def _measured(key: str, valid, measure):
+    """The value measured for `key` on this machine: read from the file next to the kernel
+    build, or measured now and written there (atomically) when missing or not `valid`."""
+    file = _fastest_path_file()
     try:
         known = json.loads(file.read_text())
     except (OSError, ValueError):
         known = {}
-    if known.get(key) not in candidates:
-        times = measure_paths(dtype, candidates)
-        known[key] = min(times, key=times.get)
-        log.info("kernel paths measured for %s: %s", key, ", ".join(
-            f"{p} {t * 1e3:.2f} ms" for p, t in times.items()))
+    if not valid(known.get(key)):
+        known[key] = measure()
         file.parent.mkdir(parents=True, exist_ok=True)
         tmp = file.with_suffix(f".tmp-{os.getpid()}")
         tmp.write_text(json.dumps(known, indent=1))
         os.replace(tmp, file)
-    set_kernel_path(known[key])
     return known[key]
 
 
@@ -266,8 +280,56 @@ def swap_masks_(
 
 
 def gemm_min_rows(dtype: torch.dtype) -> int:
-    """From this many rows of one language on, W*M and torch's GEMM beat the masked kernel."""
-    return PREFILL_GEMM_MIN_TOKENS.get(dtype, 1)
+    """From this many rows of one language on, W*M and torch's GEMM beat the masked kernel:
+    measured on this machine once the engine has (use_measured_gemm_min_rows), else the
+    defaults."""
+    return _measured_gemm_min_rows.get(dtype) or PREFILL_GEMM_MIN_TOKENS.get(dtype, 1)
+
+
+def measure_gemm_min_rows(dtype: torch.dtype, tried: tuple[int, ...] = GEMM_ROWS_TRIED) -> int:
+    """The fewest rows (of `tried`) from which W*M into a scratch buffer plus torch's GEMM is
+    faster than the masked kernel blocked over the rows, at that count and the next one (one
+    noisy timing does not decide), on a gate/up-shaped weight with the kernel path in use;
+    one more than the largest tried if the kernel wins throughout."""
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(4864, 896, generator=gen).to(dtype)
+    mask = torch.randint(0, 256, (4864, 112), generator=gen, dtype=torch.uint8)
+    scratch = torch.empty_like(weight)
+
+    def best(f) -> float:
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - started)
+        return min(times)
+
+    gemm_wins = []
+    for rows in tried:
+        x = torch.randn(rows, 896, generator=gen).to(dtype)
+        lang = torch.zeros(rows, dtype=torch.int32)
+        kernel = best(lambda x=x, lang=lang: masked_linear(x, weight, mask[None], lang))
+        gemm = best(lambda x=x: F.linear(x, apply_mask_into(weight, mask, scratch)))
+        gemm_wins.append(gemm < kernel)
+    for i, rows in enumerate(tried):
+        if all(gemm_wins[i:i + 2]):
+            return rows
+    return tried[-1] + 1
+
+
+def use_measured_gemm_min_rows(dtype: torch.dtype) -> int:
+    """Measure gemm_min_rows for `dtype` on this machine (once per CPU model, dtype and kernel
+    build, then read from the file next to the build, as use_fastest_path does) and use it."""
+    key = f"{cpu_model()}|{str(dtype).removeprefix('torch.')}|gemm_min_rows"
+
+    def crossover() -> int:
+        rows = measure_gemm_min_rows(dtype)
+        log.info("W*M + GEMM beats the masked kernel from %d rows (%s)", rows, key)
+        return rows
+
+    rows = _measured(key, lambda known: isinstance(known, int) and known > 0, crossover)
+    _measured_gemm_min_rows[dtype] = rows
+    return rows
 
 
 def masked_linear_prefill(
