@@ -66,10 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="prompt + generated tokens per sequence (default 2048, capped by the "
                         "model)")
     p.add_argument("--prefill-chunk", type=int, default=256,
-                   help="while other requests are decoding, prefill at most this many prompt "
-                        "tokens per step, so a long prompt arriving does not stall their "
-                        "tokens; smaller keeps their inter-token latency lower, larger gets the "
-                        "new prompt its first token sooner (0: prefill every prompt whole)")
+                   help="while other requests are decoding, each decode step also prefills "
+                        "up to this many tokens of the oldest waiting prompt, in the same pass "
+                        "over the weights, so a long prompt arriving does not stall their "
+                        "tokens; smaller keeps their inter-token latency lower (8: within ~2x "
+                        "of an unloaded step), larger gets the new prompt its first token "
+                        "sooner (0: prefill every prompt whole)")
     p.add_argument("--prefix-cache-mb", type=int, default=0,
                    help="keep the keys and values of recent prompts' starts, up to this many "
                         "MiB, so that a prompt extending one seen before (an editor's context "
