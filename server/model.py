@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from submodel.server import kernels
 from submodel.vocabulary import PRUNABLE
 
 SUPPORTED = ("llama", "qwen2", "mistral")
@@ -58,6 +59,10 @@ class ModelArgs:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """In fp32, rounded to x's dtype before the weight multiplies; one kernel op for the
+    kernels' dtypes (eight torch ops otherwise, a few microseconds each in a decode step)."""
+    if x.dtype in (torch.float32, torch.bfloat16):
+        return kernels.rms_norm(x, weight, eps)
     h = x.float()
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
     return weight * h.to(x.dtype)
@@ -123,8 +128,7 @@ class Step:
     prefill: bool
     cos: torch.Tensor | None = None
     sin: torch.Tensor | None = None
-    visible: torch.Tensor | None = None  # [B, 1, T, length] keys each query may see
-    hidden: torch.Tensor | None = None  # decode: [B, 1, 1, length], -inf where not visible
+    visible: torch.Tensor | None = None  # prefill after a prefix: [1, 1, T, length]
 
 
 @dataclass
@@ -135,21 +139,6 @@ class MixedStep:
     decode: Step
     chunk: Step
     rows: int  # B
-
-
-def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                     hidden: torch.Tensor) -> torch.Tensor:
-    """One query per row: q [B, H, 1, D] against k, v [B, G, L, D], `hidden` [B, 1, 1, L]
-    added to the scores (-inf for keys a row may not see), in fp32. Each group's H/G query
-    heads share one matmul. For bf16 this replaces SDPA, whose CPU path costs 94 vs 49 us per
-    layer at 130 keys and 904 vs 130 us at 1,500 (one row; 677 vs 107 us for 4 rows at 300;
-    AMD EPYC, 2 threads); for fp32 SDPA is as fast."""
-    b, h, _, d = q.shape
-    groups = k.shape[1]
-    scores = torch.matmul(q.reshape(b, groups, h // groups, d).float(),
-                          k.float().transpose(-1, -2))
-    weights = (scores * d ** -0.5 + hidden).softmax(-1)
-    return torch.matmul(weights, v.float()).view(b, h, 1, d).to(q.dtype)
 
 
 class Attention(nn.Module):
@@ -184,14 +173,20 @@ class Attention(nn.Module):
         applied): writes the keys and values into the cache, returns [B, T, H * D]."""
         a, cache, i = self.args, step.cache, self.layer
         bsz, seqlen = q.shape[:2]
+        if not step.prefill:  # one op: rotary, cache write and attention of every row
+            o = kernels.decode_attention(q.reshape(bsz, -1), k.reshape(bsz, -1),
+                                         v.reshape(bsz, -1), cache.k[i], cache.v[i], step.slots,
+                                         step.positions.view(-1), step.cos.view(bsz, -1),
+                                         step.sin.view(bsz, -1))
+            return o.view(bsz, 1, -1)
         q = rotate(q.transpose(1, 2), step.cos, step.sin)
         k = rotate(k.transpose(1, 2), step.cos, step.sin)
         v = v.transpose(1, 2)
-        if step.prefill and step.visible is None:  # from position 0
+        if step.visible is None:  # from position 0
             cache.k[i, step.slots[0], :, :seqlen] = k[0]
             cache.v[i, step.slots[0], :, :seqlen] = v[0]
             o = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-        elif step.prefill:  # after a cached prefix
+        else:  # after a cached prefix
             start = int(step.positions[0, 0])
             end = start + seqlen
             cache.k[i, step.slots[0], :, start:end] = k[0]
@@ -200,18 +195,6 @@ class Attention(nn.Module):
             vs = cache.v[i, step.slots[:1], :, :end]
             o = F.scaled_dot_product_attention(q, ks, vs, attn_mask=step.visible,
                                                enable_gqa=True)
-        else:
-            pos = step.positions[:, 0]
-            length = step.visible.shape[-1]
-            cache.k[i, step.slots, :, pos] = k[:, :, 0]
-            cache.v[i, step.slots, :, pos] = v[:, :, 0]
-            ks = cache.k[i, step.slots, :, :length]
-            vs = cache.v[i, step.slots, :, :length]
-            if q.dtype == torch.float32:
-                o = F.scaled_dot_product_attention(q, ks, vs, attn_mask=step.visible,
-                                                   enable_gqa=True)
-            else:
-                o = decode_attention(q, ks, vs, step.hidden)
         return o.transpose(1, 2).reshape(bsz, seqlen, a.n_heads * a.head_dim)
 
 
@@ -280,14 +263,7 @@ class Transformer(nn.Module):
         """The Step of a prefill ([1, T] positions) or a decode step ([B, 1])."""
         cos, sin = self.rope(positions, dtype)
         step = Step(positions, cache, slots, prefill, cos[:, None], sin[:, None])  # [B,1,T,D]
-        if not prefill:
-            length = int(positions.max()) + 1
-            keys = torch.arange(length, device=positions.device)
-            step.visible = (keys[None, :] <= positions).view(positions.shape[0], 1, 1, length)
-            if dtype != torch.float32:
-                step.hidden = torch.zeros(step.visible.shape).masked_fill_(~step.visible,
-                                                                           float("-inf"))
-        elif int(positions[0, 0]) > 0:
+        if prefill and int(positions[0, 0]) > 0:
             length = int(positions[0, -1]) + 1
             keys = torch.arange(length, device=positions.device)
             step.visible = (keys[None, :] <= positions[0, :, None]).view(1, 1, -1, length)

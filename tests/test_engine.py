@@ -6,7 +6,6 @@ import time
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from submodel.pruning import masks as bits
 from submodel.pruning.edit import remove_language
@@ -23,7 +22,6 @@ from submodel.server.api import (
     UnknownLanguageError,
 )
 from submodel.server.engine import Engine
-from submodel.server.model import decode_attention
 from submodel.vocabulary import DENSE, PRUNABLE
 
 PROMPT = "def add(a, b):\n    return"
@@ -449,24 +447,9 @@ def test_a_request_mid_prefill_when_its_language_is_removed_finishes_on_its_mask
         engine.stop()
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_attention_matches_sdpa(dtype):
-    gen = torch.Generator().manual_seed(0)
-    q = torch.randn(3, 4, 1, 16, generator=gen).to(dtype)
-    k, v = (torch.randn(3, 2, 9, 16, generator=gen).to(dtype) for _ in range(2))
-    visible = (torch.arange(9)[None] <= torch.tensor([[8], [3], [0]])).view(3, 1, 1, 9)
-    hidden = torch.zeros(visible.shape).masked_fill_(~visible, float("-inf"))
-    want = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=visible,
-                                          enable_gqa=True)
-    got = decode_attention(q, k, v, hidden)
-    assert got.dtype == dtype and got.shape == want.shape
-    tol = 1e-5 if dtype == torch.float32 else 1e-2
-    assert torch.allclose(got.float(), want, atol=tol, rtol=tol)
-
-
 def test_bf16_decode_steps_match_prefill_logits(store):
-    """Two rows of different lengths decode together in bf16 (decode_attention, each row seeing
-    only its own keys); each row's logits match a prefill of its whole sequence."""
+    """Two rows of different lengths decode together in bf16 (each row seeing only its own
+    keys); each row's logits match a prefill of its whole sequence."""
     engine = Engine(store, strategy="fused", dtype=torch.bfloat16, max_batch=4)
     prompts = [engine.tokenizer.encode(p) for p in (PROMPT, "x = [1, 2, 3]\nprint(len(x))")]
     languages = [DENSE, "python"]

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from submodel.server import kernels
 
@@ -446,3 +447,71 @@ def test_gemm_min_rows_is_measured_once_and_cached(monkeypatch, tmp_path):
 
 def test_measure_gemm_min_rows_gives_a_tried_count_or_one_past_them():
     assert kernels.measure_gemm_min_rows(torch.bfloat16, tried=(8, 256)) in (8, 256, 257)
+
+
+def reference_decode_attention(q, k, v, k_cache, v_cache, slots, positions, cos, sin):
+    """The model's torch steps: rotate q and k, write k and v into the caches (in place), each
+    row attends to its keys 0..position in fp32."""
+    from submodel.server.model import rotate
+
+    b, g, d = k.shape[0], k_cache.shape[1], k_cache.shape[3]
+    h = q.shape[1] // d
+    c, s = cos.view(b, 1, 1, d), sin.view(b, 1, 1, d)
+    q = rotate(q.view(b, 1, h, d).transpose(1, 2), c, s)
+    k = rotate(k.view(b, 1, g, d).transpose(1, 2), c, s)
+    k_cache[slots, :, positions] = k[:, :, 0]
+    v_cache[slots, :, positions] = v.view(b, g, d)
+    out = []
+    for row in range(b):
+        keys = k_cache[slots[row], :, : positions[row] + 1].float()
+        values = v_cache[slots[row], :, : positions[row] + 1].float()
+        out.append(F.scaled_dot_product_attention(q[row : row + 1].float(), keys[None],
+                                                  values[None], enable_gqa=True))
+    return torch.cat(out).view(b, h * d)
+
+
+@pytest.mark.parametrize("path", [PATHS[0], PATHS[-1]])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dim", [16, 64, 10])  # 10: not a multiple of 16, the scalar loop
+def test_decode_attention_matches_the_models_torch_steps(path, dtype, dim):
+    gen = torch.Generator().manual_seed(dim)
+    rows, heads, groups, slots_total, max_len = 3, 6, 2, 5, 40
+    k_cache = torch.randn(slots_total, groups, max_len, dim, generator=gen).to(dtype)
+    v_cache = torch.randn(slots_total, groups, max_len, dim, generator=gen).to(dtype)
+    slots, positions = torch.tensor([4, 0, 2]), torch.tensor([30, 0, 7])
+    q = torch.randn(rows, heads * dim, generator=gen).to(dtype)
+    k, v = (torch.randn(rows, groups * dim, generator=gen).to(dtype) for _ in range(2))
+    angles = torch.rand(rows, dim, generator=gen) * 6
+    cos, sin = angles.cos().to(dtype), angles.sin().to(dtype)
+    want_k, want_v = k_cache.clone(), v_cache.clone()
+    want = reference_decode_attention(q, k, v, want_k, want_v, slots, positions, cos, sin)
+    kernels.set_kernel_path(path)
+    try:
+        got = kernels.decode_attention(q, k, v, k_cache, v_cache, slots, positions, cos, sin)
+    finally:
+        kernels.set_kernel_path(None)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert got.dtype == dtype and got.shape == (rows, heads * dim)
+    torch.testing.assert_close(k_cache, want_k, atol=tol, rtol=tol)
+    assert torch.equal(v_cache, want_v)
+    torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
+
+
+def test_decode_attention_rejects_a_position_outside_the_cache():
+    cache = torch.zeros(2, 1, 4, 8)
+    args = (torch.zeros(1, 8), torch.zeros(1, 8), torch.zeros(1, 8), cache, cache.clone(),
+            torch.tensor([1]), torch.tensor([4]), torch.ones(1, 8), torch.zeros(1, 8))
+    with pytest.raises(RuntimeError, match="outside the cache"):
+        kernels.decode_attention(*args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_matches_the_models_torch_steps(dtype):
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 5, 96, generator=gen) * 4).to(dtype)
+    weight = torch.randn(96, generator=gen).to(dtype)
+    h = x.float()
+    want = weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(dtype)
+    got = kernels.rms_norm(x, weight, 1e-6)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5 if dtype == torch.float32 else 1e-2)

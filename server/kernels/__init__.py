@@ -39,7 +39,8 @@ _measured_gemm_min_rows: dict[torch.dtype, int] = {}
 
 _SOURCE = Path(__file__).with_name("masked_linear.cpp")
 _SOURCES = (_SOURCE, *(_SOURCE.with_name(name)
-                       for name in ("q8_linear.cpp", "q8_linear.h", "gemv_output.h")))
+                       for name in ("q8_linear.cpp", "q8_linear.h", "gemv_output.h",
+                                    "decode_ops.cpp", "decode_ops.h")))
 Q8_GROUP = 32  # int8 weights: columns sharing one scale (kQ8Group in q8_linear.h)
 _lock = threading.Lock()
 _ext: ModuleType | None = None
@@ -201,6 +202,24 @@ def _measured(key: str, valid, measure):
         tmp.write_text(json.dumps(known, indent=1))
         os.replace(tmp, file)
     return known[key]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """weight * (x / sqrt(mean(x^2) + eps)) over the last dim, in fp32, rounded to x's dtype
+    before the weight multiplies (as the model's torch version): one op instead of eight."""
+    return _load().rms_norm(x.contiguous(), weight, eps)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
+                     v_cache: torch.Tensor, slots: torch.Tensor, positions: torch.Tensor,
+                     cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """One layer's attention for rows that each add one token: q [B, H*D], k and v [B, G*D]
+    as projected; the rotary embedding (cos, sin [B, D]) is applied here, the rotated key and
+    the value go into the layer's cache [slots, G, max_len, D] at (slots[b], positions[b]),
+    and each row's heads attend to its keys 0..positions[b]. Returns [B, H*D]."""
+    return _load().decode_attention(q.contiguous(), k.contiguous(), v.contiguous(), k_cache,
+                                    v_cache, slots, positions, cos.contiguous(),
+                                    sin.contiguous())
 
 
 def cpu_features() -> list[str]:

@@ -17,6 +17,7 @@
 
 #include <ATen/Parallel.h>
 
+#include "decode_ops.h"
 #include "gemv_output.h"
 #include "q8_linear.h"
 
@@ -795,6 +796,15 @@ torch::Tensor dequantize_q8_into(const torch::Tensor& codes, const torch::Tensor
   return submodel::dequantize_q8_into(codes, scales, mask, out, g_path >= kAvx512);
 }
 
+torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, torch::Tensor k_cache,
+                               torch::Tensor v_cache, const torch::Tensor& slots,
+                               const torch::Tensor& positions, const torch::Tensor& cos,
+                               const torch::Tensor& sin) {
+  return submodel::decode_attention(q, k, v, k_cache, v_cache, slots, positions, cos, sin,
+                                    g_path >= kAvx512);
+}
+
 std::vector<std::string> cpu_features() {
   std::vector<std::string> found;
   for (const char* f :
@@ -814,6 +824,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("masked_linear_q8", &masked_linear_q8,
         "y = x @ (W * M[row_lang])^T with W = int8 codes x per-32 scales");
   m.def("dequantize_q8_into", &dequantize_q8_into, "out = W * M (or W), W = codes x scales");
+  m.def("rms_norm", &submodel::rms_norm, "weight * (x / rms(x)), per row, fp32 inside");
+  m.def("decode_attention", &decode_attention,
+        "one layer's attention for rows adding one token each (rotary, cache write, attend)");
   m.def("set_path", &set_path);
   m.def("get_path", &get_path);
   m.def("path_supported", &path_supported);

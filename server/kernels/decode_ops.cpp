@@ -1,0 +1,324 @@
+// Decode-step pieces that torch runs as dozens of small ops (a few microseconds of dispatch
+// each, ~30% of a batch-1 step on the default model): RMSNorm of the step's rows, and one
+// layer's attention for B sequences that each add one token (rotary embedding of q and k,
+// k and v written into the cache, attention over the sequence's cached keys).
+//
+// Both follow the model's torch code value for value where it rounds: RMSNorm in fp32, rounded
+// to the dtype before the weight multiplies (as `weight * h.to(x.dtype)`), the rotary terms
+// rounded to the dtype one by one (x * cos, rotated * sin, their sum), scores, softmax and the
+// weighted sum of values in fp32. Summation order differs, so results agree to float rounding.
+// With AVX-512 the dot products, exponentials (a degree-7 polynomial of 2^f and VSCALEFPS) and
+// value sums take 16 lanes at a time when the head size is a multiple of 16; elsewhere scalar.
+#include "decode_ops.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define SUBMODEL_DECODE_X86 1
+#include <immintrin.h>
+#define DEC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#endif
+
+namespace submodel {
+namespace {
+
+using bf16 = c10::BFloat16;
+
+// A float rounded to T and back (no-op for float).
+template <typename T>
+inline float rounded(float v) {
+  return float(T(v));
+}
+
+template <typename T>
+void rms_norm_rows(const T* x, const T* w, T* y, int64_t rows, int64_t n, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* xr = x + r * n;
+    float squares = 0.f;
+    for (int64_t i = 0; i < n; ++i) squares += float(xr[i]) * float(xr[i]);
+    const float inv = 1.f / std::sqrt(squares / float(n) + eps);
+    for (int64_t i = 0; i < n; ++i) {
+      y[r * n + i] = T(float(w[i]) * rounded<T>(float(xr[i]) * inv));
+    }
+  }
+}
+
+// x rotated by the rotary embedding (the half-split layout: pairs i, i + D/2), as floats.
+template <typename T>
+void rotate(const T* x, const T* cos, const T* sin, int64_t d, float* out) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < d; ++i) {
+    const float partner = i < half ? -float(x[i + half]) : float(x[i - half]);
+    out[i] = rounded<T>(rounded<T>(float(x[i]) * float(cos[i])) +
+                        rounded<T>(partner * float(sin[i])));
+  }
+}
+
+struct Attention {
+  const void* q;  // [B, H * D]
+  const void* k;  // [B, G * D]
+  const void* v;  // [B, G * D]
+  void* k_cache;  // [S, G, T, D]: this layer's
+  void* v_cache;
+  const int64_t* slots;  // [B]
+  const int64_t* positions;  // [B]: where the new token goes; it attends to 0..position
+  const void* cos;  // [B, D]
+  const void* sin;
+  void* out;  // [B, H * D]
+  int64_t heads, groups, dim, max_len;
+  float scale;
+};
+
+template <typename T>
+const T* cached(const Attention& a, const void* cache, int64_t b, int64_t g, int64_t pos) {
+  return static_cast<const T*>(cache) + ((a.slots[b] * a.groups + g) * a.max_len + pos) * a.dim;
+}
+
+// Rotated k and v of every row and group into the cache (before any row reads it).
+template <typename T>
+void write_cache(const Attention& a, int64_t rows) {
+  std::vector<float> rot(a.dim);
+  for (int64_t b = 0; b < rows; ++b) {
+    const T* cos = static_cast<const T*>(a.cos) + b * a.dim;
+    const T* sin = static_cast<const T*>(a.sin) + b * a.dim;
+    for (int64_t g = 0; g < a.groups; ++g) {
+      const int64_t at = b * a.groups * a.dim + g * a.dim;
+      rotate(static_cast<const T*>(a.k) + at, cos, sin, a.dim, rot.data());
+      T* kc = const_cast<T*>(cached<T>(a, a.k_cache, b, g, a.positions[b]));
+      T* vc = const_cast<T*>(cached<T>(a, a.v_cache, b, g, a.positions[b]));
+      const T* v = static_cast<const T*>(a.v) + at;
+      for (int64_t i = 0; i < a.dim; ++i) {
+        kc[i] = T(rot[i]);
+        vc[i] = v[i];
+      }
+    }
+  }
+}
+
+// The rotated queries of row b's group g, pre-scaled: [heads / groups, D] floats.
+template <typename T>
+std::vector<float> group_queries(const Attention& a, int64_t b, int64_t g) {
+  const int64_t per = a.heads / a.groups;
+  std::vector<float> q(per * a.dim);
+  const T* cos = static_cast<const T*>(a.cos) + b * a.dim;
+  const T* sin = static_cast<const T*>(a.sin) + b * a.dim;
+  for (int64_t j = 0; j < per; ++j) {
+    const T* x = static_cast<const T*>(a.q) + (b * a.heads + g * per + j) * a.dim;
+    rotate(x, cos, sin, a.dim, q.data() + j * a.dim);
+  }
+  return q;
+}
+
+template <typename T>
+void store_heads(const Attention& a, int64_t b, int64_t g, const float* acc) {
+  const int64_t per = a.heads / a.groups;
+  T* out = static_cast<T*>(a.out) + (b * a.heads + g * per) * a.dim;
+  for (int64_t i = 0; i < per * a.dim; ++i) out[i] = T(acc[i]);
+}
+
+// Row b, group g: its heads against the group's cached keys 0..position.
+template <typename T>
+void attend_generic(const Attention& a, int64_t b, int64_t g) {
+  const int64_t per = a.heads / a.groups, len = a.positions[b] + 1, d = a.dim;
+  const std::vector<float> q = group_queries<T>(a, b, g);
+  std::vector<float> scores(per * len), acc(per * d, 0.f);
+  for (int64_t l = 0; l < len; ++l) {
+    const T* key = cached<T>(a, a.k_cache, b, g, l);
+    for (int64_t j = 0; j < per; ++j) {
+      float dot = 0.f;
+      for (int64_t i = 0; i < d; ++i) dot += q[j * d + i] * float(key[i]);
+      scores[j * len + l] = dot * a.scale;
+    }
+  }
+  for (int64_t j = 0; j < per; ++j) {
+    float* s = scores.data() + j * len;
+    const float top = *std::max_element(s, s + len);
+    float sum = 0.f;
+    for (int64_t l = 0; l < len; ++l) sum += (s[l] = std::exp(s[l] - top));
+    for (int64_t l = 0; l < len; ++l) s[l] /= sum;
+  }
+  for (int64_t l = 0; l < len; ++l) {
+    const T* value = cached<T>(a, a.v_cache, b, g, l);
+    for (int64_t j = 0; j < per; ++j) {
+      const float p = scores[j * len + l];
+      for (int64_t i = 0; i < d; ++i) acc[j * d + i] += p * float(value[i]);
+    }
+  }
+  store_heads<T>(a, b, g, acc.data());
+}
+
+#ifdef SUBMODEL_DECODE_X86
+DEC_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+DEC_AVX512 inline __m512 load16(const bf16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+// e^x for x <= 0 (softmax terms): 2^n * 2^f with n = round(x log2 e), |f| <= 1/2, 2^f by its
+// Taylor polynomial to degree 7 (relative error ~1e-7), 2^n applied by VSCALEFPS.
+DEC_AVX512 inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(-100.f));
+  const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5252733804059841e-05f);
+  for (float c : {1.5403530393381606e-04f, 1.3333558146428441e-03f, 9.6181291076284772e-03f,
+                  5.5504108664821580e-02f, 2.4022650695910071e-01f, 6.9314718055994531e-01f,
+                  1.0f}) {
+    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c));
+  }
+  return _mm512_scalef_ps(p, n);
+}
+
+constexpr int64_t kMaxHeadsPerGroup = 16;
+
+template <typename T>
+DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g) {
+  const int64_t per = a.heads / a.groups, len = a.positions[b] + 1, d = a.dim;
+  const std::vector<float> q = group_queries<T>(a, b, g);
+  std::vector<float> scores(per * len), acc(per * d, 0.f);
+  for (int64_t l = 0; l < len; ++l) {
+    const T* key = cached<T>(a, a.k_cache, b, g, l);
+    __m512 dots[kMaxHeadsPerGroup];
+    for (int64_t j = 0; j < per; ++j) dots[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < d; i += 16) {
+      const __m512 k = load16(key + i);
+      for (int64_t j = 0; j < per; ++j) {
+        dots[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q.data() + j * d + i), k, dots[j]);
+      }
+    }
+    for (int64_t j = 0; j < per; ++j) scores[j * len + l] = _mm512_reduce_add_ps(dots[j]) * a.scale;
+  }
+  for (int64_t j = 0; j < per; ++j) {
+    float* s = scores.data() + j * len;
+    const __m512 top = _mm512_set1_ps(*std::max_element(s, s + len));
+    __m512 sums = _mm512_setzero_ps();
+    for (int64_t l = 0; l < len; l += 16) {
+      const __mmask16 lanes = len - l >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (len - l)) - 1);
+      const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(lanes, s + l), top));
+      sums = _mm512_mask_add_ps(sums, lanes, sums, e);
+      _mm512_mask_storeu_ps(s + l, lanes, e);
+    }
+    const __m512 inv = _mm512_set1_ps(1.f / _mm512_reduce_add_ps(sums));
+    for (int64_t l = 0; l < len; l += 16) {
+      const __mmask16 lanes = len - l >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (len - l)) - 1);
+      _mm512_mask_storeu_ps(s + l, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, s + l), inv));
+    }
+  }
+  for (int64_t i = 0; i < d; i += 16) {
+    __m512 sum[kMaxHeadsPerGroup];
+    for (int64_t j = 0; j < per; ++j) sum[j] = _mm512_setzero_ps();
+    for (int64_t l = 0; l < len; ++l) {
+      const __m512 v = load16(cached<T>(a, a.v_cache, b, g, l) + i);
+      for (int64_t j = 0; j < per; ++j) {
+        sum[j] = _mm512_fmadd_ps(_mm512_set1_ps(scores[j * len + l]), v, sum[j]);
+      }
+    }
+    for (int64_t j = 0; j < per; ++j) _mm512_storeu_ps(acc.data() + j * d + i, sum[j]);
+  }
+  store_heads<T>(a, b, g, acc.data());
+}
+#endif
+
+template <typename T>
+void attend_all(const Attention& a, int64_t rows, bool avx512) {
+  write_cache<T>(a, rows);
+  const int64_t per = a.heads / a.groups;
+  const int64_t work = per * a.dim * (a.positions[0] + 1);  // per item, for the grain
+  const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, work));
+  at::parallel_for(0, rows * a.groups, grain, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) {
+#ifdef SUBMODEL_DECODE_X86
+      if (avx512 && a.dim % 16 == 0 && per <= kMaxHeadsPerGroup) {
+        attend_avx512<T>(a, i / a.groups, i % a.groups);
+        continue;
+      }
+#endif
+      attend_generic<T>(a, i / a.groups, i % a.groups);
+    }
+  });
+}
+
+void check_cpu(const torch::Tensor& t, const char* what, const char* op) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous(), op, ": ", what,
+              " must be a contiguous CPU tensor");
+}
+
+}  // namespace
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  check_cpu(x, "x", "rms_norm");
+  check_cpu(weight, "weight", "rms_norm");
+  const int64_t n = x.size(-1);
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == n && weight.scalar_type() == x.scalar_type(),
+              "rms_norm: weight must be [", n, "] of x's dtype");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat32 || x.scalar_type() == torch::kBFloat16,
+              "rms_norm: x must be float32 or bfloat16, got ", x.scalar_type());
+  auto y = torch::empty_like(x);
+  const int64_t rows = n ? x.numel() / n : 0;
+  if (x.scalar_type() == torch::kFloat32) {
+    rms_norm_rows(x.data_ptr<float>(), weight.data_ptr<float>(), y.data_ptr<float>(), rows, n,
+                  float(eps));
+  } else {
+    rms_norm_rows(static_cast<const bf16*>(x.data_ptr()), static_cast<const bf16*>(weight.data_ptr()),
+                  static_cast<bf16*>(y.data_ptr()), rows, n, float(eps));
+  }
+  return y;
+}
+
+torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k,
+                               const torch::Tensor& v, torch::Tensor k_cache,
+                               torch::Tensor v_cache, const torch::Tensor& slots,
+                               const torch::Tensor& positions, const torch::Tensor& cos,
+                               const torch::Tensor& sin, bool avx512) {
+  const char* op = "decode_attention";
+  for (const torch::Tensor* t : std::initializer_list<const torch::Tensor*>{
+           &q, &k, &v, &k_cache, &v_cache, &slots, &positions, &cos, &sin}) {
+    check_cpu(*t, "every argument", op);
+  }
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.sizes() == k_cache.sizes(), op,
+              ": the caches must be [slots, groups, max_len, head_dim]");
+  const int64_t rows = q.size(0), groups = k_cache.size(1), max_len = k_cache.size(2),
+                dim = k_cache.size(3);
+  const auto dtype = q.scalar_type();
+  for (const torch::Tensor* t :
+       std::initializer_list<const torch::Tensor*>{&k, &v, &k_cache, &v_cache, &cos, &sin}) {
+    TORCH_CHECK(t->scalar_type() == dtype, op, ": q, k, v, the caches, cos and sin must share "
+                "a dtype");
+  }
+  TORCH_CHECK(dtype == torch::kFloat32 || dtype == torch::kBFloat16, op,
+              ": float32 or bfloat16 only, got ", dtype);
+  TORCH_CHECK(q.dim() == 2 && q.size(1) % (groups * dim) == 0 && dim % 2 == 0, op,
+              ": q must be [rows, heads * head_dim] with heads a multiple of the groups");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.dim() == 2 && k.size(0) == rows &&
+                  k.size(1) == groups * dim, op, ": k and v must be [rows, groups * head_dim]");
+  TORCH_CHECK(cos.sizes() == sin.sizes() && cos.dim() == 2 && cos.size(0) == rows &&
+                  cos.size(1) == dim, op, ": cos and sin must be [rows, head_dim]");
+  TORCH_CHECK(slots.scalar_type() == torch::kInt64 && positions.scalar_type() == torch::kInt64 &&
+                  slots.numel() == rows && positions.numel() == rows, op,
+              ": slots and positions must be int64 [rows]");
+  const int64_t* sp = slots.data_ptr<int64_t>();
+  const int64_t* pp = positions.data_ptr<int64_t>();
+  for (int64_t b = 0; b < rows; ++b) {
+    TORCH_CHECK(sp[b] >= 0 && sp[b] < k_cache.size(0) && pp[b] >= 0 && pp[b] < max_len, op,
+                ": row ", b, " has slot ", sp[b], " and position ", pp[b], " outside the cache");
+  }
+  auto out = torch::empty_like(q);
+  const int64_t heads = q.size(1) / dim;
+  Attention a{q.data_ptr(), k.data_ptr(), v.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(),
+              sp, pp, cos.data_ptr(), sin.data_ptr(), out.data_ptr(), heads, groups, dim,
+              max_len, float(1.0 / std::sqrt(double(dim)))};
+  if (dtype == torch::kFloat32) {
+    attend_all<float>(a, rows, avx512);
+  } else {
+    attend_all<bf16>(a, rows, avx512);
+  }
+  return out;
+}
+
+}  // namespace submodel
