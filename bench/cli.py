@@ -13,7 +13,14 @@ from pathlib import Path
 
 from submodel.bench import local_cli
 from submodel.cli import CLIError
-from submodel.vocabulary import DEFAULT_STRATEGY, DENSE, DTYPES, LANGUAGES, STRATEGIES
+from submodel.vocabulary import (
+    DEFAULT_STRATEGY,
+    DENSE,
+    DTYPES,
+    LANGUAGES,
+    STRATEGIES,
+    WEIGHT_FORMATS,
+)
 
 ROWS = ("routed", DENSE, *LANGUAGES)
 # `bench load`'s run order: the default strategy, the others, then dense-only traffic on a
@@ -152,6 +159,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --store: how the server applies masks (default fused)")
     p.add_argument("--dtype", choices=DTYPES, help="with --store: compute dtype (default: the "
                                                    "store's)")
+    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="full",
+                   help="with --store and the fused strategy: how the server holds the weights "
+                        "(int8: its rounding's quality cost; default full)")
     p.add_argument("--dataset", action="append", default=[], metavar="PATH.jsonl",
                    help="use a MultiPL-E or HumanEval-X JSONL file instead of our translation; "
                         "pair each with a --dataset-language (repeatable)")
@@ -326,7 +336,7 @@ def chat_problems(problems: dict, store: str | None) -> dict:
 
 
 def model_info(client, store: str | None, target: str, strategy: str | None,
-               dtype: str | None) -> dict:
+               dtype: str | None, weights: str = "full") -> dict:
     """What was served, and identities for the cache keys: the store's manifest hash (with
     the strategy and dtype) or, for a running server, a fingerprint of its ListSubModels; for
     a store also one per row that only depends on what that row computes with (the dense row
@@ -344,6 +354,8 @@ def model_info(client, store: str | None, target: str, strategy: str | None,
         raw = (Path(store) / "manifest.json").read_bytes()
         manifest = hashlib.sha256(raw).hexdigest()
         settings = f"{strategy}:{dtype or 'store-dtype'}"
+        if weights != "full":  # other values than the store's: samples of their own
+            settings += f":{weights}"
         ident = f"store:{manifest[:16]}:{settings}"
         files = json.loads(raw)["files"]
         base = hashlib.sha256(str(sorted((f, h) for f, h in files.items()
@@ -374,6 +386,8 @@ def _passk_command(args: argparse.Namespace, rows: tuple[str, ...]) -> str:
         parts += ["--limit", str(args.limit)]
     if args.store:
         parts += ["--strategy", args.strategy]
+        if args.weights != "full":
+            parts += ["--weights", args.weights]
     for path, lang in zip(args.dataset, args.dataset_language, strict=True):
         parts += ["--dataset", path, "--dataset-language", lang]
     return shlex.join(parts)
@@ -405,7 +419,7 @@ def run_passk(args: argparse.Namespace) -> int:
                     args.store, out / "server.log", strategy=args.strategy,
                     max_batch=args.max_batch * args.concurrency,
                     max_queue=max(64, 2 * args.concurrency),
-                    dtype=args.dtype, metrics=False))
+                    dtype=args.dtype, weights=args.weights, metrics=False))
             except ServerError as e:
                 raise CLIError(str(e)) from None
             target = server.target
@@ -413,7 +427,8 @@ def run_passk(args: argparse.Namespace) -> int:
             target = args.server
         client = stack.enter_context(Client(target))
         try:
-            model = model_info(client, args.store, target, args.strategy, args.dtype)
+            model = model_info(client, args.store, target, args.strategy, args.dtype,
+                               args.weights)
         except grpc.RpcError as e:
             raise CLIError(f"cannot reach the server at {target}: {e.code().name}: "
                            f"{e.details()}") from None

@@ -39,8 +39,8 @@ class ServerProcess:
 
     def __init__(self, store: str | Path, log_path: Path, *, strategy: str = DEFAULT_STRATEGY,
                  max_batch: int = 8, max_queue: int = 64,
-                 dtype: str | None = None, metrics: bool = True, http: bool = False,
-                 start_timeout: float = 900.0) -> None:
+                 dtype: str | None = None, weights: str = "full", metrics: bool = True,
+                 http: bool = False, start_timeout: float = 900.0) -> None:
         self.argv = [sys.executable, "-c", PRELUDE, str(os.getpid()), "serve", str(store),
                      "--port", "0",
                      "--strategy", strategy, "--max-batch", str(max_batch),
@@ -49,6 +49,8 @@ class ServerProcess:
         self.argv += ["--metrics-port", "0"] if metrics else ["--no-metrics"]
         if dtype:
             self.argv += ["--dtype", dtype]
+        if weights != "full":
+            self.argv += ["--weights", weights]
         self.log_path = Path(log_path)
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None

@@ -291,3 +291,11 @@ def test_stores_sharing_the_base_and_a_mask_share_their_cached_samples(long_stor
     assert first["model"]["identity"] != second["model"]["identity"]
     assert second["run"]["samples_cached"] == 2 * 2 and second["run"]["requests"] == 0
     assert first["cells"] == second["cells"]
+
+
+def test_the_served_weight_format_reaches_the_server_and_the_cache_identity(tmp_path):
+    from submodel.bench.server_proc import ServerProcess
+
+    assert "--weights" not in ServerProcess("store", tmp_path / "log").argv
+    argv = ServerProcess("store", tmp_path / "log", weights="int8").argv
+    assert argv[argv.index("--weights") + 1] == "int8"
