@@ -293,7 +293,7 @@ def test_stores_sharing_the_base_and_a_mask_share_their_cached_samples(long_stor
     assert first["cells"] == second["cells"]
 
 
-def test_the_served_weight_format_reaches_the_server_and_the_cache_identity(tmp_path):
+def test_the_served_weight_format_reaches_the_server(tmp_path):
     from submodel.bench.server_proc import ServerProcess
 
     assert "--weights" not in ServerProcess("store", tmp_path / "log").argv
