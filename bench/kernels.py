@@ -46,10 +46,12 @@ def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list
 def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dict]:
     """A decode step: torch dense vs the kernel (slower paths at batch 1 only, timed once),
     and the kernel over int8 codes of the same weights. Each row carries the weight bytes one
-    step reads, for its fraction of the bandwidth floor."""
+    step reads (weights or codes and scales, plus the mask bits of each language in the batch),
+    for its fraction of the bandwidth floor."""
     quantized = [kernels.quantize_q8(w) for w, _, _ in layers]
     full_bytes = sum(w.numel() * w.element_size() for w, _, _ in layers)
     int8_bytes = sum(c.numel() + s.numel() * s.element_size() for c, s in quantized)
+    mask_bytes = sum(m[0].numel() for _, m, _ in layers)  # one language's
     one = torch.zeros(1, dtype=torch.int32)
     eight_one = torch.zeros(8, dtype=torch.int32)
     eight_mixed = torch.arange(8, dtype=torch.int32) % LANGUAGES
@@ -81,6 +83,8 @@ def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dic
         kernels.set_kernel_path(None if path == "-" else path)
         t = fastest(fn, repeats if path in ("-", best) else 1)
         nbytes = int8_bytes if name.startswith("int8") else full_bytes
+        if "masked" in name:
+            nbytes += mask_bytes * (LANGUAGES if "languages" in name else 1)
         rows.append({"case": name, "batch": batch, "path": path, "weight_bytes": nbytes, **t})
     kernels.set_kernel_path(None)
     return rows
@@ -159,8 +163,9 @@ def markdown(result: dict) -> str:
         f"Masked kernels: {result['layers']} layers of Qwen2.5-0.5B Linear shapes, "
         f"{result['threads']} threads, load average {result['load_average']:.1f}, "
         f"CPU {result['cpu']} with {', '.join(result['cpu_features'])}.",
-        f"Copy bandwidth {result['bandwidth_gbs']:.1f} GB/s (read + write); floor = the weight "
-        "bytes a row reads (int8: codes + scales) / that bandwidth. ms = best wall time, "
+        f"Copy bandwidth {result['bandwidth_gbs']:.1f} GB/s (read + write); floor = the bytes "
+        "a row reads (weights, or int8 codes + scales; and each batch language's mask bits) / "
+        "that bandwidth. ms = best wall time, "
         "cpu = best CPU time of all threads.",
         "",
         "| decode step | dtype | batch | path | ms | cpu ms | vs torch dense (ms) | floor |",
