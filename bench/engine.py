@@ -39,7 +39,12 @@ from submodel.bench.kernels import copy_bandwidth
 from submodel.bench.timing import best, both, clock, progress, ratio, since
 from submodel.pruning.store import Store, open_store
 from submodel.server import kernels
-from submodel.server.api import DoneEvent, FinishEvent, GenerationRequest, SamplingParams
+from submodel.server.api import (
+    DoneEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
 from submodel.server.dense_source import read_header
 from submodel.server.engine import Engine
 from submodel.server.model import Linear, Transformer
@@ -82,48 +87,37 @@ def hf_generate(model, prompt_ids: list[int], new_tokens: int, streamer=None) ->
 
 
 def hf_decode(model, prompt_ids: list[int], new_tokens: int) -> dict:
-    """Decode tokens/s of transformers' greedy generate(), prefill excluded.
-
-    Wall: from the first new token's timestamp to the last. CPU: generate(new_tokens) minus
-    generate(1), over new_tokens - 1 steps.
-    """
+    """Decode tokens/s of transformers' greedy generate(), prefill excluded: from the first
+    new token to the last, in wall time and in the process's CPU time."""
     from transformers.generation.streamers import BaseStreamer
 
-    class Stamps(BaseStreamer):  # timestamps each new token; decodes nothing
+    class Stamps(BaseStreamer):  # wall and CPU clocks at each new token; decodes nothing
         def __init__(self) -> None:
-            self.times: list[float] = []
+            self.times: list[tuple[float, float]] = []
             self.prompt_seen = False
 
         def put(self, value) -> None:
             if self.prompt_seen:
-                self.times.append(time.perf_counter())
+                self.times.append((time.perf_counter(), time.process_time()))
             self.prompt_seen = True
 
         def end(self) -> None: ...
 
-    stamps = Stamps()
     hf_generate(model, prompt_ids, 1)  # untimed: the first call pays one-time setup
-    c0 = time.process_time()
-    hf_generate(model, prompt_ids, 1)
-    c1 = time.process_time()
+    stamps = Stamps()
     hf_generate(model, prompt_ids, new_tokens, stamps)
-    c2 = time.process_time()
-    hf_generate(model, prompt_ids, 1)
-    c3 = time.process_time()
-    steps = len(stamps.times) - 1
-    return {"wall": steps / (stamps.times[-1] - stamps.times[0]),
-            "cpu": steps / decode_cpu([c1 - c0, c3 - c2], c2 - c1, "transformers")}
+    return between_tokens(stamps.times, "transformers")
 
 
-def decode_cpu(one_token: list[float], long: float, who: str) -> float:
-    """CPU seconds of the decode steps: the long run minus the cheapest of the 1-token runs
-    around it (other threads of the process only ever add CPU time, so the cheapest run is
-    the truest)."""
-    seconds = long - min(one_token)
-    if seconds <= 0:
-        raise BenchError(f"{who}: decode CPU time not measurable (prefill noise exceeds it); "
-                         "use more new tokens")
-    return seconds
+def between_tokens(stamps: list[tuple[float, float]], who: str) -> dict:
+    """Tokens/s from the (wall, CPU) clocks read as each new token arrived: the steps after
+    the first token over the time from it to the last. Measured within the one request, so
+    the prefill and the set-up around a request never enter it."""
+    if len(stamps) < 2:
+        raise BenchError(f"{who}: the request ended after its first token; nothing to time")
+    steps = len(stamps) - 1
+    (wall0, cpu0), (wall1, cpu1) = stamps[0], stamps[-1]
+    return {"wall": steps / (wall1 - wall0), "cpu": steps / max(cpu1 - cpu0, 1e-9)}
 
 
 def engine_request(engine: Engine, language: str, max_tokens: int) -> list:
@@ -132,30 +126,17 @@ def engine_request(engine: Engine, language: str, max_tokens: int) -> list:
 
 
 def engine_decode(engine: Engine, language: str, new_tokens: int) -> dict:
-    """Decode tokens/s of one greedy request alone in the engine, prefill excluded, and its
-    prefill (time to first token, wall ms).
-
-    Wall: DoneEvent's total minus time to first token. CPU: the request minus the cheaper of
-    two 1-token ones around it (after an untimed 1-token request, so that none pays for a mask
-    switch).
-    """
+    """Decode tokens/s of one greedy request alone in the engine, prefill excluded (clocks
+    read as each token arrives, after an untimed 1-token request so that it pays for no mask
+    switch), and its prefill (time to first token, wall ms)."""
     engine_request(engine, language, 1)
-    c0 = time.process_time()
-    engine_request(engine, language, 1)
-    c1 = time.process_time()
-    events = engine_request(engine, language, new_tokens)
-    c2 = time.process_time()
-    engine_request(engine, language, 1)
-    c3 = time.process_time()
-    finish = next(e for e in events if isinstance(e, FinishEvent))
-    done = events[-1]
-    steps = done.generated_tokens - (finish.finish_reason == "length")  # an end token is a step
-    if steps < 1:
-        raise BenchError(f"the {language} request ended after its first token; "
-                         "nothing to time (change PROMPT)")
-    return {"tokens_per_s": {"wall": steps / (done.total_seconds - done.ttft_seconds),
-                             "cpu": steps / decode_cpu([c1 - c0, c3 - c2], c2 - c1,
-                                                       f"engine {language}")},
+    stamps, done = [], None
+    for event in engine.submit(GenerationRequest(PROMPT, language, SamplingParams(new_tokens))):
+        if isinstance(event, TokenEvent) and event.token_id >= 0:
+            stamps.append((time.perf_counter(), time.process_time()))
+        elif isinstance(event, DoneEvent):
+            done = event
+    return {"tokens_per_s": between_tokens(stamps, f"engine {language}"),
             "prefill_ms": done.ttft_seconds * 1e3}
 
 

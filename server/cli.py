@@ -34,9 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
     p.add_argument("--weights", choices=WEIGHT_FORMATS, default="full",
                    help="how the fused strategy holds the weights: full (as stored, in the "
-                        "compute dtype; default) or int8 (codes and a scale per 32 columns, "
+                        "compute dtype; default), int8 (codes and a scale per 32 columns, "
                         "LM head included, made at load: about half the bytes a decode step "
-                        "reads, at the cost of that rounding)")
+                        "reads, at the cost of that rounding) or gguf (as int8, but every "
+                        "Linear the base GGUF stores as Q5_0 or Q8_0 holds exactly its values; "
+                        "needs a store pruned from a GGUF)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; anything wider needs "
                         "--tls-cert/--tls-key, --auth-token-file or --insecure)")

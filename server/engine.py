@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import torch
 
+from submodel.pruning.models import ModelError, resolve_model
 from submodel.pruning.store import DENSE_FILE, Store, StoreError, open_store, verify_language
-from submodel.server import kernels
+from submodel.server import gguf_blocks, kernels
 from submodel.server.api import (
     DrainingError,
     EngineObserver,
@@ -92,7 +93,9 @@ class Engine:
         self.model = Transformer(self.args, state)  # CPU: the masked kernels are CPU code
         self.names = [f"{name}.weight" for name in self.model.prunable()]
         masks = {lang: self._load_mask(store, lang) for lang in self.languages}
-        self.strategy = make_strategy(strategy, self.model, masks, store.dense_file, weights)
+        blocks = self._gguf_blocks(store) if weights == "gguf" and strategy == "fused" else None
+        self.strategy = make_strategy(strategy, self.model, masks, store.dense_file, weights,
+                                      blocks)
         prunable = set(self.names)
         held = {id(v) for m in self.model.modules() for v in vars(m).values()
                 if isinstance(v, torch.Tensor)}  # int8's tied head drops the table
@@ -259,6 +262,22 @@ class Engine:
     def _load_mask(self, store: Store, language: str) -> dict[str, torch.Tensor]:
         loaded = store.load_mask(language)
         return {n: loaded[n] for n in self.names}
+
+    def _gguf_blocks(self, store: Store) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """The base GGUF's own Q5_0/Q8_0 codes of the prunable Linears and the LM head."""
+        base = store.manifest["base_model"]["id"]
+        try:
+            source = resolve_model(base, verify=False)
+        except ModelError as e:
+            raise ValueError(f"--weights gguf needs the store's base model file: {e}") from None
+        if source.kind != "gguf":
+            raise ValueError(f"--weights gguf needs a store pruned from a GGUF file; its base "
+                             f"model {base!r} is a {source.kind} checkpoint (use --weights int8)")
+        head = "model.embed_tokens.weight" if self.args.tie_embeddings else "lm_head.weight"
+        blocks = gguf_blocks.exact_codes(source.path, [*self.names, head])
+        log.info("--weights gguf: %d of %d Linears hold %s's own blocks", len(blocks),
+                 len(self.names) + 1, source.path.name)
+        return blocks
 
     def _report_weights(self) -> None:
         sizes = self.strategy.resident_bytes()

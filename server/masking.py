@@ -16,7 +16,9 @@ one language's rows go through W*M in a reused scratch buffer and torch's GEMM.
 
 Fused can also hold the weights as int8 (`weights="int8"`: codes and a scale per 32 columns, made
 from the store's weights at load; the LM head too): a decode step then reads a bit over half the
-bytes, at the cost of that rounding (`submodel bench kernels` times both).
+bytes, at the cost of that rounding (`submodel bench kernels` times both). `weights="gguf"` takes
+the codes and scales of the base GGUF's own Q5_0 and Q8_0 blocks where it has them (exactly its
+values, gguf_blocks.py) and rounds the rest as int8 does.
 """
 
 from __future__ import annotations
@@ -81,9 +83,10 @@ class Int8HeadLinear(Linear):
     """The LM head as int8 codes and scales (the embedding table stays as it was): the kernel
     for every batch size, as the head only ever sees one position per sequence."""
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor,
+                 codes_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         super().__init__(None)
-        self.codes, self.scales = kernels.quantize_q8(weight)
+        self.codes, self.scales = codes_scales or kernels.quantize_q8(weight)
         self.no_masks = _no_masks(self.codes)
 
     def forward(self, x):
@@ -170,8 +173,12 @@ class Int8FusedLinear(FusedLinear):
     GEMV for decode rows; W*M dequantized into the scratch buffer for torch's GEMM."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: Rows,
-                 scratch: list[torch.Tensor]) -> None:
-        codes, scales = kernels.quantize_q8(weight)
+                 scratch: list[torch.Tensor],
+                 codes_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        codes, scales = codes_scales or kernels.quantize_q8(weight)
+        if codes.shape != weight.shape:
+            raise ValueError(f"int8 codes of shape {tuple(codes.shape)} for a weight of shape "
+                             f"{tuple(weight.shape)}")
         super().__init__(codes, bias, rows, scratch)  # the mask stack takes the codes' shape
         self.weight = None  # not kept: the codes and scales stand for it
         self.codes, self.scales = codes, scales
@@ -213,14 +220,14 @@ class MaskStrategy:
         self.rows = Rows()
         self.linears: dict[str, Linear] = {}  # weight name (as in the store) -> its Linear
         for name, dense in model.prunable().items():
-            self.linears[f"{name}.weight"] = self.make_linear(dense)
+            self.linears[f"{name}.weight"] = self.make_linear(f"{name}.weight", dense)
             model.replace(name, self.linears[f"{name}.weight"])
         model.lm_head = self.make_head(model.lm_head.weight)
         self.masks: Masks = {}
         self.languages: list[str] = []
         self.set_masks(masks)
 
-    def make_linear(self, dense: Linear) -> Linear:
+    def make_linear(self, name: str, dense: Linear) -> Linear:
         return LiveLinear(dense.weight, dense.bias, self.rows)
 
     def make_head(self, weight: torch.Tensor) -> Linear:
@@ -299,24 +306,31 @@ class FusedStrategy(MaskStrategy):
     name = "fused"
     mixes_languages = True
 
-    def __init__(self, *args, weights: str = "full", **kwargs) -> None:
+    def __init__(self, *args, weights: str = "full",
+                 blocks: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+                 **kwargs) -> None:
         if weights not in WEIGHT_FORMATS:
             raise ValueError(f"unknown weight format {weights!r} (choose "
                              f"{', '.join(WEIGHT_FORMATS)})")
-        self.int8 = weights == "int8"
+        self.int8 = weights in ("int8", "gguf")
+        self.blocks = blocks or {}  # weight name -> the GGUF's own codes and scales
         self.scratch = [torch.empty(0)]  # its Linears' shared W*M buffer
         super().__init__(*args, **kwargs)
 
-    def make_linear(self, dense):
-        kind = Int8FusedLinear if self.int8 else FusedLinear
-        return kind(dense.weight, dense.bias, self.rows, self.scratch)
+    def make_linear(self, name, dense):
+        if not self.int8:
+            return FusedLinear(dense.weight, dense.bias, self.rows, self.scratch)
+        return Int8FusedLinear(dense.weight, dense.bias, self.rows, self.scratch,
+                               self.blocks.get(name))
 
     def make_head(self, weight):
         if not self.int8:
             return HeadLinear(weight)
-        head = Int8HeadLinear(weight)
         decoder = getattr(self.model, "model", None)
-        if decoder is not None and decoder.embed_tokens.weight is weight:  # tied
+        tied = decoder is not None and decoder.embed_tokens.weight is weight
+        head = Int8HeadLinear(weight, self.blocks.get(
+            "model.embed_tokens.weight" if tied else "lm_head.weight"))
+        if tied:
             decoder.embed_tokens = Int8Embedding(head.codes, head.scales, weight.dtype)
         return head
 
@@ -388,14 +402,17 @@ class ReplicaStrategy(MaskStrategy):
 
 
 def make_strategy(name: str, model: Transformer, masks: Masks, dense_file: Path,
-                  weights: str = "full") -> MaskStrategy:
+                  weights: str = "full",
+                  blocks: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+                  ) -> MaskStrategy:
     """Install strategy `name` into `model` (replacing its prunable Linears and LM head);
-    `weights="int8"` (fused only) holds them as int8 codes and scales."""
+    `weights="int8"` (fused only) holds them as int8 codes and scales, `"gguf"` the same but
+    with `blocks` (weight name -> codes, scales: the GGUF's own) where it has them."""
     classes = {"swap": SwapStrategy, "fused": FusedStrategy, "replicas": ReplicaStrategy}
     if name not in classes:
         raise ValueError(f"unknown strategy '{name}' (choose {', '.join(STRATEGIES)})")
     if name == "fused":
-        return FusedStrategy(model, masks, dense_file, weights=weights)
+        return FusedStrategy(model, masks, dense_file, weights=weights, blocks=blocks)
     if weights != "full":
         raise ValueError(f"--weights {weights} needs the fused strategy (got {name})")
     return classes[name](model, masks, dense_file)

@@ -58,7 +58,8 @@ CORPUS_EXTENSIONS = {
 
 STRATEGIES = ("swap", "fused", "replicas")  # how the server applies masks (server.masking)
 DEFAULT_STRATEGY = "fused"
-WEIGHT_FORMATS = ("full", "int8")  # how fused holds the weights: as stored, or int8 + scales
+# how fused holds the weights: as stored; int8 + scales; those with the GGUF's own Q5_0/Q8_0 values
+WEIGHT_FORMATS = ("full", "int8", "gguf")
 DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes, by their torch names
 
 # The Linears of a decoder block that masks cover, by their name under `model.layers.N.`, in

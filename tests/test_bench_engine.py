@@ -94,8 +94,13 @@ def test_kernel_bench_is_a_bench_subcommand(tmp_path, capsys):
     r = json.loads((tmp_path / "kernels.json").read_text())
     assert set(r["dtypes"]) == {"bfloat16", "float32"}
     assert r["cpu"]
-    for figures in r["dtypes"].values():
+    for dtype, figures in r["dtypes"].items():
         assert all(row["ms"] > 0 and row["floor_fraction"] > 0 for row in figures["decode"])
-        int8 = {row["case"]: row["weight_bytes"] for row in figures["decode"]}
-        assert int8["int8 masked, 1 language"] < int8["masked, 1 language"] / 1.7
+        read = {(row["case"], row["batch"]): row["weight_bytes"] for row in figures["decode"]}
+        assert read["int8 kernel, dense rows", 1] < read["kernel, dense rows", 1] / 1.7
+        one_mask = read["masked, 1 language", 1] - read["kernel, dense rows", 1]
+        assert one_mask == read["int8 masked, 1 language", 1] - read["int8 kernel, dense rows", 1]
+        width = {"bfloat16": 2, "float32": 4}[dtype]  # bytes a weight; its mask bit is 1/8
+        assert read["kernel, dense rows", 1] == 8 * width * one_mask
+        assert read["masked, 4 languages", 8] == read["kernel, dense rows", 1] + 4 * one_mask
     assert (tmp_path / "kernels.md").read_text().strip() == capsys.readouterr().out.strip()

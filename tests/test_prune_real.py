@@ -1,6 +1,7 @@
 """The default real model (Qwen2.5-Coder-0.5B), pruned once for two languages with a few short
 calibration windows, then loaded, measured and served. The GGUF is dequantized once per module."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -58,4 +59,32 @@ def test_engine_writes_python_under_dense(store_path):
     finally:
         engine.stop()
     assert "return" in finish.text
+    assert "a + b" in finish.text or "a+b" in finish.text
+
+
+def test_gguf_weights_hold_the_files_own_values_and_still_write_python(store_path):
+    import gguf
+    from gguf import quants
+
+    from submodel.pruning.models import resolve_model
+    from submodel.server import kernels
+
+    engine = Engine(open_store(store_path), strategy="fused", weights="gguf")
+    tensors = {t.name: t for t in gguf.GGUFReader(str(resolve_model("qwen2.5-coder-0.5b").path))
+               .tensors}
+    q_proj = engine.strategy.linears["model.layers.0.self_attn.q_proj.weight"]
+    assert tensors["blk.0.attn_q.weight"].tensor_type.name == "Q5_0"
+    values = (q_proj.codes.float().view(896, -1, 32) * q_proj.scales[..., None]).view(896, 896)
+    raw = tensors["blk.0.attn_q.weight"]
+    assert np.array_equal(values.numpy(), quants.dequantize(np.asarray(raw.data), raw.tensor_type))
+    down = engine.strategy.linears["model.layers.0.mlp.down_proj.weight"]  # Q6_K: our rounding
+    dense = open_store(store_path).load_state_dict()["model.layers.0.mlp.down_proj.weight"]
+    assert torch.equal(down.codes, kernels.quantize_q8(dense)[0])
+    engine.start()
+    try:
+        prompt = 'def add(a, b):\n    """Return a + b."""\n'
+        handle = engine.submit(GenerationRequest(prompt, DENSE, SamplingParams(max_tokens=16)))
+        finish = [e for e in handle if isinstance(e, FinishEvent)][0]
+    finally:
+        engine.stop()
     assert "a + b" in finish.text or "a+b" in finish.text
