@@ -80,9 +80,18 @@ def test_gguf_weights_hold_the_files_own_values_and_still_write_python(store_pat
     down = engine.strategy.linears["model.layers.0.mlp.down_proj.weight"]  # Q6_K: our rounding
     dense = open_store(store_path).load_state_dict()["model.layers.0.mlp.down_proj.weight"]
     assert torch.equal(down.codes, kernels.quantize_q8(dense)[0])
+    prompt = 'def add(a, b):\n    """Return a + b."""\n'
+    ids = engine.tokenizer.encode(prompt)
+
+    def logits(e: Engine) -> torch.Tensor:  # the prompt's next-token logits, python mask
+        return e.forward(torch.tensor([ids]), torch.arange(len(ids))[None], torch.tensor([0]),
+                         ["python"], prefill=True)[0]
+
+    quantized, full = logits(engine), logits(Engine(open_store(store_path), strategy="fused"))
+    assert quantized.argmax() == full.argmax()  # bf16 weights: the GGUF's values, rounded
+    assert torch.nn.functional.cosine_similarity(quantized, full, dim=0) > 0.99
     engine.start()
     try:
-        prompt = 'def add(a, b):\n    """Return a + b."""\n'
         handle = engine.submit(GenerationRequest(prompt, DENSE, SamplingParams(max_tokens=16)))
         finish = [e for e in handle if isinstance(e, FinishEvent)][0]
     finally:
