@@ -89,6 +89,8 @@ class Engine:
         if self.dtype in (torch.float32, torch.bfloat16):
             log.info("kernel path: %s", kernels.use_fastest_path(self.dtype))
             kernels.use_measured_gemm_min_rows(self.dtype)
+            if weights != "full":
+                kernels.use_measured_gemm_min_rows(self.dtype, int8=True)
         state = store.load_state_dict(self.dtype)
         self.model = Transformer(self.args, state)  # CPU: the masked kernels are CPU code
         self.names = [f"{name}.weight" for name in self.model.prunable()]

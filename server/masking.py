@@ -189,7 +189,7 @@ class Int8FusedLinear(FusedLinear):
                                         self.bias)
 
     def one_language(self, rows, lang):
-        if rows.shape[0] < kernels.gemm_min_rows(self.dtype):
+        if rows.shape[0] < kernels.gemm_min_rows(self.dtype, int8=True):
             return self.gemv(rows, torch.full((rows.shape[0],), lang, dtype=torch.int32))
         numel = self.codes.numel()
         if self.scratch[0].numel() < numel or self.scratch[0].dtype != self.dtype:
@@ -352,7 +352,7 @@ class FusedStrategy(MaskStrategy):
         super().set_rows(row_languages, prefill)
         index = self.rows.index
         langs, counts = torch.unique(index, return_counts=True)
-        big = langs[counts >= kernels.gemm_min_rows(self.dtype)]
+        big = langs[counts >= kernels.gemm_min_rows(self.dtype, self.int8)]
         self.rows.gemm_groups = [(int(lang), torch.nonzero(index == lang).flatten())
                                  for lang in big]
         self.rows.gemv_rows = torch.nonzero(~torch.isin(index, big)).flatten()

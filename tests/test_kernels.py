@@ -241,7 +241,7 @@ def test_fused_decode_plan_matches_reference(dtype, weights):
         weight, lm_head = (dequantized(*kernels.quantize_q8(w)) for w in (weight, lm_head))
         # bf16: the GEMM route also rounds the dequantized weights to bf16
         tol = Q8_FP32_TOLERANCE if dtype == torch.float32 else {"atol": 6e-2, "rtol": 2e-2}
-    many = kernels.gemm_min_rows(dtype)
+    many = kernels.gemm_min_rows(dtype, weights == "int8")
     for rows in (["java"] * many + ["cpp", "dense", "python"], ["python"] * many,
                  ["dense"] * many + ["java"] * many, ["cpp", "dense"]):
         strategy.set_rows(rows, prefill=False)
@@ -431,22 +431,28 @@ def test_gemm_min_rows_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_measured_gemm_min_rows", {})
     calls = []
 
-    def measured(dtype):
-        calls.append(dtype)
-        return 40
+    def measured(dtype, int8=False):
+        calls.append((dtype, int8))
+        return 12 if int8 else 40
 
     monkeypatch.setattr(kernels, "measure_gemm_min_rows", measured)
-    assert kernels.gemm_min_rows(torch.bfloat16) == kernels.PREFILL_GEMM_MIN_TOKENS[torch.bfloat16]
-    assert kernels.use_measured_gemm_min_rows(torch.bfloat16) == 40
-    assert kernels.gemm_min_rows(torch.bfloat16) == 40
+    bf16 = torch.bfloat16
+    assert kernels.gemm_min_rows(bf16) == kernels.PREFILL_GEMM_MIN_TOKENS[bf16]
+    assert kernels.gemm_min_rows(bf16, int8=True) == kernels.INT8_GEMM_MIN_ROWS
+    assert kernels.use_measured_gemm_min_rows(bf16) == 40
+    assert kernels.use_measured_gemm_min_rows(bf16, int8=True) == 12
+    assert kernels.gemm_min_rows(bf16) == 40 and kernels.gemm_min_rows(bf16, int8=True) == 12
     assert kernels.gemm_min_rows(torch.float32) == kernels.PREFILL_GEMM_MIN_TOKENS[torch.float32]
     monkeypatch.setattr(kernels, "_measured_gemm_min_rows", {})
-    assert kernels.use_measured_gemm_min_rows(torch.bfloat16) == 40 and calls == [torch.bfloat16]
-    assert kernels.gemm_min_rows(torch.bfloat16) == 40  # read back from the file
+    assert kernels.use_measured_gemm_min_rows(bf16) == 40
+    assert kernels.use_measured_gemm_min_rows(bf16, int8=True) == 12
+    assert calls == [(bf16, False), (bf16, True)]  # the second round read the file
 
 
-def test_measure_gemm_min_rows_gives_a_tried_count_or_one_past_them():
-    assert kernels.measure_gemm_min_rows(torch.bfloat16, tried=(8, 256)) in (8, 256, 257)
+@pytest.mark.parametrize("int8", [False, True])
+def test_measure_gemm_min_rows_gives_a_tried_count_or_one_past_them(int8):
+    rows = kernels.measure_gemm_min_rows(torch.bfloat16, int8, tried=(8, 256))
+    assert rows in (8, 256, 257)
 
 
 def reference_decode_attention(q, k, v, k_cache, v_cache, slots, positions, cos, sin):

@@ -32,10 +32,12 @@ ENV_PATH = "SUBMODEL_KERNEL_PATH"
 # below it, the masked kernel blocked over tokens is faster. The same holds for a decode batch
 # of one language (rows = tokens). These defaults were measured on a Xeon with AVX-512 and AMX
 # (torch's bf16 GEMM pulls ahead much sooner there); the engine measures the crossover of the
-# machine it runs on (`use_measured_gemm_min_rows`): on Zen 4 the kernel wins up to ~64 tokens.
+# machine it runs on (`use_measured_gemm_min_rows`), per weight format: on Zen 4 the bf16
+# kernel wins up to ~32 rows, the int8 one (which re-widens its codes for every row) to ~8.
 PREFILL_GEMM_MIN_TOKENS = {torch.bfloat16: 20, torch.float32: 48}
-GEMM_ROWS_TRIED = (8, 16, 24, 32, 48, 64, 96, 128)
-_measured_gemm_min_rows: dict[torch.dtype, int] = {}
+INT8_GEMM_MIN_ROWS = 8
+GEMM_ROWS_TRIED = (4, 8, 16, 24, 32, 48, 64, 96, 128)
+_measured_gemm_min_rows: dict[tuple[torch.dtype, bool], int] = {}  # (dtype, int8) -> rows
 
 _SOURCE = Path(__file__).with_name("masked_linear.cpp")
 _SOURCES = (_SOURCE, *(_SOURCE.with_name(name)
@@ -298,56 +300,71 @@ def swap_masks_(
     _load().swap_masks_(weight, dense_source, old_mask, new_mask)
 
 
-def gemm_min_rows(dtype: torch.dtype) -> int:
-    """From this many rows of one language on, W*M and torch's GEMM beat the masked kernel:
-    measured on this machine once the engine has (use_measured_gemm_min_rows), else the
-    defaults."""
-    return _measured_gemm_min_rows.get(dtype) or PREFILL_GEMM_MIN_TOKENS.get(dtype, 1)
+def gemm_min_rows(dtype: torch.dtype, int8: bool = False) -> int:
+    """From this many rows of one language on, W*M (for int8: the dequantized codes) and
+    torch's GEMM beat the masked kernel: measured on this machine once the engine has
+    (use_measured_gemm_min_rows), else the defaults."""
+    default = INT8_GEMM_MIN_ROWS if int8 else PREFILL_GEMM_MIN_TOKENS.get(dtype, 1)
+    return _measured_gemm_min_rows.get((dtype, int8)) or default
 
 
-def measure_gemm_min_rows(dtype: torch.dtype, tried: tuple[int, ...] = GEMM_ROWS_TRIED) -> int:
+def measure_gemm_min_rows(dtype: torch.dtype, int8: bool = False,
+                          tried: tuple[int, ...] = GEMM_ROWS_TRIED) -> int:
     """The fewest rows (of `tried`) from which W*M into a scratch buffer plus torch's GEMM is
-    faster than the masked kernel blocked over the rows, at that count and the next one (one
-    noisy timing does not decide), on a gate/up-shaped weight with the kernel path in use;
-    one more than the largest tried if the kernel wins throughout."""
+    faster than the masked kernel over the rows (int8: the int8 kernel against dequantizing
+    into the buffer), at that count and the next one, so one noisy timing does not decide; on
+    a gate/up-shaped weight with the kernel path in use. The two are timed in turn, 5 times
+    each, best kept: another process on the machine slows both alike. One more than the
+    largest tried if the kernel wins throughout."""
     gen = torch.Generator().manual_seed(0)
     weight = torch.randn(4864, 896, generator=gen).to(dtype)
     mask = torch.randint(0, 256, (4864, 112), generator=gen, dtype=torch.uint8)
     scratch = torch.empty_like(weight)
+    codes, scales = quantize_q8(weight) if int8 else (None, None)
 
-    def best(f) -> float:
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            f()
-            times.append(time.perf_counter() - started)
-        return min(times)
+    def kernel(x, lang):
+        if int8:
+            return masked_linear_q8(x, codes, scales, mask[None], lang)
+        return masked_linear(x, weight, mask[None], lang)
+
+    def gemm(x):
+        if int8:
+            return F.linear(x, dequantize_q8_into(codes, scales, mask, scratch))
+        return F.linear(x, apply_mask_into(weight, mask, scratch))
 
     gemm_wins = []
     for rows in tried:
         x = torch.randn(rows, 896, generator=gen).to(dtype)
         lang = torch.zeros(rows, dtype=torch.int32)
-        kernel = best(lambda x=x, lang=lang: masked_linear(x, weight, mask[None], lang))
-        gemm = best(lambda x=x: F.linear(x, apply_mask_into(weight, mask, scratch)))
-        gemm_wins.append(gemm < kernel)
+        best = {"kernel": float("inf"), "gemm": float("inf")}
+        for _ in range(5):
+            for name, run in (("kernel", lambda x=x, lang=lang: kernel(x, lang)),
+                              ("gemm", lambda x=x: gemm(x))):
+                started = time.perf_counter()
+                run()
+                best[name] = min(best[name], time.perf_counter() - started)
+        gemm_wins.append(best["gemm"] < best["kernel"])
     for i, rows in enumerate(tried):
         if all(gemm_wins[i:i + 2]):
             return rows
     return tried[-1] + 1
 
 
-def use_measured_gemm_min_rows(dtype: torch.dtype) -> int:
-    """Measure gemm_min_rows for `dtype` on this machine (once per CPU model, dtype and kernel
-    build, then read from the file next to the build, as use_fastest_path does) and use it."""
-    key = f"{cpu_model()}|{str(dtype).removeprefix('torch.')}|gemm_min_rows"
+def use_measured_gemm_min_rows(dtype: torch.dtype, int8: bool = False) -> int:
+    """Measure gemm_min_rows for `dtype` (and the int8 kernel) on this machine, once per CPU
+    model, dtype and kernel build, then read from the file next to the build as
+    use_fastest_path does, and use it."""
+    key = (f"{cpu_model()}|{str(dtype).removeprefix('torch.')}|"
+           f"{'int8_' if int8 else ''}gemm_min_rows")
 
     def crossover() -> int:
-        rows = measure_gemm_min_rows(dtype)
-        log.info("W*M + GEMM beats the masked kernel from %d rows (%s)", rows, key)
+        rows = measure_gemm_min_rows(dtype, int8)
+        log.info("%s beats the masked kernel from %d rows (%s)",
+                 "dequantizing + GEMM" if int8 else "W*M + GEMM", rows, key)
         return rows
 
     rows = _measured(key, lambda known: isinstance(known, int) and known > 0, crossover)
-    _measured_gemm_min_rows[dtype] = rows
+    _measured_gemm_min_rows[dtype, int8] = rows
     return rows
 
 
