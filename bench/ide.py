@@ -55,7 +55,7 @@ class Settings:
     abandon_after: float = 0.2  # seconds after sending: typing resumed
     prefix_cache_mb: int = 256
     prefill_chunk: int = 256
-    admission_chunks: tuple[int, ...] = (16, 64, 256)  # chunk sizes timed in phase 2 (+ whole)
+    admission_chunks: tuple[int, ...] = (8, 32, 256)  # chunk sizes timed in phase 2 (+ whole)
     long_prompt_tokens: int = 1900
     seed: int = 0
 

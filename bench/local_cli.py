@@ -125,9 +125,9 @@ def register(kinds: argparse._SubParsersAction) -> None:
     ide.add_argument("--prefill-chunk", type=_positive, default=256,
                      help="the engine's chunked prefill (see `serve --prefill-chunk`; "
                           "default 256)")
-    ide.add_argument("--admission-chunks", default="16,64,256",
+    ide.add_argument("--admission-chunks", default="8,32,256",
                      help="prefill chunks timed while a long prompt is admitted, "
-                          "comma-separated (whole prompts are always timed; default 16,64,256)")
+                          "comma-separated (whole prompts are always timed; default 8,32,256)")
     ide.add_argument("--phases", default="session,admission,llama_cpp",
                      help="which parts to run, comma-separated (default all: "
                           "session,admission,llama_cpp)")
