@@ -331,7 +331,11 @@ def test_masked_linear_q8_mixed_batch(path, dtype, out, inp):
         assert y.dtype == dtype and y.shape == (len(row_lang), out)
         ref = reference(x.to(dtype), dequantized(codes, scales), bits, lang, bias.to(dtype))
         if dtype == torch.bfloat16:
-            torch.testing.assert_close(y.double(), ref, **tolerance(dtype))
+            # x is bf16 already; several rows take the weights rounded to bf16 (half an ulp,
+            # 2^-9 relative, per product) and y is rounded to bf16: bound both, with a margin
+            products = x.to(dtype).double().abs() @ dequantized(codes, scales).double().abs().T
+            bound = (products + ref.abs()) * 2**-8 + 1e-6
+            assert ((y.double() - ref).abs() <= bound).all()
             continue
         # fp32: the only rounding is x's int16 codes, half a step (group max / 32767) each
         half_step = x.abs().view(len(row_lang), -1, 32).amax(-1).double() / 32767 / 2
