@@ -54,3 +54,36 @@ def test_bad_flags_are_one_line_errors(editor_store, tmp_path, capsys):
         assert main(["bench", "ide", str(editor_store), *flags, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and err
+
+
+def test_llama_cpp_rounds_interleave_and_each_side_keeps_its_best(editor_store, tmp_path):
+    from submodel.bench import ide
+    from submodel.pruning.store import open_store
+    from submodel.server.engine import Engine
+
+    calls = tmp_path / "calls"
+    fake = tmp_path / "llama-bench"  # one repetition per call; its speed rises each time
+    fake.write_text(
+        f"#!{sys.executable}\nimport json, pathlib\n"
+        f"p = pathlib.Path({str(calls)!r})\nn = len(p.read_text()) if p.exists() else 0\n"
+        "p.write_text('x' * (n + 1))\n"
+        "print(json.dumps([{'n_prompt': 512, 'n_gen': 0, 'avg_ts': 100.0 + n,"
+        " 'build_commit': 'fake', 'model_type': 'tiny'},"
+        " {'n_prompt': 0, 'n_gen': 64, 'avg_ts': 10.0 + n}]))\n")
+    fake.chmod(0o755)
+    engine = Engine(open_store(editor_store), strategy="fused", prefill_chunk=0)
+    engine.start()
+    try:
+        r = ide.llama_cpp_phase(str(fake), tmp_path / "model.gguf", 2, engine, "python", TEXT[:400],
+                                rounds=3)
+    finally:
+        engine.stop()
+    assert calls.read_text() == "xxx"
+    assert r["rounds"]["llama_cpp"] == {"decode": [10.0, 11.0, 12.0],
+                                        "prefill": [100.0, 101.0, 102.0]}
+    assert r["llama_cpp"] == {"decode": 12.0, "prefill": 102.0}
+    for lang in ("dense", "python"):
+        runs = r["rounds"]["ours"][lang]
+        assert len(runs["decode"]) == len(runs["prefill"]) == 3
+        assert r["ours"][lang]["decode_tokens_per_s"] == max(runs["decode"])
+        assert r["decode_vs_llama_cpp"][lang] == max(runs["decode"]) / 12.0
