@@ -1,9 +1,9 @@
 """Masked Linear kernels: one compiled op serves every language's sub-model from one dense copy.
 
-The C++ extension (masked_linear.cpp; q8_linear.cpp for int8 weights) is compiled on first use
-with torch.utils.cpp_extension and cached under the user cache dir, keyed by a hash of the
-sources, torch and Python versions, so an edit rebuilds and an unchanged tree loads in well under
-a second. Masks use the store's layout:
+The C++ extension (masked_linear.cpp; q8_linear.cpp for int8 weights; decode_ops.cpp for a
+decode step's attention and RMSNorm) is compiled on first use with torch.utils.cpp_extension and
+cached under the user cache dir, keyed by a hash of the sources, torch and Python versions, so an
+edit rebuilds and an unchanged tree loads in well under a second. Masks use the store's layout:
 uint8 [out, ceil(in/8)], little-endian bits per row, 1 = kept.
 
 The engine runs the path that measured fastest on this machine (`use_fastest_path`, cached);
