@@ -457,9 +457,15 @@ class Engine:
         else:
             chunk = min(len(pending.prompt_ids) - pending.prefilled, self.prefill_chunk)
             ids, chunk_positions = self._chunk(pending, chunk)
-            logits = self.forward_mixed(tokens, positions, slots, languages, ids,
-                                        chunk_positions, pending.slots[0], pending.key)
-            self._prefilled(pending, chunk, logits[-1])
+            try:
+                logits = self.forward_mixed(tokens, positions, slots, languages, ids,
+                                            chunk_positions, pending.slots[0], pending.key)
+            except Exception:  # the chunk's request fails alone; the others' step is redone
+                log.exception("a step carrying a prompt chunk failed; failing that request")
+                self.scheduler.fail(pending)
+                logits = self.forward(tokens, positions, slots, languages, prefill=False)
+            else:
+                self._prefilled(pending, chunk, logits[-1])
         for seq, row in zip(batch, logits[:len(batch)], strict=True):
             seq.position += 1
             self._accept(seq, choose_token(row, seq.handle.request.params, seq.generator))

@@ -398,6 +398,35 @@ def test_a_long_prompt_is_prefilled_in_chunks_inside_decode_steps(store, strateg
         engine.stop()
 
 
+def test_a_failing_chunk_fails_only_its_request_and_the_step_goes_on(store, monkeypatch):
+    engine = Engine(store, strategy="fused", max_batch=4, prefill_chunk=8)
+    real, failed = engine.model.forward_mixed, []
+
+    def broken_for_java(*args):
+        if engine.strategy.rows.languages[-1] == "java":
+            failed.append(True)
+            raise RuntimeError("boom")
+        return real(*args)
+
+    monkeypatch.setattr(engine.model, "forward_mixed", broken_for_java)
+    engine.start()
+    try:
+        params = SamplingParams(max_tokens=30)
+        alone = run(engine, prompt="import os\n", language="python", params=params)[0][0]
+        handle = engine.submit(GenerationRequest("import os\n", "python", params))
+        events = iter(handle)
+        first = next(events)
+        assert isinstance(first, TokenEvent)
+        _, finishes, done = run(engine, prompt=LONG_PROMPT, language="java")
+        assert [f.finish_reason for f in finishes.values()] == ["error"] and done is not None
+        assert failed  # the java chunk rode along a python decode step
+        rest = [e.token_id for e in events if isinstance(e, TokenEvent) and e.token_id >= 0]
+        assert [first.token_id, *rest] == alone  # the python request lost nothing
+        assert_idle_with_every_slot_free(engine)
+    finally:
+        engine.stop()
+
+
 def test_a_request_cancelled_mid_prefill_frees_its_slots(store, monkeypatch):
     engine = Engine(store, strategy="fused", max_batch=4, prefill_chunk=8)
     first_chunk, proceed = pause_after_first_chunk(engine, monkeypatch, "python")
