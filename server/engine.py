@@ -398,6 +398,15 @@ class Engine:
         if batch:
             self._decode(batch)
 
+    def _finish_chunk(self, handle: RequestHandle, tokens: int, logits: torch.Tensor) -> None:
+        """_prefilled for a chunk that rode along a decode step: a failure fails its request
+        alone, as one in _prefill does."""
+        try:
+            self._prefilled(handle, tokens, logits)
+        except Exception:
+            log.exception("prefill failed; failing its request")
+            self.scheduler.fail(handle)
+
     def _prefill(self, handle: RequestHandle, tokens: int) -> None:
         """Prefill the next `tokens` prompt tokens on their own."""
         ids, positions = self._chunk(handle, tokens)
@@ -465,7 +474,7 @@ class Engine:
                 self.scheduler.fail(pending)
                 logits = self.forward(tokens, positions, slots, languages, prefill=False)
             else:
-                self._prefilled(pending, chunk, logits[-1])
+                self._finish_chunk(pending, chunk, logits[-1])
         for seq, row in zip(batch, logits[:len(batch)], strict=True):
             seq.position += 1
             self._accept(seq, choose_token(row, seq.handle.request.params, seq.generator))

@@ -398,17 +398,30 @@ def test_a_long_prompt_is_prefilled_in_chunks_inside_decode_steps(store, strateg
         engine.stop()
 
 
-def test_a_failing_chunk_fails_only_its_request_and_the_step_goes_on(store, monkeypatch):
+@pytest.mark.parametrize("broken", ["forward", "bookkeeping"])
+def test_a_failing_chunk_fails_only_its_request_and_the_step_goes_on(store, monkeypatch, broken):
     engine = Engine(store, strategy="fused", max_batch=4, prefill_chunk=8)
-    real, failed = engine.model.forward_mixed, []
+    failed = []
+    if broken == "forward":  # the pass that carries the chunk
+        real = engine.model.forward_mixed
 
-    def broken_for_java(*args):
-        if engine.strategy.rows.languages[-1] == "java":
-            failed.append(True)
-            raise RuntimeError("boom")
-        return real(*args)
+        def broken_for_java(*args):
+            if engine.strategy.rows.languages[-1] == "java":
+                failed.append(True)
+                raise RuntimeError("boom")
+            return real(*args)
 
-    monkeypatch.setattr(engine.model, "forward_mixed", broken_for_java)
+        monkeypatch.setattr(engine.model, "forward_mixed", broken_for_java)
+    else:  # what follows it: the chunk counted in, the request started when all in
+        real = engine._prefilled
+
+        def broken_for_java(handle, *args):
+            if handle.key == "java":
+                failed.append(True)
+                raise RuntimeError("boom")
+            return real(handle, *args)
+
+        monkeypatch.setattr(engine, "_prefilled", broken_for_java)
     engine.start()
     try:
         params = SamplingParams(max_tokens=30)
