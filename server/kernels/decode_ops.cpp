@@ -74,9 +74,10 @@ struct Attention {
   float scale;
 };
 
+// Where row b's group g keeps position pos in a cache.
 template <typename T>
-const T* cached(const Attention& a, const void* cache, int64_t b, int64_t g, int64_t pos) {
-  return static_cast<const T*>(cache) + ((a.slots[b] * a.groups + g) * a.max_len + pos) * a.dim;
+T* cached(const Attention& a, void* cache, int64_t b, int64_t g, int64_t pos) {
+  return static_cast<T*>(cache) + ((a.slots[b] * a.groups + g) * a.max_len + pos) * a.dim;
 }
 
 // Rotated k and v of every row and group into the cache (before any row reads it).
@@ -89,8 +90,8 @@ void write_cache(const Attention& a, int64_t rows) {
     for (int64_t g = 0; g < a.groups; ++g) {
       const int64_t at = b * a.groups * a.dim + g * a.dim;
       rotate(static_cast<const T*>(a.k) + at, cos, sin, a.dim, rot.data());
-      T* kc = const_cast<T*>(cached<T>(a, a.k_cache, b, g, a.positions[b]));
-      T* vc = const_cast<T*>(cached<T>(a, a.v_cache, b, g, a.positions[b]));
+      T* kc = cached<T>(a, a.k_cache, b, g, a.positions[b]);
+      T* vc = cached<T>(a, a.v_cache, b, g, a.positions[b]);
       const T* v = static_cast<const T*>(a.v) + at;
       for (int64_t i = 0; i < a.dim; ++i) {
         kc[i] = T(rot[i]);
@@ -265,8 +266,9 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
     rms_norm_rows(x.data_ptr<float>(), weight.data_ptr<float>(), y.data_ptr<float>(), rows, n,
                   float(eps));
   } else {
-    rms_norm_rows(static_cast<const bf16*>(x.data_ptr()), static_cast<const bf16*>(weight.data_ptr()),
-                  static_cast<bf16*>(y.data_ptr()), rows, n, float(eps));
+    rms_norm_rows(static_cast<const bf16*>(x.data_ptr()),
+                  static_cast<const bf16*>(weight.data_ptr()), static_cast<bf16*>(y.data_ptr()),
+                  rows, n, float(eps));
   }
   return y;
 }

@@ -105,25 +105,38 @@ bool has_vnni() {
   return __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
 }
 
+// What a tile of output rows o .. o + R - 1 and batch rows b0 .. b0 + NB - 1 reads: each output
+// row's codes and scales, and its mask row for each batch row's language.
+template <int R, int NB>
+struct TileRows {
+  const int8_t* w[R];
+  const float* s[R];
+  const uint8_t* m[R][NB];
+
+  TileRows(const Q8Gemv& g, int64_t o, int64_t b0) {
+    for (int r = 0; r < R; ++r) {
+      w[r] = g.codes + (o + r) * g.in;
+      s[r] = g.scales + (o + r) * (g.in / kQ8Group);
+      for (int b = 0; b < NB; ++b) m[r][b] = g.masks[b0 + b] + (o + r) * g.mask_stride[b0 + b];
+    }
+  }
+};
+
 // Output rows o .. o + R - 1 for batch rows b0 .. b0 + NB - 1. Per group: the 32 codes widened to
 // int16 under each row's mask bits (one masked convert), one VPDPWSSD against x's int16 codes,
 // the int32 sums to fp32, times weight scale x x scale.
 template <int R, int NB>
 Q8_AVX512 void tile(const Q8Gemv& g, int64_t o, int64_t b0) {
   const int64_t groups = g.in / kQ8Group;
-  const int8_t* w[R];
-  const float* s[R];
-  const uint8_t* m[R][NB];
+  const TileRows<R, NB> t(g, o, b0);
+  const auto& w = t.w;
+  const auto& s = t.s;
+  const auto& m = t.m;
   const int16_t* xq[NB];
   const float* xs[NB];
   __m512 acc[R][NB];
   for (int r = 0; r < R; ++r) {
-    w[r] = g.codes + (o + r) * g.in;
-    s[r] = g.scales + (o + r) * groups;
-    for (int b = 0; b < NB; ++b) {
-      m[r][b] = g.masks[b0 + b] + (o + r) * g.mask_stride[b0 + b];
-      acc[r][b] = _mm512_setzero_ps();
-    }
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
   }
   for (int b = 0; b < NB; ++b) {
     xq[b] = g.xq + (b0 + b) * g.in;
@@ -158,18 +171,6 @@ Q8_AVX512 void tile(const Q8Gemv& g, int64_t o, int64_t b0) {
   }
 }
 
-template <int R>
-Q8_AVX512 void rows_of(const Q8Gemv& g, int64_t o) {
-  int64_t b = 0;
-  for (; b + kRowsPerTile <= g.rows; b += kRowsPerTile) tile<R, kRowsPerTile>(g, o, b);
-  switch (g.rows - b) {
-    case 3: tile<R, 3>(g, o, b); break;
-    case 2: tile<R, 2>(g, o, b); break;
-    case 1: tile<R, 1>(g, o, b); break;
-    default: break;
-  }
-}
-
 bool has_bf16() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512bf16");
@@ -184,18 +185,14 @@ bool has_bf16() {
 template <int R, int NB>
 Q8_BF16 void tile_bf16(const Q8Gemv& g, int64_t o, int64_t b0) {
   const int64_t groups = g.in / kQ8Group;
-  const int8_t* w[R];
-  const float* s[R];
-  const uint8_t* m[R][NB];
+  const TileRows<R, NB> t(g, o, b0);
+  const auto& w = t.w;
+  const auto& s = t.s;
+  const auto& m = t.m;
   const uint16_t* xh[NB];
   __m512 acc[R][NB];
   for (int r = 0; r < R; ++r) {
-    w[r] = g.codes + (o + r) * g.in;
-    s[r] = g.scales + (o + r) * groups;
-    for (int b = 0; b < NB; ++b) {
-      m[r][b] = g.masks[b0 + b] + (o + r) * g.mask_stride[b0 + b];
-      acc[r][b] = _mm512_setzero_ps();
-    }
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
   }
   for (int b = 0; b < NB; ++b) xh[b] = g.xh + (b0 + b) * g.in;
   const int64_t ahead = R * g.in;
@@ -230,22 +227,36 @@ Q8_BF16 void tile_bf16(const Q8Gemv& g, int64_t o, int64_t b0) {
   }
 }
 
-template <int R>
-Q8_BF16 void rows_of_bf16(const Q8Gemv& g, int64_t o) {
+// The two tile kinds, for rows_of.
+struct VnniTile {
+  template <int R, int NB>
+  static void run(const Q8Gemv& g, int64_t o, int64_t b0) { tile<R, NB>(g, o, b0); }
+};
+
+struct Bf16Tile {
+  template <int R, int NB>
+  static void run(const Q8Gemv& g, int64_t o, int64_t b0) { tile_bf16<R, NB>(g, o, b0); }
+};
+
+// Output rows o .. o + R - 1 for every batch row: full tiles of kRowsPerTile, then the rest.
+template <typename Kind, int R>
+void rows_of(const Q8Gemv& g, int64_t o) {
   int64_t b = 0;
-  for (; b + kRowsPerTile <= g.rows; b += kRowsPerTile) tile_bf16<R, kRowsPerTile>(g, o, b);
+  for (; b + kRowsPerTile <= g.rows; b += kRowsPerTile) {
+    Kind::template run<R, kRowsPerTile>(g, o, b);
+  }
   switch (g.rows - b) {
-    case 3: tile_bf16<R, 3>(g, o, b); break;
-    case 2: tile_bf16<R, 2>(g, o, b); break;
-    case 1: tile_bf16<R, 1>(g, o, b); break;
+    case 3: Kind::template run<R, 3>(g, o, b); break;
+    case 2: Kind::template run<R, 2>(g, o, b); break;
+    case 1: Kind::template run<R, 1>(g, o, b); break;
     default: break;
   }
 }
 
 Q8_BF16 void gemv_bf16(const Q8Gemv& g, int64_t o0, int64_t o1) {
   int64_t o = o0;
-  for (; o + 4 <= o1; o += 4) rows_of_bf16<4>(g, o);
-  for (; o < o1; ++o) rows_of_bf16<1>(g, o);
+  for (; o + 4 <= o1; o += 4) rows_of<Bf16Tile, 4>(g, o);
+  for (; o < o1; ++o) rows_of<Bf16Tile, 1>(g, o);
 }
 
 // Batch 1 takes 4 output rows a tile, larger batches 2 (measured on Zen 4: 4 rows are faster
@@ -253,10 +264,10 @@ Q8_BF16 void gemv_bf16(const Q8Gemv& g, int64_t o0, int64_t o1) {
 Q8_AVX512 void gemv_avx512(const Q8Gemv& g, int64_t o0, int64_t o1) {
   int64_t o = o0;
   if (g.rows == 1) {
-    for (; o + 4 <= o1; o += 4) rows_of<4>(g, o);
+    for (; o + 4 <= o1; o += 4) rows_of<VnniTile, 4>(g, o);
   }
-  for (; o + 2 <= o1; o += 2) rows_of<2>(g, o);
-  if (o < o1) rows_of<1>(g, o);
+  for (; o + 2 <= o1; o += 2) rows_of<VnniTile, 2>(g, o);
+  if (o < o1) rows_of<VnniTile, 1>(g, o);
 }
 #endif
 
