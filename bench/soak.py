@@ -31,6 +31,11 @@ from submodel.vocabulary import LANGUAGES
 # What each request does, and how often (weights).
 KINDS = {"stream": 5, "unary": 3, "cancel": 1, "deadline": 1, "vanish": 1, "burst": 0.25}
 VANISHED = "vanished"  # the client closed its channel mid-stream (the server sees CANCELLED)
+REFUSED = "resource_exhausted"  # the server's queue was full
+# A worker refused for a full queue sends again once a request of the soak ends, or after a
+# backoff (doubling per refusal in a row, as a gRPC client's retry policy would) where the queue
+# holds requests whose clients gave up (a missed deadline ends at the client first).
+BACKOFF_FIRST, BACKOFF_MAX = 0.05, 2.0
 SETTLE_SECONDS = 30.0  # for the server's counters to catch up with the client's
 
 
@@ -70,7 +75,9 @@ class Traffic:
         self.cfg, self.server, self.client, self.prompts = cfg, server, client, prompts
         self.outcomes: list[Outcome] = []
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)  # notified when a request ends
         self._sent = 0
+        self._ended_count = 0  # requests that ended other than refused
         self._start = time.monotonic()
         self._end = self._start + cfg.seconds if cfg.seconds is not None else None
 
@@ -89,6 +96,9 @@ class Traffic:
         now = time.monotonic()
         with self._lock:
             self.outcomes.append(Outcome(kind, started - self._start, now - started, outcome))
+            if outcome != REFUSED:
+                self._ended_count += 1
+                self._ended.notify_all()
 
     def _request(self, i: int) -> pb.GenerateRequest:
         lang, prompt = self.prompts[i % len(self.prompts)]
@@ -96,7 +106,8 @@ class Traffic:
         return pb.GenerateRequest(prompt=prompt, max_tokens=self.cfg.max_tokens,
                                   temperature=0.8, seed=i, **hint)
 
-    def _one(self, kind: str, i: int) -> None:
+    def _one(self, kind: str, i: int) -> str:
+        """Send request `i` as `kind`; returns (and records) its outcome."""
         request, started = self._request(i), time.monotonic()
         try:
             if kind == "unary":
@@ -108,35 +119,57 @@ class Traffic:
                     stream = own.stream(request, timeout=300)
                     next(iter(stream))  # the routing chunk: the request is in
                 self._record(kind, started, VANISHED)
-                return
+                return VANISHED
             else:
                 stream = self.client.stream(request, timeout=300)
                 for chunk in stream:
                     if kind == "cancel" and chunk.WhichOneof("chunk") == "delta":
                         stream.cancel()
         except grpc.RpcError as e:
-            self._record(kind, started, e.code().name.lower())
-            return
+            outcome = e.code().name.lower()
+            self._record(kind, started, outcome)
+            return outcome
         self._record(kind, started, "ok")
+        return "ok"
 
-    def _burst(self) -> None:
+    def _burst(self) -> bool:
         """More requests at once than the server has batch slots and queue places, yet fewer
         than its RPC threads (max_batch + max_queue + 8, counting the other workers'): beyond
-        those grpc itself answers RESOURCE_EXHAUSTED, unseen by the server's metrics."""
+        those grpc itself answers RESOURCE_EXHAUSTED, unseen by the server's metrics. Returns
+        whether any was refused."""
         numbers = self._take(self.cfg.max_queue + min(self.cfg.concurrency, 6) + 2)
-        if numbers:
-            with ThreadPoolExecutor(len(numbers)) as pool:
-                list(pool.map(lambda i: self._one("unary", i), numbers))
+        if not numbers:
+            return False
+        with ThreadPoolExecutor(len(numbers)) as pool:
+            outcomes = list(pool.map(lambda i: self._one("unary", i), numbers))
+        return REFUSED in outcomes
 
     def worker(self, seed: int) -> None:
         rng = random.Random(seed)
         kinds, weights = list(KINDS), list(KINDS.values())
+        backoff = BACKOFF_FIRST
         while not self._finished():
             kind = rng.choices(kinds, weights)[0]
+            with self._lock:
+                ended = self._ended_count
             if kind == "burst":
-                self._burst()
+                refused = self._burst()
             elif numbers := self._take():
-                self._one(kind, numbers[0])
+                refused = self._one(kind, numbers[0]) == REFUSED
+            else:
+                break
+            if refused:  # not again at once: a full queue stays full until a request ends
+                self._wait_for_an_end(ended, backoff)
+                backoff = min(2 * backoff, BACKOFF_MAX)
+            else:
+                backoff = BACKOFF_FIRST
+
+    def _wait_for_an_end(self, ended: int, seconds: float) -> None:
+        """Until a request ends after the `ended`th, `seconds` pass, or the time budget ends."""
+        with self._ended:
+            if self._end is not None:
+                seconds = min(seconds, max(self._end - time.monotonic(), 0.0))
+            self._ended.wait_for(lambda: self._ended_count > ended, timeout=seconds)
 
     def _finished(self) -> bool:
         with self._lock:

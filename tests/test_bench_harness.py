@@ -5,12 +5,15 @@ records, files, resuming and the load report's fields, not scores."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
+import grpc
 import pytest
 from serving import serve_store
 from tiny import save_tiny
 
-from submodel.bench import load, passk_run
+from submodel.bench import load, passk_run, soak
 from submodel.bench.passk_run import _runs
 from submodel.cli import main
 from submodel.pruning.prune import PruneConfig, prune
@@ -272,6 +275,59 @@ def test_soak_accounts_for_every_request(long_store, tmp_path):
     assert sum(sum(v.values()) for v in r["by_kind"].values()) == 40
     assert any(w["rss_max"] for w in r["windows"])
     assert "Agrees with the client: **yes**" in (out / "soak.md").read_text()
+
+
+class _QueueFull(grpc.RpcError):
+    def code(self):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class _StalledServer:
+    """Holds the first request until released and refuses every other one meanwhile (a full
+    queue behind a slow step); then answers everything."""
+
+    def __init__(self, refusals_before_release: int) -> None:
+        self.lock = threading.Lock()
+        self.first_taken = False
+        self.released = threading.Event()
+        self.refused = 0
+        self.enough_refused = threading.Event()
+        self.refusals_before_release = refusals_before_release
+
+    def generate(self, request, timeout):
+        with self.lock:
+            first = not self.first_taken
+            self.first_taken = True
+            if not first and not self.released.is_set():
+                self.refused += 1
+                if self.refused == self.refusals_before_release:
+                    self.enough_refused.set()
+                raise _QueueFull()
+        if first:
+            self.released.wait(timeout)
+        return None
+
+
+def test_soak_workers_refused_for_a_full_queue_wait_for_a_request_to_end(monkeypatch):
+    """A refused soak worker does not send again until a request ends: a slow step no longer
+    burns the whole request budget on refusals (it did: 38 of 40 refused, none served)."""
+    monkeypatch.setattr(soak, "KINDS", {"unary": 1})
+    monkeypatch.setattr(soak, "BACKOFF_FIRST", 600.0)  # only a request's end wakes a worker
+    concurrency = 3
+    server = _StalledServer(refusals_before_release=concurrency - 1)
+    cfg = soak.SoakConfig(store=None, seconds=None, requests=12, concurrency=concurrency)
+    traffic = soak.Traffic(cfg, server=None, client=server, prompts=[("python", "def f():")])
+    workers = [threading.Thread(target=traffic.worker, args=(seed,)) for seed in range(3)]
+    for w in workers:
+        w.start()
+    assert server.enough_refused.wait(60)
+    time.sleep(0.2)  # room for a worker that would send again at once (none may)
+    server.released.set()
+    for w in workers:
+        w.join(60)
+    outcomes = [o.outcome for o in traffic.outcomes]
+    assert outcomes.count("resource_exhausted") == concurrency - 1
+    assert outcomes.count("ok") == 12 - (concurrency - 1)
 
 
 def test_stores_sharing_the_base_and_a_mask_share_their_cached_samples(long_store, tmp_path):
