@@ -1,10 +1,11 @@
 """Build router/model.json: `python -m submodel.router.train [--out PATH] [--kind KIND]`.
 
-Training snippets (1 to 40 lines, short ones most often) are cut from many projects: the pinned
-"train" projects of `submodel.router.projects` (fetched once through npm, PyPI and Debian's
-registry into the user cache), the "calib" split of each language's default corpus
-(`submodel.corpora`: one source among the projects, drawn no more often than a
-20,000-line project would be) and the "other" text on this machine (`submodel.router.other`).
+Training snippets (1 to 3 lines: what one-liners need; longer text is told apart as well) are
+cut from many projects: the pinned "train" projects of `submodel.router.projects` (fetched once
+through npm, PyPI and Debian's registry into the user cache), the "calib" split of each
+language's default corpus (`submodel.corpora`: one source among the projects, drawn no more
+often than a 20,000-line project would be) and the "other" text on this machine
+(`submodel.router.other`).
 The "heldout" projects are never read here: `submodel bench router` measures on them.
 A snippet of a language comes from a source drawn with probability growing as the square root of
 its size (capped), so that no one project stands for its language. "Other" text is learned as
@@ -14,7 +15,10 @@ each, which the router reads as "other".
 Three model kinds fit the same log-linear file format (`--kind`): "logreg", a softmax regression
 with L2 fitted by seeded mini-batch Adam, its least important features dropped and the rest
 refitted; "nb", multinomial naive Bayes on the same features; "ensemble", the sum of the two
-(the mean of their log-odds). Weights are written as integers (deterministic for given inputs).
+(the mean of their log-odds). Each kind is fitted on `--bag` independent draws of snippets and
+the fits' weights are averaged: one model that votes like the bag (a one-line snippet's few
+features make a single fit's weights noisy). Weights are written as integers (deterministic for
+given inputs).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ OTHER_GROUP = {"c": "c", "c_header": "c", "objc": "c", "typescript": "typescript
 GROUPS = ("c", "typescript", "jvm", "go", "rust", "script", "data")  # "data": everything else
 CLASSES = (*LANGUAGES, *(f"{OTHER}:{g}" for g in GROUPS))
 KINDS = ("logreg", "nb", "ensemble")
-LENGTHS = (1, 1, 1, 2, 2, 3, 4, 6, 8, 12, 20, 40)  # lines per training snippet, drawn uniformly
+LENGTHS = (1, 1, 1, 2, 2, 3)  # lines per training snippet, drawn uniformly
 PER_LANGUAGE = 16000  # training snippets per language
 OTHER_SNIPPETS = 24000  # "other": more kinds, but fewer than it would take to outweigh ours
 KEEP_PER_CLASS = 150  # most common words per class that stay themselves in n-grams
@@ -182,6 +186,7 @@ def restrict(cols, vals, starts, allowed: np.ndarray):
 
 L2 = 1e-6
 EPOCHS = 15
+BAG = 4  # independent draws of snippets, one fit each, averaged (see `average`)
 
 
 def fit(cols, vals, starts, labels, n_features, seed, batch=256, lr=0.02, l2=L2):
@@ -249,7 +254,7 @@ def naive_bayes(cols, vals, starts, labels, n_features, alpha: float = 0.5):
     return w, np.log(prior)
 
 
-def _model(kind, keep, names, top, w, b, provenance) -> dict:
+def _model(kind, keep, names, w, b, provenance) -> dict:
     wq, bq = np.round(w * SCALE).astype(int), np.round(b * SCALE).astype(int)
     used = np.flatnonzero(np.abs(wq).sum(1) > 0)
     return {
@@ -259,58 +264,86 @@ def _model(kind, keep, names, top, w, b, provenance) -> dict:
         "keep": keep,
         "scale": SCALE,
         "bias": bq.tolist(),
-        "features": {names[top[i]]: wq[i].tolist() for i in used},
+        "features": {names[i]: wq[i].tolist() for i in used},
         "trained_on": provenance,
     }
 
 
-def train(overrides: dict[str, str], seed: int = 0, kinds: tuple[str, ...] = ("logreg",),
-          use_default: bool = True, l2: float = L2) -> dict[str, dict]:
-    """{kind: model dict} for each of `kinds`, all from the same snippets."""
-    rng = random.Random(seed)
-    t0 = time.perf_counter()
-    ours, others = gather(overrides, use_default)
-    pairs, shares, other_kinds = draw_snippets(rng, ours, others)
-    for lang, share in shares.items():
-        log(f"{lang} sources (share of draws): "
-            + ", ".join(f"{n} {v:.1%}" for n, v in sorted(share.items(), key=lambda kv: -kv[1])))
+def fit_draw(pairs, keep, kinds, seed: int, l2: float) -> dict[str, tuple[list[str], np.ndarray,
+                                                                          np.ndarray]]:
+    """{kind: (feature names, weights [F, C], bias [C])} fitted on one draw of snippets."""
     labels = np.array([c for _, c in pairs])
-    keep = choose_keep(pairs)
     cols, vals, starts, names = vectorize(pairs, keep)
     df = np.bincount(cols, minlength=len(names))
     frequent = np.flatnonzero(df >= MIN_DF)
-    log(f"{len(pairs)} snippets, {len(keep)} kept words, {len(names)} features, "
-        f"{len(frequent)} in {MIN_DF}+ snippets ({time.perf_counter() - t0:.0f} s)")
-    provenance = {"snippets": len(pairs), "seed": seed, "l2": l2, "lengths": list(LENGTHS),
-                  "projects": [p.key for p in projects.projects("train")],
-                  "source_shares": shares, "other_files": other_kinds}
+    log(f"{len(pairs)} snippets, {len(names)} features, {len(frequent)} in {MIN_DF}+ snippets")
     c1, v1, s1 = restrict(cols, vals, starts, frequent)
     out = {}
-    if "nb" in kinds:
-        w, b = naive_bayes(c1, v1, s1, labels, len(frequent))
+
+    def top_of(w):  # how far a feature moves the classes apart, times how often it occurs
         importance = (w.max(1) - w.min(1)) * np.sqrt(df[frequent])
-        top = np.sort(frequent[np.argsort(-importance, kind="stable")[:MAX_FEATURES]])
+        return np.sort(frequent[np.argsort(-importance, kind="stable")[:MAX_FEATURES]])
+
+    if "nb" in kinds:
+        top = top_of(naive_bayes(c1, v1, s1, labels, len(frequent))[0])
         c2, v2, s2 = restrict(cols, vals, starts, top)
         w, b = naive_bayes(c2, v2, s2, labels, len(top))
-        log(f"nb: {len(top)} features; training accuracy "
-            f"{accuracy(c2, v2, s2, labels, w, b):.4f}")
-        out["nb"] = _model("nb", keep, names, top, w, b, provenance)
+        log(f"nb: {len(top)} features; training accuracy {accuracy(c2, v2, s2, labels, w, b):.4f}")
+        out["nb"] = ([names[i] for i in top], w, b)
     if "logreg" in kinds or "ensemble" in kinds:
-        w, b = fit(c1, v1, s1, labels, len(frequent), seed, l2=l2)
-        # Importance: how far a feature moves the classes apart, times how often it occurs.
-        importance = (w.max(1) - w.min(1)) * np.sqrt(df[frequent])
-        top = np.sort(frequent[np.argsort(-importance, kind="stable")[:MAX_FEATURES]])
+        top = top_of(fit(c1, v1, s1, labels, len(frequent), seed, l2=l2)[0])
         c2, v2, s2 = restrict(cols, vals, starts, top)
         w, b = fit(c2, v2, s2, labels, len(top), seed + 1, l2=l2)
         log(f"logreg: {len(top)} features; training accuracy "
             f"{accuracy(c2, v2, s2, labels, w, b):.4f}")
+        top_names = [names[i] for i in top]
         if "logreg" in kinds:
-            out["logreg"] = _model("logreg", keep, names, top, w, b, provenance)
+            out["logreg"] = (top_names, w, b)
         if "ensemble" in kinds:
             w_nb, b_nb = naive_bayes(c2, v2, s2, labels, len(top))
-            w_e, b_e = (w + w_nb) / 2, (b + b_nb) / 2
-            log(f"ensemble: training accuracy {accuracy(c2, v2, s2, labels, w_e, b_e):.4f}")
-            out["ensemble"] = _model("ensemble", keep, names, top, w_e, b_e, provenance)
+            out["ensemble"] = (top_names, (w + w_nb) / 2, (b + b_nb) / 2)
+    return out
+
+
+def average(fits: list[tuple[list[str], np.ndarray, np.ndarray]]):
+    """One model from several: each feature's weights averaged over the fits, 0 where a fit
+    lacks it. The logits of a log-linear model are linear in its weights, so this is the mean of
+    the fits' logits: their geometric-mean vote, at the cost of one model."""
+    names = sorted({n for fit_names, _, _ in fits for n in fit_names})
+    row = {n: i for i, n in enumerate(names)}
+    w = np.zeros((len(names), len(CLASSES)))
+    for fit_names, fit_w, _ in fits:
+        w[[row[n] for n in fit_names]] += fit_w
+    return names, w / len(fits), np.mean([b for _, _, b in fits], axis=0)
+
+
+def train(overrides: dict[str, str], seed: int = 0, kinds: tuple[str, ...] = ("logreg",),
+          use_default: bool = True, l2: float = L2, bag: int = BAG) -> dict[str, dict]:
+    """{kind: model dict} for each of `kinds`, each the average of `bag` fits on as many
+    independent draws of snippets (one set of kept words for all)."""
+    t0 = time.perf_counter()
+    ours, others = gather(overrides, use_default)
+    draws = []
+    for i in range(bag):
+        pairs, shares, other_kinds = draw_snippets(random.Random(seed * 1000 + i), ours, others)
+        draws.append(pairs)
+    for lang, share in shares.items():
+        log(f"{lang} sources (share of draws): "
+            + ", ".join(f"{n} {v:.1%}" for n, v in sorted(share.items(), key=lambda kv: -kv[1])))
+    keep = choose_keep([pair for pairs in draws for pair in pairs])
+    log(f"{bag} draws of {len(draws[0])} snippets, {len(keep)} kept words "
+        f"({time.perf_counter() - t0:.0f} s)")
+    fits = [fit_draw(pairs, frozenset(keep), kinds, seed * 1000 + i, l2)
+            for i, pairs in enumerate(draws)]
+    provenance = {"snippets": len(draws[0]), "draws": bag, "seed": seed, "l2": l2,
+                  "lengths": list(LENGTHS),
+                  "projects": [p.key for p in projects.projects("train")],
+                  "source_shares": shares, "other_files": other_kinds}
+    out = {}
+    for kind in kinds:
+        names, w, b = average([f[kind] for f in fits])
+        out[kind] = _model(kind, keep, names, w, b, provenance)
+        log(f"{kind}: {len(out[kind]['features'])} features after averaging")
     return out
 
 
@@ -341,13 +374,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sampling and training seed")
     parser.add_argument("--l2", type=float, default=L2,
                         help=f"the logistic regression's L2 penalty (default: {L2:g})")
+    parser.add_argument("--bag", type=int, default=BAG,
+                        help="independent draws of training snippets, one fit each, whose "
+                        f"weights are averaged into the model (default: {BAG})")
     args = parser.parse_args(argv)
     if args.l2 < 0:
         parser.error("--l2 must be >= 0")
+    if args.bag < 1:
+        parser.error("--bag must be >= 1")
     kinds = KINDS if args.compare_dir else (args.kind,)
     try:
         models = train(corpora.parse_calib_flags(args.calib), args.seed, kinds,
-                       not args.no_default_sources, args.l2)
+                       not args.no_default_sources, args.l2, args.bag)
     except (corpora.CorpusError, fetch.FetchError, ValueError) as e:
         print(f"router.train: error: {e}", file=sys.stderr)
         return 2

@@ -309,7 +309,7 @@ def test_indentation_is_a_feature():
 
 
 def test_model_file_is_small_and_well_formed():
-    assert MODEL_PATH.stat().st_size < 1_000_000
+    assert MODEL_PATH.stat().st_size < 1_500_000  # "well under a few MB"
     model = ContentModel.load()
     assert model.classes[:len(LANGUAGES)] == LANGUAGES
     assert all(c.startswith("other:") for c in model.classes[len(LANGUAGES):])

@@ -164,3 +164,38 @@ def test_files_of_heldout_projects_on_this_machine_are_recognised():
     assert is_heldout_path("lib/python3.11/site-packages/requests/api.py")
     assert not is_heldout_path("/usr/lib/node_modules/npm/lib/commands/install.js")
     assert not is_heldout_path("lib/python3.11/site-packages/rich/console.py")  # a train project
+
+
+def test_averaged_fits_give_the_mean_of_their_logits():
+    """Averaging weights over fits (missing features count 0) is averaging their logits."""
+    k = len(train.CLASSES)
+    rng = np.random.default_rng(0)
+    fits = [(["a", "b"], rng.normal(size=(2, k)), rng.normal(size=k)),
+            (["b", "c"], rng.normal(size=(2, k)), rng.normal(size=k))]
+    names, w, b = train.average(fits)
+    assert names == ["a", "b", "c"]
+    x = {"a": 1.0, "b": 2.0, "c": 0.5}  # feature values of some text
+
+    def logits(fit_names, fit_w, fit_b):
+        return fit_b + sum(x[n] * fit_w[i] for i, n in enumerate(fit_names))
+
+    assert np.allclose(logits(names, w, b), (logits(*fits[0]) + logits(*fits[1])) / 2)
+
+
+def test_train_averages_a_bag_of_fits_into_one_model(monkeypatch):
+    """train() end to end on fixture sources: two draws, one set of kept words, one model that
+    tells the fixtures' languages apart."""
+    ours = {"python": [("p", [PY * 30])], "java": [("j", [JAVA * 20])],
+            "cpp": [("c", [CPP * 20])], "javascript": [("s", [JS * 20])]}
+    others = {k: [v * 5] for k, v in OTHERS.items()}
+    monkeypatch.setattr(train, "gather", lambda overrides, use_default: (ours, others))
+    monkeypatch.setattr(train, "PER_LANGUAGE", 60)
+    monkeypatch.setattr(train, "OTHER_SNIPPETS", 90)
+    monkeypatch.setattr(train, "MIN_DF", 1)
+    monkeypatch.setattr(train, "EPOCHS", 3)
+    model = train.train({}, seed=0, bag=2)["logreg"]
+    assert model["trained_on"]["draws"] == 2
+    detector = ContentModel.from_dict(model)
+    for lang, text in (("python", PY), ("java", JAVA), ("cpp", CPP), ("javascript", JS)):
+        assert detector.labels[int(detector.probabilities(text * 2).argmax())] == lang
+    assert train.train({}, seed=0, bag=2)["logreg"] == model  # deterministic
