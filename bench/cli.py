@@ -70,8 +70,9 @@ Mask recipes side by side, from what `submodel prune`, `bench proxy` and `bench 
 wrote (nothing is run): each store's recipe and prune time per language; per (sub-model,
 language) greedy pass@1, proxy agreement and KL; retention with its paired bootstrap interval;
 and the Spearman rank correlation of the proxy with pass@1 over every mask cell that has both
-(with a permutation p-value), i.e. whether the proxy can choose recipes. Writes
-OUT/recipes.json and recipes.md.
+(with a permutation p-value), i.e. whether the proxy can choose recipes; each later run's
+own-language masks against the first run's, paired over problems (put the reference recipe
+first). Writes OUT/recipes.json and recipes.md.
 
   submodel bench recipes --run raw=stores/a,proxy=results/proxy-a,greedy=results/greedy-a \\
       --run selfgen=stores/b,proxy=results/proxy-b,greedy=results/greedy-b"""

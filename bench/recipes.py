@@ -1,6 +1,8 @@
 """Mask recipes side by side: each store's recipe and prune time, its greedy pass@1 per
 (mask, language) from `bench passk --greedy`, its proxy scores from `bench proxy`, and whether
-the proxy predicts pass@1 (Spearman rank correlation over every cell that has both).
+the proxy predicts pass@1 (Spearman rank correlation over every cell that has both), and each
+recipe's own-language masks against the first run's, paired over problems (a recipe beats the
+first only if the interval of the difference excludes 0).
 
 Only reads what those commands wrote; runs nothing. The table is what a recipe choice rests on
 (README "Mask quality"). Where the runs hold one language's mask at two or more sparsities,
@@ -14,6 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from submodel.bench.matrix import paired_bootstrap
 from submodel.bench.report import pyplot, save_figure, write_report
 from submodel.pruning.recipe import describe_recipe
 from submodel.vocabulary import DENSE
@@ -95,6 +98,26 @@ def collect(run: Run) -> dict:
             "prune_seconds": prune_seconds(manifest), "cells": cells,
             "sparsity": {lang: sparsity_of(manifest, lang) for lang in manifest["languages"]},
             "retention": greedy.get("retention", {}) if greedy else {}}
+
+
+def own_mask_problems(run: Run) -> dict[str, dict[str, float]]:
+    """{language: {problem: solved fraction}} of each language's own mask in the run's greedy
+    results (empty without them)."""
+    if not run.greedy:
+        return {}
+    cells = _read(run.greedy / "passk.json")["cells"]
+    return {lang: {task: passed / n for task, (passed, n) in by_lang[lang]["per_problem"].items()}
+            for lang, by_lang in cells.items()
+            if lang in by_lang and "per_problem" in by_lang[lang]}
+
+
+def against_first(runs: list[Run], rows: list[dict]) -> None:
+    """Each later row's `vs_first`: per language its own mask minus the first run's, in
+    points of problems solved, with a paired bootstrap 95% interval over the problems both ran."""
+    first = own_mask_problems(runs[0])
+    for run, row in zip(runs[1:], rows[1:], strict=True):
+        row["vs_first"] = {lang: paired_bootstrap(solved, first[lang])
+                           for lang, solved in own_mask_problems(run).items() if lang in first}
 
 
 def sparsity_of(manifest: dict, language: str) -> float:
@@ -193,6 +216,7 @@ def correlation(rows: list[dict]) -> dict:
 
 def compare(runs: list[Run], out: Path) -> dict:
     rows = [collect(r) for r in runs]
+    against_first(runs, rows)
     result = {"runs": rows, "correlation": correlation(rows), "sparsity_curve":
               sparsity_curve(rows)}
     write_report(out, "recipes", result, markdown(result))
@@ -240,6 +264,14 @@ def markdown(result: dict) -> str:
                 f"{_pct(ret['retention'])} | {_interval(ret.get('vs_dense'), 'ratio_95')}% | "
                 f"{ret.get('best_other_mask') or '–'} {_pct(ret.get('best_other'))} | "
                 f"{_interval(ret.get('vs_best_other'), 'difference_95')} |")
+    compared = [(r["name"], lang, b) for r in rows[1:]
+                for lang, b in sorted(r.get("vs_first", {}).items()) if b]
+    if compared:
+        lines += ["", f"Own mask against the first run's ({rows[0]['name']}), paired over "
+                  "problems:", "", "| run | language | difference (points) | 95% |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {lang} | {100 * b['difference']:+.1f} | "
+                  f"{_interval(b, 'difference_95')} |" for name, lang, b in compared]
     if result["sparsity_curve"]:
         lines += ["", "Retention vs sparsity (sparsity.png):", "",
                   "| language | " + " | ".join(["sparsity -> retention [95%]"]) + " |",

@@ -46,7 +46,9 @@ def _store(path: Path, kind: str, seconds: float, python_sparsity: float = 0.4) 
 
 def _greedy(path: Path, scores: dict[str, dict[str, float]]) -> Path:
     path.mkdir(parents=True)
-    cells = {row: {lang: {"pass@1": v, "problems": 10} for lang, v in by.items()}
+    cells = {row: {lang: {"pass@1": v, "problems": 10,
+                          "per_problem": {f"t{i}": [int(i < round(10 * v)), 1] for i in range(10)}}
+                   for lang, v in by.items()}
              for row, by in scores.items()}
     retention = {"python": {"mask": scores["python"]["python"], "dense": scores["dense"]["python"],
                             "retention": scores["python"]["python"] / scores["dense"]["python"],
@@ -85,8 +87,16 @@ def test_recipes_table_and_correlation(tmp_path, capsys):
     assert corr["neg_kl"]["rho"] == pytest.approx(1.0)
     assert result["runs"][1]["cells"]["python/python"] == {
         "pass@1": 0.5, "problems": 10, "agreement": pytest.approx(1.0), "kl": pytest.approx(0.0)}
+    # selfgen's own masks against raw's, paired over problems: 5 of 10 solved against 2
+    assert "vs_first" not in result["runs"][0]
+    for lang in ("python", "java"):
+        versus = result["runs"][1]["vs_first"][lang]
+        assert versus["problems"] == 10 and versus["difference"] == pytest.approx(0.3)
+        low, high = versus["difference_95"]
+        assert low >= 0 and high >= 0.5  # both solve the same 2, selfgen 3 more: no draw loses
     md = (out / "recipes.md").read_text()
     assert "selfgen 128x512" in md and "python=0.4" in md and "[40, 80]%" in md
+    assert "| selfgen | python | +30.0 |" in md
     assert "rho +1.00 over 8 cells" in capsys.readouterr().out
 
 
