@@ -16,7 +16,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from submodel.bench.matrix import paired_bootstrap
+from submodel.bench.matrix import paired_bootstrap, problem_scores
 from submodel.bench.report import pyplot, save_figure, write_report
 from submodel.pruning.recipe import describe_recipe
 from submodel.vocabulary import DENSE
@@ -78,14 +78,21 @@ def prune_seconds(manifest: dict) -> dict[str, float]:
             if isinstance(info, dict) and "seconds" in info}
 
 
-def collect(run: Run) -> dict:
+def read_greedy(run: Run) -> dict | None:
+    """The run's `bench passk --greedy` results, or None if it names none."""
+    if not run.greedy:
+        return None
+    greedy = _read(run.greedy / "passk.json")
+    if greedy.get("n") != 1 or greedy.get("sampling", {}).get("temperature") != 0.0:
+        raise RecipesError(f"{run.greedy / 'passk.json'} is not a --greedy run")
+    return greedy
+
+
+def collect(run: Run, greedy: dict | None) -> dict:
     """One run's row of the table: recipe, prune time, and a cell per (sub-model, language)."""
     manifest = _read(run.store / "manifest.json")
     cells: dict[str, dict] = {}
-    greedy = _read(run.greedy / "passk.json") if run.greedy else None
     if greedy is not None:
-        if greedy.get("n") != 1 or greedy.get("sampling", {}).get("temperature") != 0.0:
-            raise RecipesError(f"{run.greedy / 'passk.json'} is not a --greedy run")
         for row, by_lang in greedy["cells"].items():
             for lang, c in by_lang.items():
                 if c.get("pass@1") is not None:
@@ -100,24 +107,23 @@ def collect(run: Run) -> dict:
             "retention": greedy.get("retention", {}) if greedy else {}}
 
 
-def own_mask_problems(run: Run) -> dict[str, dict[str, float]]:
-    """{language: {problem: solved fraction}} of each language's own mask in the run's greedy
-    results (empty without them)."""
-    if not run.greedy:
+def own_mask_problems(greedy: dict | None) -> dict[str, dict[str, float]]:
+    """{language: {problem: pass@1}} of each language's own mask in greedy results (empty
+    without them)."""
+    if greedy is None:
         return {}
-    cells = _read(run.greedy / "passk.json")["cells"]
-    return {lang: {task: passed / n for task, (passed, n) in by_lang[lang]["per_problem"].items()}
-            for lang, by_lang in cells.items()
+    return {lang: problem_scores(by_lang[lang], 1) for lang, by_lang in greedy["cells"].items()
             if lang in by_lang and "per_problem" in by_lang[lang]}
 
 
-def against_first(runs: list[Run], rows: list[dict]) -> None:
+def against_first(greedy: list[dict | None], rows: list[dict]) -> None:
     """Each later row's `vs_first`: per language its own mask minus the first run's, in
     points of problems solved, with a paired bootstrap 95% interval over the problems both ran."""
-    first = own_mask_problems(runs[0])
-    for run, row in zip(runs[1:], rows[1:], strict=True):
+    first = own_mask_problems(greedy[0])
+    for results, row in zip(greedy[1:], rows[1:], strict=True):
         row["vs_first"] = {lang: paired_bootstrap(solved, first[lang])
-                           for lang, solved in own_mask_problems(run).items() if lang in first}
+                           for lang, solved in own_mask_problems(results).items()
+                           if lang in first}
 
 
 def sparsity_of(manifest: dict, language: str) -> float:
@@ -215,8 +221,9 @@ def correlation(rows: list[dict]) -> dict:
 
 
 def compare(runs: list[Run], out: Path) -> dict:
-    rows = [collect(r) for r in runs]
-    against_first(runs, rows)
+    greedy = [read_greedy(r) for r in runs]
+    rows = [collect(r, g) for r, g in zip(runs, greedy, strict=True)]
+    against_first(greedy, rows)
     result = {"runs": rows, "correlation": correlation(rows), "sparsity_curve":
               sparsity_curve(rows)}
     write_report(out, "recipes", result, markdown(result))
