@@ -17,6 +17,7 @@ nothing decoding, prompts are prefilled whole.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import threading
@@ -387,24 +388,22 @@ class Engine:
                 break
             remaining = len(handle.prompt_ids) - handle.prefilled
             chunk = remaining if budget is None else min(remaining, budget)
-            try:
+            with self._failing_alone(handle, "prefill"):
                 self._prefill(handle, chunk)
-            except Exception:
-                log.exception("prefill failed; failing its request")
-                sched.fail(handle)
             if budget is not None:
                 budget -= chunk
         batch = sched.batch(language)
         if batch:
             self._decode(batch)
 
-    def _finish_chunk(self, handle: RequestHandle, tokens: int, logits: torch.Tensor) -> None:
-        """_prefilled for a chunk that rode along a decode step: a failure fails its request
-        alone, as one in _prefill does."""
+    @contextlib.contextmanager
+    def _failing_alone(self, handle: RequestHandle, work: str):
+        """Run one request's own work; should it raise, that request fails alone (logged) and
+        the engine goes on with the others."""
         try:
-            self._prefilled(handle, tokens, logits)
+            yield
         except Exception:
-            log.exception("prefill failed; failing its request")
+            log.exception("%s failed; failing its request", work)
             self.scheduler.fail(handle)
 
     def _prefill(self, handle: RequestHandle, tokens: int) -> None:
@@ -466,15 +465,15 @@ class Engine:
         else:
             chunk = min(len(pending.prompt_ids) - pending.prefilled, self.prefill_chunk)
             ids, chunk_positions = self._chunk(pending, chunk)
-            try:
+            logits = None
+            with self._failing_alone(pending, "a step carrying a prompt chunk"):
                 logits = self.forward_mixed(tokens, positions, slots, languages, ids,
                                             chunk_positions, pending.slots[0], pending.key)
-            except Exception:  # the chunk's request fails alone; the others' step is redone
-                log.exception("a step carrying a prompt chunk failed; failing that request")
-                self.scheduler.fail(pending)
+            if logits is None:  # the others' step is redone without the chunk
                 logits = self.forward(tokens, positions, slots, languages, prefill=False)
             else:
-                self._finish_chunk(pending, chunk, logits[-1])
+                with self._failing_alone(pending, "prefill"):
+                    self._prefilled(pending, chunk, logits[-1])
         for seq, row in zip(batch, logits[:len(batch)], strict=True):
             seq.position += 1
             self._accept(seq, choose_token(row, seq.handle.request.params, seq.generator))
