@@ -9,6 +9,7 @@ import hashlib
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from submodel.bench import local_cli
@@ -41,14 +42,16 @@ Rows are sub-models, columns are problem languages. One command gives both views
 Samples and sandbox results are cached (JSONL under --cache, default OUT/cache), keyed by
 sub-model, problem, sample index, sampling settings and the model's identity: rerun the same
 command after an interruption and it resumes; a larger --limit or --n reuses what a smaller run
-generated. Writes OUT/passk.json, passk.md, matrix.png and retention.png."""
+generated. Writes OUT/passk.json, passk.md, matrix.png and retention.png; with --store, the
+cells are also recorded in STORE/report/evaluations.json, which `submodel info STORE` shows."""
 
 PROXY_HELP = """\
 A fast, HumanEval-free proxy of mask quality for choosing recipes. Per language, documented
 functions from other projects than the calibration source (signature + docstring) are posed as
 tasks; the dense model's greedy body is the target. Each mask is fed prompt + target and scored
 by top-1 agreement with dense on the target tokens and by KL(dense || mask). Tasks sharing a
-13-gram with HumanEval are dropped. Writes OUT/proxy.json and proxy.md; resumes per cell."""
+13-gram with HumanEval are dropped. Writes OUT/proxy.json and proxy.md (resumes per cell) and
+records the cells in STORE/report/evaluations.json, which `submodel info STORE` shows."""
 
 LOAD_HELP = """\
 Mixed-language traffic through gRPC at a fixed concurrency, one fresh `submodel serve` process
@@ -403,6 +406,7 @@ def run_passk(args: argparse.Namespace) -> int:
     from submodel.bench.passk_run import BenchError, Plan, Sampling, run_matrix
     from submodel.bench.report import headline_k, write_passk
     from submodel.bench.server_proc import ServerError, ServerProcess
+    from submodel.bench.store_record import record_passk
     from submodel.server.client import Client
 
     rows = _check_passk(args)
@@ -448,12 +452,24 @@ def run_passk(args: argparse.Namespace) -> int:
     meta = {"model": model, "command": _passk_command(args, rows), "format": args.format}
     results = summarize(outcome, args.k, coverage, meta)
     paths = write_passk(results, out)
+    if args.store:
+        paths.append(_record(lambda: record_passk(Path(args.store), results)))
     k = headline_k(results)
     print(f"pass@{k}: " + "; ".join(
         f"{row}: " + ", ".join(f"{lang} {_pct(results['cells'][row][lang][pass_key(k)])}"
                                for lang in results["columns"]) for row in rows))
-    print("wrote " + ", ".join(str(p) for p in paths))
+    print("wrote " + ", ".join(str(p) for p in paths if p))
     return 0
+
+
+def _record(write: Callable[[], Path]) -> Path | None:
+    """Record a run into its store's report/evaluations.json; a store that cannot be written
+    (read-only, say) costs a warning, never the run's own output."""
+    try:
+        return write()
+    except OSError as e:
+        print(f"bench: not recorded in the store's report: {e}", file=sys.stderr)
+        return None
 
 
 def _pct(x: float | None) -> str:
@@ -464,6 +480,7 @@ def _pct(x: float | None) -> str:
 
 def run_proxy(args: argparse.Namespace) -> int:
     from submodel.bench.proxy import ProxyError, run
+    from submodel.bench.store_record import record_proxy
     from submodel.corpora import CorpusError, parse_calib_flags
     from submodel.pruning.store import StoreError, open_store
 
@@ -483,7 +500,9 @@ def run_proxy(args: argparse.Namespace) -> int:
         raise CLIError(str(e).replace("--calib", "--tuning")) from None
     for key, cell in sorted(result["cells"].items()):
         print(f"{key}: agreement {cell['agreement']:.1%}, KL {cell['kl']:.4f}")
-    print(f"wrote {Path(args.out) / 'proxy.json'}, {Path(args.out) / 'proxy.md'}")
+    recorded = _record(lambda: record_proxy(store, result))
+    print(f"wrote {Path(args.out) / 'proxy.json'}, {Path(args.out) / 'proxy.md'}"
+          + (f", {recorded}" if recorded else ""))
     return 0
 
 

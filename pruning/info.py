@@ -59,4 +59,33 @@ def describe(store: Store) -> str:
         lines.append(" " * 12 + "".join(f"{lang:>12}" for lang in langs))
         for lang, row in zip(langs, matrix, strict=True):
             lines.append(f"{lang:<12}" + "".join(f"{d:>12.4f}" for d in row))
+    for title, table in (store.report("evaluations.json") or {}).items():
+        lines += ["", *evaluation_table(title, table)]
     return "\n".join(lines)
+
+
+def evaluation_table(title: str, table: dict) -> list[str]:
+    """One table a bench recorded in report/evaluations.json: sub-models x languages, and
+    where a language has both dense and its own mask, the mask's retention of dense."""
+    cells = table["cells"]
+    rows = sorted(cells, key=lambda r: (r != "dense", r == "routed", r))
+    columns = sorted({c for by_col in cells.values() for c in by_col})
+
+    def show(x: float | None) -> str:
+        if x is None:
+            return "-"
+        return f"{100 * x:.1f}%" if table.get("percent") else f"{x:.4f}"
+
+    def value(row: str, col: str) -> float | None:
+        return cells.get(row, {}).get(col, {}).get("value")
+
+    lines = [title, f"{'':<12}" + "".join(f"{c:>12}" for c in columns)]
+    for row in rows:
+        lines.append(f"{row:<12}" + "".join(f"{show(value(row, c)):>12}" for c in columns))
+    if table.get("percent") and "dense" in cells:
+        retention = [(value(c, c), value("dense", c)) for c in columns]
+        if any(own is not None and dense for own, dense in retention):
+            lines.append(f"{'retention':<12}" + "".join(
+                f"{(f'{100 * own / dense:.1f}%' if own is not None and dense else '-'):>12}"
+                for own, dense in retention))
+    return lines

@@ -4,7 +4,8 @@
       manifest.json                 recipe, languages, shapes, per-file sha256
       base/                         config.json, tokenizer files, model.safetensors (dense, once)
       masks/<lang>.safetensors      uint8 bit-packed masks (see masks.py), one per prunable weight
-      report/                       overlap.json, overlap.png, sparsity.json
+      report/                       overlap.json, overlap.png, sparsity.json; evaluations.json
+                                    (what `bench passk --store` and `bench proxy` measured)
 
 A build happens in `<store>.tmp-build/` and is renamed into place when every language is done.
 Each finished piece is written atomically (temp file, then rename), so an interrupted build
@@ -13,11 +14,13 @@ resumes with the languages already finished and never mistakes a half-written fi
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,7 +113,7 @@ def read_masks(path: Path) -> dict[str, torch.Tensor]:
 
 @dataclass
 class Store:
-    """An opened, verified store. Read-only."""
+    """An opened, verified store. Read-only, but for the people-facing report/ folder."""
 
     path: Path
     manifest: dict
@@ -167,6 +170,22 @@ class Store:
     def report(self, name: str) -> dict | None:
         path = self.path / "report" / name
         return json.loads(path.read_text()) if path.exists() else None
+
+    def update_report(self, name: str, update: Callable[[dict], None]) -> Path:
+        """Read report/NAME (or {}), let `update` change it, write it back atomically.
+
+        An exclusive lock on a side file serializes writers, so two benches recording into
+        one store at once both keep their entries. The report is for people and `submodel
+        info`; the server never reads it.
+        """
+        folder = self.path / "report"
+        folder.mkdir(exist_ok=True)
+        with open(folder / f".{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            obj = self.report(name) or {}
+            update(obj)
+            write_json_atomic(folder / name, obj)
+        return folder / name
 
 
 def _verify_file(root: Path, rel: str, want: str) -> None:

@@ -15,6 +15,7 @@ from tiny import save_tiny
 
 from submodel.bench import load, passk_run, soak
 from submodel.bench.passk_run import _runs
+from submodel.bench.store_record import passk_title
 from submodel.cli import main
 from submodel.pruning.prune import PruneConfig, prune
 
@@ -101,6 +102,17 @@ def test_passk_end_to_end_with_store(long_store, tmp_path, capsys):
     for heading in ("## Pass@1", "## Retention", "## Routing of the unhinted requests",
                     "## Problems per language"):
         assert heading in report
+
+    # the store's own report keeps the run's cells, and `submodel info` shows them
+    recorded = json.loads((long_store / "report" / "evaluations.json").read_text())
+    table = recorded[passk_title(r)]
+    assert "n=2, T=0.8" in passk_title(r) and "2 problems per language" in passk_title(r)
+    assert set(table["cells"]) == set(ROWS)
+    assert all(table["cells"][row][lang]["value"] == r["cells"][row][lang]["pass@1"]
+               for row in ROWS for lang in ("python", "javascript"))
+    capsys.readouterr()
+    assert main(["info", str(long_store)]) == 0
+    assert passk_title(r) in capsys.readouterr().out
 
 
 def test_interrupted_run_resumes_with_the_same_numbers(served, tmp_path, monkeypatch):
