@@ -41,6 +41,7 @@ from submodel.server.api import (
     SamplingParams,
     TokenEvent,
 )
+from submodel.server.chunking import chunk_name
 from submodel.server.engine import Engine
 
 SUFFIX_LINES = 8  # lines after the cursor sent as the suffix
@@ -54,8 +55,8 @@ class Settings:
     abandon_fraction: float = 0.25
     abandon_after: float = 0.2  # seconds after sending: typing resumed
     prefix_cache_mb: int = 256
-    prefill_chunk: int = 256
-    admission_chunks: tuple[int, ...] = (8, 32, 256)  # chunk sizes timed in phase 2 (+ whole)
+    prefill_chunk: int | None = None  # the engine's: None sizes chunks from step times
+    admission_chunks: tuple[int | None, ...] = (None, 8, 32, 256)  # timed in phase 2 (+ whole)
     long_prompt_tokens: int = 1900
     seed: int = 0
 
@@ -240,9 +241,9 @@ def admission_phase(store: Store, text: str, language: str, s: Settings,
     try:
         warm_up(engine, language)
         for chunk in (*s.admission_chunks, 0):
-            name = str(chunk) if chunk else "whole"
+            name = chunk_name(chunk)
             progress("ide", f"long prompt admitted under load, prefill chunk {name}")
-            engine.prefill_chunk = chunk  # read by the engine thread each step; it is idle
+            engine.set_prefill_chunk(chunk)  # the engine thread idles between requests
             out[name] = _gaps_while_admitting(engine, long_prompt, language)
     finally:
         engine.stop()
@@ -385,7 +386,7 @@ def markdown(result: dict) -> str:
 def _session_lines(s: dict, language: str, engine: dict, session: dict) -> list[str]:
     lines = [f"Editing session: {s['pauses']} pauses, context up to {s['context_tokens']} tokens, "
              f"{s['max_tokens']} tokens per completion, language {language}, engine {engine}, "
-             f"prefill chunk {s['prefill_chunk']}.", "",
+             f"prefill chunk {chunk_name(s['prefill_chunk'])}.", "",
              "| | requests (answered/abandoned) | mean prompt tokens | TTFT p50 | TTFT p99 | "
              "latency p50 | latency p99 | cache hit rate |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from submodel.cli import CLIError
+from submodel.server.chunking import parse_prefill_chunk
 from submodel.vocabulary import LANGUAGES, STRATEGIES, WEIGHT_FORMATS
 
 
@@ -122,12 +123,13 @@ def register(kinds: argparse._SubParsersAction) -> None:
                      help="tokens per completion (default 32)")
     ide.add_argument("--prefix-cache-mb", type=_positive, default=256,
                      help="the cache's budget in the cached run (default 256)")
-    ide.add_argument("--prefill-chunk", type=_positive, default=256,
-                     help="the engine's chunked prefill (see `serve --prefill-chunk`; "
-                          "default 256)")
-    ide.add_argument("--admission-chunks", default="8,32,256",
+    ide.add_argument("--prefill-chunk", default="auto",
+                     help="the engine's chunked prefill in the editing session (see `serve "
+                          "--prefill-chunk`; default auto)")
+    ide.add_argument("--admission-chunks", default="auto,8,32,256",
                      help="prefill chunks timed while a long prompt is admitted, "
-                          "comma-separated (whole prompts are always timed; default 8,32,256)")
+                          "comma-separated, auto or tokens >= 1 (whole prompts are always "
+                          "timed; default auto,8,32,256)")
     ide.add_argument("--phases", default="session,admission,llama_cpp",
                      help="which parts to run, comma-separated (default all: "
                           "session,admission,llama_cpp)")
@@ -255,14 +257,15 @@ def run_ide(args: argparse.Namespace) -> int:
     if not phases or set(phases) - set(PHASES):
         raise CLIError(f"--phases: pick from {', '.join(PHASES)}")
     try:
-        chunks = tuple(int(x) for x in args.admission_chunks.split(",") if x)
-    except ValueError:
-        chunks = (0,)
-    if not chunks or min(chunks) < 1:
-        raise CLIError("--admission-chunks: comma-separated token counts >= 1")
+        prefill_chunk = parse_prefill_chunk(args.prefill_chunk)
+        chunks = tuple(parse_prefill_chunk(x) for x in args.admission_chunks.split(",") if x)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    if not chunks or 0 in chunks:
+        raise CLIError("--admission-chunks: comma-separated, auto or token counts >= 1")
     settings = Settings(pauses=args.pauses, context_tokens=args.context_tokens,
                         max_tokens=args.max_tokens, prefix_cache_mb=args.prefix_cache_mb,
-                        prefill_chunk=args.prefill_chunk, admission_chunks=chunks)
+                        prefill_chunk=prefill_chunk, admission_chunks=chunks)
     engine_kwargs = {"strategy": args.strategy, "weights": args.weights}
     result = run(store, text, language, settings, engine_kwargs, args.llama_bench, args.threads,
                  phases)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from submodel.cli import CLIError
+from submodel.server.chunking import parse_prefill_chunk
 from submodel.vocabulary import DEFAULT_STRATEGY, DTYPES, WEIGHT_FORMATS
 
 DEFAULT_PORT = 50051
@@ -67,13 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-context", type=int, default=2048,
                    help="prompt + generated tokens per sequence (default 2048, capped by the "
                         "model)")
-    p.add_argument("--prefill-chunk", type=int, default=256,
+    p.add_argument("--prefill-chunk", default="auto",
                    help="while other requests are decoding, each decode step also prefills "
-                        "up to this many tokens of the oldest waiting prompt, in the same pass "
-                        "over the weights, so a long prompt arriving does not stall their "
-                        "tokens; smaller keeps their inter-token latency lower (8: within ~2x "
-                        "of an unloaded step), larger gets the new prompt its first token "
-                        "sooner (0: prefill every prompt whole)")
+                        "a chunk of the oldest waiting prompt, in the same pass over the "
+                        "weights, so a long prompt arriving does not stall their tokens. "
+                        "auto (default): each chunk gets the tokens that add about half a "
+                        "step to theirs, from measured step times; N: N tokens a step "
+                        "(smaller keeps their inter-token latency lower, larger gets the new "
+                        "prompt its first token sooner); 0: prefill every prompt whole")
     p.add_argument("--prefix-cache-mb", type=int, default=0,
                    help="keep the keys and values of recent prompts' starts, up to this many "
                         "MiB, so that a prompt extending one seen before (an editor's context "
@@ -134,8 +136,10 @@ def _check_serve_args(args: argparse.Namespace) -> None:
     for flag in ("max_batch", "max_queue", "max_context"):
         if getattr(args, flag) < 1:
             raise CLIError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.prefill_chunk < 0:
-        raise CLIError("--prefill-chunk must be >= 0 (0: whole prompts)")
+    try:
+        args.prefill_chunk = parse_prefill_chunk(args.prefill_chunk)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
     if args.prefix_cache_mb < 0:
         raise CLIError("--prefix-cache-mb must be >= 0 (0: off)")
     if args.grace < 0 or args.time_slice <= 0:

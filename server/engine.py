@@ -10,9 +10,9 @@ refused or disturbed; only new requests see the new set.
 
 Each step: drop cancelled and expired sequences, pick the language(s) to run, admit waiting
 requests into free slots, prefill, then run one decode step for the batch. While sequences are
-decoding, a step prefills at most `prefill_chunk` prompt tokens (a long prompt takes several
-steps), so admitting a 2k-token prompt never stalls the tokens of requests in flight; with
-nothing decoding, prompts are prefilled whole.
+decoding, a step carries a chunk of the oldest waiting prompt (a long prompt takes several
+steps; chunking.py sizes the chunks), so admitting a 2k-token prompt never stalls the tokens of
+requests in flight; with nothing decoding, prompts are prefilled whole.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from submodel.server.api import (
     StoreInvalidError,
     UnknownLanguageError,
 )
+from submodel.server.chunking import ChunkSizer
 from submodel.server.masking import make_strategy
 from submodel.server.model import KVCache, ModelArgs, Transformer
 from submodel.server.omp import release_team
@@ -70,7 +71,7 @@ class Engine:
     def __init__(self, store: Store, strategy: str = DEFAULT_STRATEGY,
                  dtype: torch.dtype | None = None, max_batch: int = 8, max_context: int = 2048,
                  max_queue: int = 64, time_slice: float = 0.25, prefix_cache_mb: int = 0,
-                 weights: str = "full", prefill_chunk: int = 256,
+                 weights: str = "full", prefill_chunk: int | None = None,
                  observer: EngineObserver | None = None) -> None:
         self.store = store
         self.languages = store.languages
@@ -79,7 +80,7 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.time_slice = time_slice
-        self.prefill_chunk = prefill_chunk  # tokens per step while others decode; 0 = whole
+        self.set_prefill_chunk(prefill_chunk)
         config = store.config()
         self.args = ModelArgs.from_config(config)
         self.max_context = min(max_context, self.args.max_positions)
@@ -368,6 +369,14 @@ class Engine:
                                      if k not in done})
             self._report_weights()
 
+    def set_prefill_chunk(self, tokens: int | None) -> None:
+        """Chunked prefill while others decode: None sizes chunks from measured step times
+        (chunking.py), N > 0 carries N tokens a step, 0 prefills every prompt whole. Benches
+        call it between runs, while the engine thread idles."""
+        if tokens is not None and tokens < 0:
+            raise ValueError("prefill_chunk must be >= 0 (0: whole prompts) or None (sized)")
+        self.chunks = ChunkSizer(tokens) if tokens != 0 else None
+
     def _step(self) -> None:
         sched = self.scheduler
         if self.retired:
@@ -380,9 +389,9 @@ class Engine:
                                                   handle.slots[0], handle.language)
         batch = sched.batch(language)
         pending = sched.to_prefill(language)
-        if batch and pending and self.prefill_chunk:
+        if batch and pending and self.chunks:
             return self._decode(batch, pending[0])  # the oldest prompt's next chunk rides along
-        budget = self.prefill_chunk if sched.running and self.prefill_chunk else None
+        budget = self.chunks.size() if sched.running and self.chunks else None
         for handle in pending:
             if budget is not None and budget <= 0:
                 break
@@ -453,9 +462,10 @@ class Engine:
         return length
 
     def _decode(self, batch: list[Sequence], pending: RequestHandle | None = None) -> None:
-        """One decode step of `batch`; with `pending`, the next prefill_chunk tokens of its
-        prompt go through the same pass over the weights."""
+        """One decode step of `batch`; with `pending`, the next chunk of its prompt goes
+        through the same pass over the weights."""
         started = time.perf_counter()
+        chunk: int | None = 0
         tokens = torch.tensor([[s.last_token] for s in batch])
         positions = torch.tensor([[s.position] for s in batch])
         slots = torch.tensor([s.slot for s in batch])
@@ -463,7 +473,7 @@ class Engine:
         if pending is None:
             logits = self.forward(tokens, positions, slots, languages, prefill=False)
         else:
-            chunk = min(len(pending.prompt_ids) - pending.prefilled, self.prefill_chunk)
+            chunk = min(len(pending.prompt_ids) - pending.prefilled, self.chunks.size())
             ids, chunk_positions = self._chunk(pending, chunk)
             logits = None
             with self._failing_alone(pending, "a step carrying a prompt chunk"):
@@ -471,14 +481,18 @@ class Engine:
                                             chunk_positions, pending.slots[0], pending.key)
             if logits is None:  # the others' step is redone without the chunk
                 logits = self.forward(tokens, positions, slots, languages, prefill=False)
+                chunk = None  # a failed step's time says nothing about chunk sizes
             else:
                 with self._failing_alone(pending, "prefill"):
                     self._prefilled(pending, chunk, logits[-1])
         for seq, row in zip(batch, logits[:len(batch)], strict=True):
             seq.position += 1
             self._accept(seq, choose_token(row, seq.handle.request.params, seq.generator))
+        seconds = time.perf_counter() - started
+        if self.chunks and chunk is not None:
+            self.chunks.observe(seconds, chunk)
         self.observer.batch_size(len(batch))
-        self.observer.token_latency(time.perf_counter() - started)
+        self.observer.token_latency(seconds)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
                 row_languages: list[str], prefill: bool) -> torch.Tensor:

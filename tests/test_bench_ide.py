@@ -42,14 +42,14 @@ def test_quick_run_on_the_editor_store(editor_store, tmp_path):
             q["abandoned"] for q in r["session"]["cache"]["requests"]]
         assert all(q["reason"] in (("cancelled", "length", "stop") if q["abandoned"]
                                    else ("length", "stop")) for q in requests)
-    for name in ("8", "32", "256", "whole"):
+    for name in ("auto", "8", "32", "256", "whole"):
         assert r["admission"][name]["long_prompt_ttft_s"] > 0
     assert "error" in r["llama_cpp"] or "skipped" in r["llama_cpp"]
     assert "TTFT p50" in (tmp_path / "ide.md").read_text()
 
 
 def test_bad_flags_are_one_line_errors(editor_store, tmp_path, capsys):
-    for flags in (["--phases", "nope"], ["--admission-chunks", "0"],
+    for flags in (["--phases", "nope"], ["--admission-chunks", "0"], ["--prefill-chunk", "x"],
                   ["--file", str(tmp_path / "missing.py")], ["--language", "go"]):
         assert main(["bench", "ide", str(editor_store), *flags, "--out", str(tmp_path)]) == 2
         err = capsys.readouterr().err.strip()

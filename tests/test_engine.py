@@ -21,6 +21,7 @@ from submodel.server.api import (
     TokenEvent,
     UnknownLanguageError,
 )
+from submodel.server.chunking import FIRST_CHUNK, MAX_CHUNK, MIN_CHUNK
 from submodel.server.engine import Engine
 from submodel.vocabulary import DENSE, PRUNABLE
 
@@ -394,6 +395,27 @@ def test_a_long_prompt_is_prefilled_in_chunks_inside_decode_steps(store, strateg
         chunks = [size for kind, size in calls if kind == "mixed"]
         assert sum(chunks) == prompt_tokens and max(chunks) == 8 and len(chunks) > 2
         assert "prefill" not in {kind for kind, _ in calls}  # no forward of its own
+    finally:
+        engine.stop()
+
+
+def test_sized_chunks_give_the_same_output(store, monkeypatch):
+    """The default sizes chunks from measured step times; whatever sizes it picks, the prompt
+    goes in whole and the completion is the one it gets prefilled alone."""
+    engine = Engine(store, strategy="fused", max_batch=4)
+    calls = recording_forward(engine, monkeypatch)
+    engine.start()
+    try:
+        alone = run(engine, prompt=LONG_PROMPT, language="python")[0][0]
+        running, events = start_decoding(engine)
+        calls.clear()
+        joined = run(engine, prompt=LONG_PROMPT, language="python")[0][0]
+        running.cancel()
+        list(events)
+        assert joined == alone
+        chunks = [size for kind, size in calls if kind == "mixed"]
+        assert sum(chunks) == engine.count_tokens(LONG_PROMPT) and chunks[0] == FIRST_CHUNK
+        assert all(MIN_CHUNK <= c <= MAX_CHUNK for c in chunks[:-1])
     finally:
         engine.stop()
 
