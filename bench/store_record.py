@@ -78,7 +78,6 @@ def record_proxy(store: Store, result: dict) -> Path:
             for key, cell in result["cells"].items():
                 row, lang = key.split("/")
                 cells.append((row, lang, {"value": cell[metric], "problems": tasks,
-                                          "command": "submodel bench proxy",
                                           "recorded": recorded}))
             title = (f"proxy: teacher-forced {'top-1 agreement' if percent else 'KL'} "
                      f"with dense ({tasks} tuning tasks per language)")
