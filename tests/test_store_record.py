@@ -17,7 +17,10 @@ from submodel.pruning.store import open_store
 
 @pytest.fixture
 def store_path(tiny_store, tmp_path):
-    return shutil.copytree(tiny_store, tmp_path / "store")
+    """A copy of the session's tiny store without what other tests' benches recorded."""
+    path = shutil.copytree(tiny_store, tmp_path / "store")
+    (path / "report" / REPORT).unlink(missing_ok=True)
+    return path
 
 
 def results(cells: dict[str, dict[str, float]], *, n: int = 1, temperature: float = 0.0,
