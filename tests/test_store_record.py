@@ -83,7 +83,7 @@ def test_concurrent_writers_both_keep_their_cells(store_path):
     for w in writers:
         w.start()
     for w in writers:
-        w.join(60)
+        w.join(300)
     assert [w.exitcode for w in writers] == [0, 0]
     (table,) = read(store_path).values()
     assert len(table["cells"]) == 30
