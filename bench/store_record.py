@@ -37,8 +37,9 @@ def passk_title(results: dict) -> str:
     sets = {(c["selected"], c["available"]) for c in results["coverage"].values()}
     problems = ("full sets" if all(sel == avail for sel, avail in sets) else
                 f"{max(sel for sel, _ in sets)} problems per language")
-    weights = m["identity"].split(":")[4:]  # store:SHA:strategy:dtype[:weights]
-    extra = f", {weights[0]} weights" if weights else ""
+    dtype, *weights = m["identity"].split(":")[3:]  # store:SHA:strategy:dtype[:weights]
+    extra = (f", {dtype}" if dtype != "store-dtype" else "") + \
+        (f", {weights[0]} weights" if weights else "")
     return (f"HumanEval pass@{results['retention_k'] or min(results['ks'])} "
             f"({results['format']} format, {sampling}, {problems}, max_tokens "
             f"{s['max_tokens']}, seed {s['seed']}{extra})")

@@ -24,7 +24,7 @@ def store_path(tiny_store, tmp_path):
 
 
 def results(cells: dict[str, dict[str, float]], *, n: int = 1, temperature: float = 0.0,
-            selected: int = 164, weights: str = "") -> dict:
+            selected: int = 164, dtype: str = "store-dtype", weights: str = "") -> dict:
     """The fields of a passk.json that recording reads."""
     columns = sorted({lang for by_lang in cells.values() for lang in by_lang})
     key = "pass@10" if n >= 10 else "pass@1"
@@ -32,7 +32,7 @@ def results(cells: dict[str, dict[str, float]], *, n: int = 1, temperature: floa
         "command": "submodel bench passk ...", "format": "completion", "n": n,
         "ks": [1, 10] if n >= 10 else [1], "retention_k": 10 if n >= 10 else 1,
         "sampling": {"temperature": temperature, "top_p": 1.0, "max_tokens": 384, "seed": 0},
-        "model": {"identity": "store:abc:fused:store-dtype" + (f":{weights}" if weights else "")},
+        "model": {"identity": f"store:abc:fused:{dtype}" + (f":{weights}" if weights else "")},
         "coverage": {lang: {"selected": selected, "available": 164} for lang in columns},
         "cells": {row: {lang: {key: v, "problems": selected} for lang, v in by_lang.items()}
                   for row, by_lang in cells.items()},
@@ -63,10 +63,12 @@ def test_settings_that_differ_get_their_own_table(store_path):
     greedy = results({"dense": {"python": 0.42}})
     sampled = results({"dense": {"python": 0.8}}, n=10, temperature=0.8, selected=40)
     int8 = results({"dense": {"python": 0.41}}, weights="int8")
-    for r in (greedy, sampled, int8):
+    fp32 = results({"dense": {"python": 0.43}}, dtype="float32")
+    for r in (greedy, sampled, int8, fp32):
         record_passk(store_path, r)
     titles = set(read(store_path))
-    assert titles == {passk_title(greedy), passk_title(sampled), passk_title(int8)}
+    assert titles == {passk_title(r) for r in (greedy, sampled, int8, fp32)} and len(titles) == 4
+    assert "float32" in passk_title(fp32) and "store-dtype" not in passk_title(greedy)
     assert "pass@10" in passk_title(sampled) and "40 problems per language" in passk_title(sampled)
     assert "int8 weights" in passk_title(int8)
 
