@@ -452,13 +452,13 @@ def run_passk(args: argparse.Namespace) -> int:
     meta = {"model": model, "command": _passk_command(args, rows), "format": args.format}
     results = summarize(outcome, args.k, coverage, meta)
     paths = write_passk(results, out)
-    if args.store:
-        paths.append(_record(lambda: record_passk(Path(args.store), results)))
+    if args.store and (recorded := _record(lambda: record_passk(Path(args.store), results))):
+        paths.append(recorded)
     k = headline_k(results)
     print(f"pass@{k}: " + "; ".join(
         f"{row}: " + ", ".join(f"{lang} {_pct(results['cells'][row][lang][pass_key(k)])}"
                                for lang in results["columns"]) for row in rows))
-    print("wrote " + ", ".join(str(p) for p in paths if p))
+    print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 
 

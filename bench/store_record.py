@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from submodel.bench.matrix import pass_key
+from submodel.bench.report import headline_k
 from submodel.pruning.store import Store, open_store
 
 REPORT = "evaluations.json"
@@ -40,7 +41,7 @@ def passk_title(results: dict) -> str:
     dtype, *weights = m["identity"].split(":")[3:]  # store:SHA:strategy:dtype[:weights]
     extra = (f", {dtype}" if dtype != "store-dtype" else "") + \
         (f", {weights[0]} weights" if weights else "")
-    return (f"HumanEval pass@{results['retention_k'] or min(results['ks'])} "
+    return (f"HumanEval pass@{headline_k(results)} "
             f"({results['format']} format, {sampling}, {problems}, max_tokens "
             f"{s['max_tokens']}, seed {s['seed']}{extra})")
 
@@ -54,7 +55,7 @@ def _merge(table: dict, title: str, meta: dict, cells: Iterable[tuple[str, str, 
 
 def record_passk(store_path: Path, results: dict) -> Path:
     """Add a `bench passk --store` run's headline cells to the store's report."""
-    k = results["retention_k"] or min(results["ks"])
+    k = headline_k(results)
     recorded = _now()
     cells = [(row, lang, {"value": cell[pass_key(k)], "problems": cell["problems"],
                           "command": results["command"], "recorded": recorded})

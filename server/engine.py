@@ -373,8 +373,6 @@ class Engine:
         """Chunked prefill while others decode: None sizes chunks from measured step times
         (chunking.py), N > 0 carries N tokens a step, 0 prefills every prompt whole. Benches
         call it between runs, while the engine thread idles."""
-        if tokens is not None and tokens < 0:
-            raise ValueError("prefill_chunk must be >= 0 (0: whole prompts) or None (sized)")
         self.chunks = ChunkSizer(tokens) if tokens != 0 else None
 
     def _step(self) -> None:
