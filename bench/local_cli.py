@@ -48,7 +48,7 @@ def register(kinds: argparse._SubParsersAction) -> None:
     k = kinds.add_parser("kernels", help="masked kernels vs torch dense over the default "
                          "model's Linear shapes (random weights)",
                          description="Masked kernels vs torch dense, with random weights and "
-                         "random 50%% masks of Qwen2.5-0.5B's shapes, and the bandwidth floor.")
+                         "random 50% masks of Qwen2.5-0.5B's shapes, and the bandwidth floor.")
     k.add_argument("--layers", type=_positive, default=24, help="decoder layers (default 24)")
     k.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2)")
     k.add_argument("--repeats", type=_positive, default=5,

@@ -49,8 +49,7 @@ class ServerProcess:
         self.argv += ["--metrics-port", "0"] if metrics else ["--no-metrics"]
         if dtype:
             self.argv += ["--dtype", dtype]
-        if weights != "full":
-            self.argv += ["--weights", weights]
+        self.argv += ["--weights", weights]  # always: serve's own default is auto
         self.log_path = Path(log_path)
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None

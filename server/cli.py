@@ -9,7 +9,7 @@ from pathlib import Path
 
 from submodel.cli import CLIError
 from submodel.server.chunking import parse_prefill_chunk
-from submodel.vocabulary import DEFAULT_STRATEGY, DTYPES, WEIGHT_FORMATS
+from submodel.vocabulary import DEFAULT_STRATEGY, DTYPES, WEIGHT_CHOICES
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9400
@@ -33,13 +33,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "share a batch), swap (the live weights carry one language's mask at "
                         "a time) or replicas (one model per language, a baseline)")
     p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
-    p.add_argument("--weights", choices=WEIGHT_FORMATS, default="full",
-                   help="how the fused strategy holds the weights: full (as stored, in the "
-                        "compute dtype; default), int8 (codes and a scale per 32 columns, "
-                        "LM head included, made at load: about half the bytes a decode step "
-                        "reads, at the cost of that rounding) or gguf (as int8, but every "
-                        "Linear the base GGUF stores as Q5_0 or Q8_0 holds exactly its values; "
-                        "needs a store pruned from a GGUF)")
+    p.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                   help="how the fused strategy holds the weights: auto (default: gguf for a "
+                        "store pruned from a GGUF file, on a CPU with AVX-512 VNNI; full "
+                        "otherwise; the log says which and why), full (as stored, in the "
+                        "compute dtype: the most tokens/s with many requests in flight), int8 "
+                        "(codes and a scale per 32 columns, LM head included, made at load: "
+                        "about half the bytes a decode step reads, at the cost of that "
+                        "rounding) or gguf (as int8, but every Linear the base GGUF stores as "
+                        "Q5_0 or Q8_0 holds exactly its values; needs a store pruned from a "
+                        "GGUF)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1; anything wider needs "
                         "--tls-cert/--tls-key, --auth-token-file or --insecure)")
@@ -164,7 +167,7 @@ def run_serve(args: argparse.Namespace) -> int:
         raise CLIError(str(e)) from None
     if not Path(args.store).is_dir():
         raise CLIError(f"{args.store}: no such store directory (build one with submodel prune)")
-    if args.weights != "full" and args.strategy != "fused":
+    if args.weights not in ("auto", "full") and args.strategy != "fused":
         raise CLIError(f"--weights {args.weights} needs --strategy fused")
 
     def load_engine(metrics: Metrics):

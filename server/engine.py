@@ -55,6 +55,28 @@ END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<
               "<|end|>", "</s>")
 MAX_N = 16
 MAX_TEMPERATURE = 5.0
+INT8_FEATURES = {"avx512bw", "avx512vnni"}  # the int8 kernel's fast path; scalar elsewhere
+
+
+def choose_weights(store: Store, strategy: str, dtype: torch.dtype) -> tuple[str, str]:
+    """`--weights auto`: (format, why). The GGUF's own blocks where they can be served fast
+    (the store's base is a GGUF file found on this machine, the fused strategy, fp32 or bf16
+    compute, a CPU with AVX-512 VNNI): a decode step then reads about half the bytes, for the
+    same greedy pass@1 (README, speed); the weights as stored otherwise."""
+    if strategy != "fused":
+        return "full", f"the {strategy} strategy holds the weights as stored"
+    if dtype not in (torch.float32, torch.bfloat16):
+        return "full", f"no int8 kernel computes in {str(dtype).split('.')[-1]}"
+    base = store.manifest["base_model"]["id"]
+    try:
+        source = resolve_model(base, verify=False)
+    except ModelError:
+        return "full", f"the store's base model {base!r} is not on this machine"
+    if source.kind != "gguf":
+        return "full", f"the store's base model {base!r} is not a GGUF file"
+    if not INT8_FEATURES <= set(kernels.cpu_features()):
+        return "full", "this CPU lacks AVX-512 VNNI, the int8 kernel's fast path"
+    return "gguf", f"the store's base is the GGUF file {source.path.name}"
 
 
 @dataclass
@@ -77,6 +99,10 @@ class Engine:
         self.languages = store.languages
         self.observer = observer or EngineObserver()
         self.dtype = dtype or store.dtype
+        if weights == "auto":
+            weights, why = choose_weights(store, strategy, self.dtype)
+            log.info("--weights auto: %s (%s)", weights, why)
+        self.weights = weights
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.time_slice = time_slice

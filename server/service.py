@@ -204,7 +204,7 @@ class GeneratorService:
         sparsity = store.report("sparsity.json") or {}
         response = pb.ListSubModelsResponse(
             base_model=m["base_model"]["id"], method=m["method"], pattern=m["pattern"],
-            strategy=self.engine.strategy.name,
+            strategy=self.engine.strategy.name, weights=self.engine.weights,
             router_threshold=self.generations.router.threshold)
         response.sub_models.add(id=DENSE, dense=True)
         for lang in self.engine.languages:

@@ -364,6 +364,7 @@ def test_stores_sharing_the_base_and_a_mask_share_their_cached_samples(long_stor
 def test_the_served_weight_format_reaches_the_server(tmp_path):
     from submodel.bench.server_proc import ServerProcess
 
-    assert "--weights" not in ServerProcess("store", tmp_path / "log").argv
+    argv = ServerProcess("store", tmp_path / "log").argv  # full unless told: serve's is auto
+    assert argv[argv.index("--weights") + 1] == "full"
     argv = ServerProcess("store", tmp_path / "log", weights="int8").argv
     assert argv[argv.index("--weights") + 1] == "int8"

@@ -7,7 +7,7 @@ from gguf import GGMLQuantizationType, quants
 
 from submodel.pruning.store import open_store
 from submodel.server import gguf_blocks, kernels
-from submodel.server.engine import Engine
+from submodel.server.engine import Engine, choose_weights
 from submodel.server.masking import make_strategy
 from submodel.server.model import Linear
 
@@ -70,3 +70,15 @@ def test_fused_gguf_weights_take_the_given_blocks_and_round_the_rest():
 def test_gguf_weights_need_a_store_pruned_from_a_gguf(tiny_store):
     with pytest.raises(ValueError, match="needs a store pruned from a GGUF"):
         Engine(open_store(tiny_store), strategy="fused", weights="gguf")
+
+
+def test_auto_weights_stay_full_where_gguf_blocks_cannot_be_served(tiny_store):
+    store = open_store(tiny_store)  # pruned from a Hugging Face directory
+    weights, why = choose_weights(store, "fused", torch.float32)
+    assert weights == "full" and "not a GGUF file" in why
+    assert choose_weights(store, "swap", torch.float32) == (
+        "full", "the swap strategy holds the weights as stored")
+    assert choose_weights(store, "fused", torch.float16)[1] == \
+        "no int8 kernel computes in float16"
+    engine = Engine(store, strategy="fused", weights="auto", max_batch=2)
+    assert engine.weights == "full" and not engine.strategy.int8

@@ -241,7 +241,7 @@ def test_detect_and_list_sub_models(client):
         assert not by_id[lang].dense
         assert by_id[lang].sparsity == pytest.approx(0.5, abs=0.01)
         assert by_id[lang].mask_bytes > 0
-    assert (r.method, r.pattern, r.strategy) == ("wanda", "unstructured", "swap")
+    assert (r.method, r.pattern, r.strategy, r.weights) == ("wanda", "unstructured", "swap", "full")
     assert len(r.overlap) == 6 and all(0 < p.jaccard_distance < 1 for p in r.overlap)
 
 

@@ -173,7 +173,7 @@ class LanguagePairOverlap(_message.Message):
     def __init__(self, a: _Optional[str] = ..., b: _Optional[str] = ..., jaccard_distance: _Optional[float] = ...) -> None: ...
 
 class ListSubModelsResponse(_message.Message):
-    __slots__ = ("sub_models", "base_model", "method", "pattern", "strategy", "router_threshold", "overlap")
+    __slots__ = ("sub_models", "base_model", "method", "pattern", "strategy", "router_threshold", "overlap", "weights")
     SUB_MODELS_FIELD_NUMBER: _ClassVar[int]
     BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
     METHOD_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class ListSubModelsResponse(_message.Message):
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     ROUTER_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
     sub_models: _containers.RepeatedCompositeFieldContainer[SubModel]
     base_model: str
     method: str
@@ -188,7 +189,8 @@ class ListSubModelsResponse(_message.Message):
     strategy: str
     router_threshold: float
     overlap: _containers.RepeatedCompositeFieldContainer[LanguagePairOverlap]
-    def __init__(self, sub_models: _Optional[_Iterable[_Union[SubModel, _Mapping]]] = ..., base_model: _Optional[str] = ..., method: _Optional[str] = ..., pattern: _Optional[str] = ..., strategy: _Optional[str] = ..., router_threshold: _Optional[float] = ..., overlap: _Optional[_Iterable[_Union[LanguagePairOverlap, _Mapping]]] = ...) -> None: ...
+    weights: str
+    def __init__(self, sub_models: _Optional[_Iterable[_Union[SubModel, _Mapping]]] = ..., base_model: _Optional[str] = ..., method: _Optional[str] = ..., pattern: _Optional[str] = ..., strategy: _Optional[str] = ..., router_threshold: _Optional[float] = ..., overlap: _Optional[_Iterable[_Union[LanguagePairOverlap, _Mapping]]] = ..., weights: _Optional[str] = ...) -> None: ...
 
 class ReloadSubModelsRequest(_message.Message):
     __slots__ = ()
