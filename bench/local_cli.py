@@ -10,7 +10,7 @@ from pathlib import Path
 
 from submodel.cli import CLIError
 from submodel.server.chunking import parse_prefill_chunk
-from submodel.vocabulary import LANGUAGES, STRATEGIES, WEIGHT_FORMATS
+from submodel.vocabulary import LANGUAGES, STRATEGIES, WEIGHT_CHOICES
 
 
 def _positive(text: str) -> int:
@@ -135,8 +135,9 @@ def register(kinds: argparse._SubParsersAction) -> None:
                           "session,admission,llama_cpp)")
     ide.add_argument("--strategy", choices=STRATEGIES, default="fused",
                      help="engine strategy (default fused)")
-    ide.add_argument("--weights", choices=WEIGHT_FORMATS, default="full",
-                     help="how fused holds the weights (default full)")
+    ide.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
+                     help="how fused holds the weights (default auto: what `serve` picks "
+                          "for this store and CPU; the report names it)")
     ide.add_argument("--llama-bench", default=None,
                      help="a llama-bench binary (default: llama-bench on PATH, if any)")
     ide.add_argument("--threads", type=_positive, default=2, help="torch threads (default 2)")
@@ -242,6 +243,7 @@ def run_ide(args: argparse.Namespace) -> int:
     from submodel import corpora
     from submodel.bench.ide import PHASES, Settings, markdown, run
     from submodel.pruning.store import StoreError, open_store
+    from submodel.server.engine import choose_weights
 
     path = args.file or Path(argparse.__file__)
     try:
@@ -266,7 +268,10 @@ def run_ide(args: argparse.Namespace) -> int:
     settings = Settings(pauses=args.pauses, context_tokens=args.context_tokens,
                         max_tokens=args.max_tokens, prefix_cache_mb=args.prefix_cache_mb,
                         prefill_chunk=prefill_chunk, admission_chunks=chunks)
-    engine_kwargs = {"strategy": args.strategy, "weights": args.weights}
+    weights = args.weights
+    if weights == "auto":
+        weights = choose_weights(store, args.strategy, store.dtype)[0]
+    engine_kwargs = {"strategy": args.strategy, "weights": weights}
     result = run(store, text, language, settings, engine_kwargs, args.llama_bench, args.threads,
                  phases)
     result["file"] = str(path)

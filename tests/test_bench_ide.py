@@ -32,6 +32,7 @@ def test_quick_run_on_the_editor_store(editor_store, tmp_path):
                  "--context-tokens", "200", "--max-tokens", "4", "--prefill-chunk", "16",
                  "--llama-bench", sys.executable + "-missing", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "ide.json").read_text())
+    assert r["engine"] == {"strategy": "fused", "weights": "full"}  # auto, resolved: no GGUF
     no_cache, cache = r["session"]["no_cache"]["summary"], r["session"]["cache"]["summary"]
     assert no_cache["requests"] == cache["requests"] == 6
     assert no_cache["cache_hit_rate"] == 0 < cache["cache_hit_rate"]
