@@ -50,6 +50,7 @@ class ServerProcess:
         if dtype:
             self.argv += ["--dtype", dtype]
         self.argv += ["--weights", weights]  # always: serve's own default is auto
+        self.argv += ["--prefix-cache-mb", "0"]  # each request prefilled as in earlier runs
         self.log_path = Path(log_path)
         self.start_timeout = start_timeout
         self.proc: subprocess.Popen | None = None

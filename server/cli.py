@@ -79,12 +79,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "step to theirs, from measured step times; N: N tokens a step "
                         "(smaller keeps their inter-token latency lower, larger gets the new "
                         "prompt its first token sooner); 0: prefill every prompt whole")
-    p.add_argument("--prefix-cache-mb", type=int, default=0,
+    p.add_argument("--prefix-cache-mb", type=int, default=256,
                    help="keep the keys and values of recent prompts' starts, up to this many "
                         "MiB, so that a prompt extending one seen before (an editor's context "
                         "on every pause in typing) prefills only what is new; per sub-model, "
-                        "least recently used out first (default 0: off; ~12 KiB per token for "
-                        "the default model in bf16)")
+                        "least recently used out first (default 256: ~21,000 tokens of the "
+                        "default model in bf16, ~12 KiB each; 0: off)")
     p.add_argument("--time-slice", type=float, default=0.25,
                    help="seconds a language keeps the engine while others wait (default 0.25)")
     p.add_argument("--grace", type=float, default=30.0,

@@ -70,7 +70,7 @@ def choose_weights(store: Store, strategy: str, dtype: torch.dtype) -> tuple[str
     base = store.manifest["base_model"]["id"]
     try:
         source = resolve_model(base, verify=False)
-    except ModelError:
+    except (ModelError, OSError):  # OSError: a packaged model that cannot be assembled here
         return "full", f"the store's base model {base!r} is not on this machine"
     if source.kind != "gguf":
         return "full", f"the store's base model {base!r} is not a GGUF file"

@@ -366,5 +366,6 @@ def test_the_served_weight_format_reaches_the_server(tmp_path):
 
     argv = ServerProcess("store", tmp_path / "log").argv  # full unless told: serve's is auto
     assert argv[argv.index("--weights") + 1] == "full"
+    assert argv[argv.index("--prefix-cache-mb") + 1] == "0"  # serve's is 256
     argv = ServerProcess("store", tmp_path / "log", weights="int8").argv
     assert argv[argv.index("--weights") + 1] == "int8"
