@@ -9,7 +9,7 @@ from submodel.bench import perplexity
 from submodel.pruning.prune import PruneConfig, prune
 from submodel.pruning.store import open_store
 from submodel.server.api import FinishEvent, GenerationRequest, SamplingParams
-from submodel.server.engine import Engine, choose_weights
+from submodel.server.engine import INT8_FEATURES, Engine, choose_weights
 from submodel.vocabulary import DENSE
 
 pytestmark = pytest.mark.slow
@@ -70,7 +70,7 @@ def test_gguf_weights_hold_the_files_own_values_and_still_write_python(store_pat
     from submodel.server import kernels
 
     store = open_store(store_path)
-    fast_int8 = {"avx512bw", "avx512vnni"} <= set(kernels.cpu_features())
+    fast_int8 = INT8_FEATURES <= set(kernels.cpu_features())
     assert choose_weights(store, "fused", store.dtype)[0] == ("gguf" if fast_int8 else "full")
     engine = Engine(store, strategy="fused", weights="gguf")
     tensors = {t.name: t for t in gguf.GGUFReader(str(resolve_model("qwen2.5-coder-0.5b").path))
