@@ -144,7 +144,9 @@ class Engine:
         self.pending: _Change | None = None
         self.reload_lock = threading.Lock()  # one reload at a time
         self._retire_ids = itertools.count(1)
-        self.prefix_cache = PrefixCache(prefix_cache_mb << 20) if prefix_cache_mb else None
+        self.prefix_cache = (PrefixCache(prefix_cache_mb << 20, self.args.n_layers,
+                                         self.args.n_kv_heads, self.args.head_dim, self.dtype)
+                             if prefix_cache_mb else None)
         self.mask_ids = {DENSE: DENSE, **{lang: self._digest(store, lang)
                                           for lang in self.languages}}  # mask key -> content
         self.stopping = False
@@ -478,10 +480,8 @@ class Engine:
         """Copy the longest cached prefix of `prompt` into `slot`; its length in tokens."""
         if self.prefix_cache is None:
             return 0
-        entry, length = self.prefix_cache.lookup(mask_id, prompt)
-        if entry is not None:
-            self.cache.k[:, slot, :, :length] = entry.k[:, :, :length]
-            self.cache.v[:, slot, :, :length] = entry.v[:, :, :length]
+        length = self.prefix_cache.restore(mask_id, prompt, self.cache.k[:, slot],
+                                           self.cache.v[:, slot])
         self.observer.prefix_cache_lookup(language, len(prompt), length)
         return length
 

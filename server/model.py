@@ -20,6 +20,14 @@ from submodel.vocabulary import PRUNABLE
 
 SUPPORTED = ("llama", "qwen2", "mistral")
 
+# A prefill of up to this many tokens attends through the decode op, one query row per token
+# (each sees its keys 0..position, the cache written first), not SDPA with a mask: an editor's
+# few new tokens after a cached 1.5k-token prefix, or a small chunk riding a decode step. SDPA's
+# fixed cost there is most of a decode step (AMD EPYC, 1 token after 1,500: 43 vs 22 ms for the
+# whole forward); past ~4 tokens its blocking over the keys wins. A chunk that small riding a
+# decode step is just more decode rows.
+DECODE_OP_MAX_TOKENS = 4
+
 
 class UnsupportedModel(ValueError):
     pass
@@ -173,12 +181,15 @@ class Attention(nn.Module):
         applied): writes the keys and values into the cache, returns [B, T, H * D]."""
         a, cache, i = self.args, step.cache, self.layer
         bsz, seqlen = q.shape[:2]
-        if not step.prefill:  # one op: rotary, cache write and attention of every row
-            o = kernels.decode_attention(q.reshape(bsz, -1), k.reshape(bsz, -1),
-                                         v.reshape(bsz, -1), cache.k[i], cache.v[i], step.slots,
-                                         step.positions.view(-1), step.cos.view(bsz, -1),
-                                         step.sin.view(bsz, -1))
-            return o.view(bsz, 1, -1)
+        if not step.prefill or seqlen <= DECODE_OP_MAX_TOKENS:
+            # one op: rotary, cache write and attention of every row (a row per token)
+            rows = bsz * seqlen
+            slots = step.slots if seqlen == 1 else step.slots[:1].expand(seqlen).contiguous()
+            o = kernels.decode_attention(q.reshape(rows, -1), k.reshape(rows, -1),
+                                         v.reshape(rows, -1), cache.k[i], cache.v[i], slots,
+                                         step.positions.reshape(-1), step.cos.reshape(rows, -1),
+                                         step.sin.reshape(rows, -1))
+            return o.view(bsz, seqlen, -1)
         q = rotate(q.transpose(1, 2), step.cos, step.sin)
         k = rotate(k.transpose(1, 2), step.cos, step.sin)
         v = v.transpose(1, 2)
@@ -191,8 +202,9 @@ class Attention(nn.Module):
             end = start + seqlen
             cache.k[i, step.slots[0], :, start:end] = k[0]
             cache.v[i, step.slots[0], :, start:end] = v[0]
-            ks = cache.k[i, step.slots[:1], :, :end]
-            vs = cache.v[i, step.slots[:1], :, :end]
+            slot = int(step.slots[0])  # a view of the slot, not a gathered copy
+            ks = cache.k[i, slot:slot + 1, :, :end]
+            vs = cache.v[i, slot:slot + 1, :, :end]
             o = F.scaled_dot_product_attention(q, ks, vs, attn_mask=step.visible,
                                                enable_gqa=True)
         return o.transpose(1, 2).reshape(bsz, seqlen, a.n_heads * a.head_dim)
@@ -263,7 +275,7 @@ class Transformer(nn.Module):
         """The Step of a prefill ([1, T] positions) or a decode step ([B, 1])."""
         cos, sin = self.rope(positions, dtype)
         step = Step(positions, cache, slots, prefill, cos[:, None], sin[:, None])  # [B,1,T,D]
-        if prefill and int(positions[0, 0]) > 0:
+        if prefill and int(positions[0, 0]) > 0 and positions.shape[1] > DECODE_OP_MAX_TOKENS:
             length = int(positions[0, -1]) + 1
             keys = torch.arange(length, device=positions.device)
             step.visible = (keys[None, :] <= positions[0, :, None]).view(1, 1, -1, length)
@@ -286,11 +298,17 @@ class Transformer(nn.Module):
         every Linear reads its weights once for both, so the decode rows wait for the chunk's
         share of the work only, not for a forward of its own. Logits [B + 1, vocab]: the
         decode rows', then the chunk's last position's."""
-        b = tokens.shape[0]
+        b, t = tokens.shape[0], chunk_tokens.shape[1]
         x = self.model.embed_tokens(torch.cat((tokens.view(1, b), chunk_tokens), dim=1))
-        step = MixedStep(self.step(positions, cache, slots, False, x.dtype),
-                         self.step(chunk_positions, cache, chunk_slot, True, x.dtype), b)
+        if t <= DECODE_OP_MAX_TOKENS:  # the chunk's tokens are decode rows of its slot
+            step = self.step(torch.cat((positions.view(-1), chunk_positions.view(-1)))[:, None],
+                             cache, torch.cat((slots, chunk_slot.expand(t))), False, x.dtype)
+            x = x.view(b + t, 1, -1)
+        else:
+            step = MixedStep(self.step(positions, cache, slots, False, x.dtype),
+                             self.step(chunk_positions, cache, chunk_slot, True, x.dtype), b)
         for block in self.model.layers:
             x = block(x, step)
-        x = rms_norm(torch.cat((x[0, :b], x[0, -1:])), self.model.norm, self.args.rms_eps)
+        x = x.reshape(b + t, -1)
+        x = rms_norm(torch.cat((x[:b], x[-1:])), self.model.norm, self.args.rms_eps)
         return self.lm_head(x).float()

@@ -43,7 +43,7 @@ def test_chunks_grow_at_most_twofold_a_step_and_stay_in_bounds():
     for _ in range(8):
         sizer.observe(0.030 + sizer.size() * 1e-7, sizer.size())
         sizes.append(sizer.size())
-    assert sizes[:5] == [32, 64, 128, 256, 512] and max(sizes) == MAX_CHUNK
+    assert sizes == [min(FIRST_CHUNK << (i + 1), MAX_CHUNK) for i in range(8)]
     sizer.observe(0.030 + MAX_CHUNK * 1.0, MAX_CHUNK)  # a chunk token costing a second
     assert sizer.size() == MIN_CHUNK
 

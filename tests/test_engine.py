@@ -23,6 +23,7 @@ from submodel.server.api import (
 )
 from submodel.server.chunking import FIRST_CHUNK, MAX_CHUNK, MIN_CHUNK
 from submodel.server.engine import Engine
+from submodel.server.model import DECODE_OP_MAX_TOKENS
 from submodel.vocabulary import DENSE, PRUNABLE
 
 PROMPT = "def add(a, b):\n    return"
@@ -523,14 +524,35 @@ def test_bf16_decode_steps_match_prefill_logits(store):
         assert got[row].argmax() == want.argmax()
 
 
+@pytest.mark.parametrize("tokens", [1, 3, DECODE_OP_MAX_TOKENS + 1, 9])
+def test_a_few_tokens_after_a_prefix_give_the_logits_of_the_whole_prompt(store, tokens):
+    """An editor's few new tokens after a cached prefix attend through the decode op (up to
+    DECODE_OP_MAX_TOKENS), more through SDPA: both see exactly the keys a whole prefill does."""
+    engine = Engine(store, strategy="fused", max_batch=2)
+    ids = engine.tokenizer.encode(LONG_PROMPT)[:40]
+    start = len(ids) - tokens
+    engine.forward(torch.tensor([ids[:start]]), torch.arange(start)[None], torch.tensor([0]),
+                   ["python"], prefill=True)
+    tail = engine.forward(torch.tensor([ids[start:]]), torch.arange(start, len(ids))[None],
+                          torch.tensor([0]), ["python"], prefill=True)[0]
+    whole = engine.forward(torch.tensor([ids]), torch.arange(len(ids))[None],
+                           torch.tensor([1]), ["python"], prefill=True)[0]
+    assert torch.allclose(tail, whole, atol=1e-4, rtol=1e-4), (tail - whole).abs().max()
+    for cache in (engine.cache.k, engine.cache.v):  # the same keys and values written
+        assert torch.allclose(cache[:, 0, :, :len(ids)], cache[:, 1, :, :len(ids)], atol=1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_mixed_step_gives_the_logits_of_its_two_forwards(store, dtype):
+@pytest.mark.parametrize("chunk_tokens", [3, 12])
+def test_a_mixed_step_gives_the_logits_of_its_two_forwards(store, dtype, chunk_tokens):
     """A decode row and a prompt chunk of another language in one pass give the logits the
-    decode step and the chunk's own prefill give."""
+    decode step and the chunk's own prefill give (a chunk of up to DECODE_OP_MAX_TOKENS
+    attends through the decode op, a longer one through SDPA)."""
     engine = Engine(store, strategy="fused", dtype=dtype, max_batch=4)
     decoding = engine.tokenizer.encode(PROMPT)
     prompt = engine.tokenizer.encode(LONG_PROMPT)
-    chunk = torch.tensor([prompt[8:20]]), torch.arange(8, 20)[None]
+    end = 8 + chunk_tokens
+    chunk = torch.tensor([prompt[8:end]]), torch.arange(8, end)[None]
 
     def setup():  # slot 0: PROMPT but its last token; slot 1: the long prompt's first 8
         engine.forward(torch.tensor([decoding[:-1]]), torch.arange(len(decoding) - 1)[None],
