@@ -181,8 +181,11 @@ bool has_bf16() {
 // bits (a zero-masking move) into one VDPBF16PS against its bf16 x. The VNNI tile re-widens and
 // re-scales per batch row; this one per output row, so extra batch rows cost 3 instructions a
 // group instead of 7 (8 rows of 4 languages, 8 layers: 11.5 -> 9.0 ms on Zen 4, where bf16
-// weights take 6.5). Batch 1 keeps the VNNI tile: one row does not repay the widening.
-template <int R, int NB>
+// weights take 6.5). Batch 1 keeps the VNNI tile: one row does not repay the widening. When the
+// tile's batch rows share one mask (one language: a prompt chunk's rows, or a batch of one
+// sub-model), the widened weights are masked once per output row and each batch row costs
+// one instruction a group.
+template <int R, int NB, bool Shared>
 Q8_BF16 void tile_bf16(const Q8Gemv& g, int64_t o, int64_t b0) {
   const int64_t groups = g.in / kQ8Group;
   const TileRows<R, NB> t(g, o, b0);
@@ -209,16 +212,24 @@ Q8_BF16 void tile_bf16(const Q8Gemv& g, int64_t o, int64_t b0) {
       const __m512 hi = _mm512_mul_ps(
           _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1))), scale);
       wb[r] = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);  // columns i .. i + 31 in order
+      if constexpr (Shared) {
+        uint32_t bits;
+        std::memcpy(&bits, m[r][0] + i / 8, 4);
+        wb[r] = _mm512_maskz_mov_epi16(bits, wb[r]);
+      }
     }
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
       const __m512i x = _mm512_loadu_si512(xh[b] + i);
 #pragma GCC unroll 4
       for (int r = 0; r < R; ++r) {
-        uint32_t bits;
-        std::memcpy(&bits, m[r][b] + i / 8, 4);
-        acc[r][b] = _mm512_dpbf16_ps(acc[r][b], (__m512bh)_mm512_maskz_mov_epi16(bits, wb[r]),
-                                     (__m512bh)x);
+        __m512i wm = wb[r];
+        if constexpr (!Shared) {
+          uint32_t bits;
+          std::memcpy(&bits, m[r][b] + i / 8, 4);
+          wm = _mm512_maskz_mov_epi16(bits, wm);
+        }
+        acc[r][b] = _mm512_dpbf16_ps(acc[r][b], (__m512bh)wm, (__m512bh)x);
       }
     }
   }
@@ -235,7 +246,12 @@ struct VnniTile {
 
 struct Bf16Tile {
   template <int R, int NB>
-  static void run(const Q8Gemv& g, int64_t o, int64_t b0) { tile_bf16<R, NB>(g, o, b0); }
+  static void run(const Q8Gemv& g, int64_t o, int64_t b0) {
+    bool shared = true;
+    for (int b = 1; b < NB; ++b) shared = shared && g.masks[b0 + b] == g.masks[b0];
+    if (shared) return tile_bf16<R, NB, true>(g, o, b0);
+    tile_bf16<R, NB, false>(g, o, b0);
+  }
 };
 
 // Output rows o .. o + R - 1 for every batch row: full tiles of kRowsPerTile, then the rest.
