@@ -144,9 +144,7 @@ class Engine:
         self.pending: _Change | None = None
         self.reload_lock = threading.Lock()  # one reload at a time
         self._retire_ids = itertools.count(1)
-        self.prefix_cache = (PrefixCache(prefix_cache_mb << 20, self.args.n_layers,
-                                         self.args.n_kv_heads, self.args.head_dim, self.dtype)
-                             if prefix_cache_mb else None)
+        self.prefix_cache = self._prefix_cache(prefix_cache_mb)
         self.mask_ids = {DENSE: DENSE, **{lang: self._digest(store, lang)
                                           for lang in self.languages}}  # mask key -> content
         self.stopping = False
@@ -475,6 +473,16 @@ class Engine:
                            make_generator(params, sample))
             self.scheduler.start(seq)
             self._accept(seq, choose_token(logits, params, seq.generator))
+
+    def _prefix_cache(self, megabytes: int) -> PrefixCache | None:
+        if not megabytes:
+            return None
+        try:
+            return PrefixCache(megabytes << 20, self.args.n_layers, self.args.n_kv_heads,
+                               self.args.head_dim, self.dtype)
+        except RuntimeError:  # torch's allocator: more than this machine can reserve
+            raise ValueError(f"a prefix cache of {megabytes} MiB cannot be allocated on this "
+                             "machine (--prefix-cache-mb)") from None
 
     def _reuse_prefix(self, mask_id: str, prompt: list[int], slot: int, language: str) -> int:
         """Copy the longest cached prefix of `prompt` into `slot`; its length in tokens."""

@@ -90,6 +90,11 @@ def test_least_recently_used_leaves_go_first_and_bytes_stay_in_budget():
     assert restored(cache, "m", big) == 6 * BLOCK  # as much of its start as fits
 
 
+def test_a_cache_larger_than_the_machine_is_a_clear_error(tiny_store):
+    with pytest.raises(ValueError, match="prefix cache of .* MiB cannot be allocated"):
+        Engine(open_store(tiny_store), prefix_cache_mb=1 << 40)
+
+
 class Lookups(EngineObserver):
     def __init__(self) -> None:
         self.seen: list[tuple[str, int, int]] = []
