@@ -23,10 +23,11 @@ SUPPORTED = ("llama", "qwen2", "mistral")
 # A prefill of up to this many tokens attends through the decode op, one query row per token
 # (each sees its keys 0..position, the cache written first), not SDPA with a mask: an editor's
 # few new tokens after a cached 1.5k-token prefix, or a small chunk riding a decode step. SDPA's
-# fixed cost there is most of a decode step (AMD EPYC, 1 token after 1,500: 43 vs 22 ms for the
-# whole forward); past ~4 tokens its blocking over the keys wins. A chunk that small riding a
-# decode step is just more decode rows.
-DECODE_OP_MAX_TOKENS = 4
+# fixed cost there is most of a decode step (AMD EPYC, int8, the whole forward after 1,500
+# cached tokens: 1 token 37-43 vs 18-22 ms, 5 tokens 31 vs 29, 6: 33 vs 31); from ~8 tokens
+# its blocking over the keys wins. A chunk that small riding a decode step is just more decode
+# rows.
+DECODE_OP_MAX_TOKENS = 6
 
 
 class UnsupportedModel(ValueError):
