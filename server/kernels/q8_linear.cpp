@@ -218,7 +218,7 @@ Q8_BF16 void tile_bf16(const Q8Gemv& g, int64_t o, int64_t b0) {
         wb[r] = _mm512_maskz_mov_epi16(bits, wb[r]);
       }
     }
-#pragma GCC unroll 4
+#pragma GCC unroll 8
     for (int b = 0; b < NB; ++b) {
       const __m512i x = _mm512_loadu_si512(xh[b] + i);
 #pragma GCC unroll 4
@@ -269,7 +269,27 @@ void rows_of(const Q8Gemv& g, int64_t o) {
   }
 }
 
+// 5 to 8 batch rows of one mask in one tile of 2 output rows: each output row's weights are
+// widened once for all of them, where tiles of 4 batch rows widen them twice.
+template <int NB>
+Q8_BF16 void gemv_bf16_one_mask(const Q8Gemv& g, int64_t o0, int64_t o1) {
+  int64_t o = o0;
+  for (; o + 2 <= o1; o += 2) tile_bf16<2, NB, true>(g, o, 0);
+  if (o < o1) tile_bf16<1, NB, true>(g, o, 0);
+}
+
 Q8_BF16 void gemv_bf16(const Q8Gemv& g, int64_t o0, int64_t o1) {
+  bool one_mask = true;
+  for (int64_t b = 1; b < g.rows; ++b) one_mask = one_mask && g.masks[b] == g.masks[0];
+  if (one_mask) {
+    switch (g.rows) {
+      case 5: return gemv_bf16_one_mask<5>(g, o0, o1);
+      case 6: return gemv_bf16_one_mask<6>(g, o0, o1);
+      case 7: return gemv_bf16_one_mask<7>(g, o0, o1);
+      case 8: return gemv_bf16_one_mask<8>(g, o0, o1);
+      default: break;
+    }
+  }
   int64_t o = o0;
   for (; o + 4 <= o1; o += 4) rows_of<Bf16Tile, 4>(g, o);
   for (; o < o1; ++o) rows_of<Bf16Tile, 1>(g, o);
