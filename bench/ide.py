@@ -272,9 +272,11 @@ def _gaps_while_admitting(engine: Engine, long_prompt: str, language: str) -> di
     answered_at = time.perf_counter()
     handle.cancel()
     reader.join()
-    gaps = [(a, b - a) for a, b in zip(arrivals, arrivals[1:], strict=False)]
-    unloaded = [g for a, g in gaps if a < admitted_at][1:]  # the first gap may hold the warm-up
-    loaded = [g for a, g in gaps if admitted_at <= a < answered_at]
+    gaps = [(a, b) for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    unloaded = [b - a for a, b in gaps if b <= admitted_at][1:]  # the first may hold the warm-up
+    # every gap that ends after the prompt came in and begins before its answer: the one it
+    # arrived in is loaded too (a whole-prompt prefill stalls exactly that one)
+    loaded = [b - a for a, b in gaps if b > admitted_at and a < answered_at]
     base = statistics.median(unloaded) if unloaded else None
     return {"unloaded_step_s": base, "loaded_gaps": len(loaded),
             "loaded_p99_s": _percentile(loaded, 0.99), "loaded_max_s": max(loaded, default=None),
