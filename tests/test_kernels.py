@@ -324,7 +324,7 @@ def test_masked_linear_q8_mixed_batch(path, dtype, out, inp):
     bits, packed = random_masks(3, out, inp, gen)
     # tiles of 4 batch rows: mixed languages, and rows of one mask (masked once per tile)
     for row_lang in ([0], [-1], [2, -1, 0, 1, 1], [1, 0, 2, -1, 2, 0, 1, -1, 0], [1, 1, 1, 1],
-                     [0, 2, 2, 2, 2, 2], [-1, -1, -1], [2] * 7, [-1] * 5):
+                     [0, 2, 2, 2, 2, 2], [-1, -1, -1], [2] * 7, [-1] * 5, [1] * 11):
         lang = torch.tensor(row_lang, dtype=torch.int32)
         x = torch.randn(len(row_lang), inp, generator=gen)
         x[:, 3] *= 50  # an outlier column, as activations have
