@@ -322,7 +322,8 @@ def test_masked_linear_q8_mixed_batch(path, dtype, out, inp):
     gen = torch.Generator().manual_seed(out * inp)
     codes, scales = kernels.quantize_q8(torch.randn(out, inp, generator=gen))
     bits, packed = random_masks(3, out, inp, gen)
-    # tiles of 4 batch rows: mixed languages, and rows of one mask (masked once per tile)
+    # tiles of 4 batch rows of mixed languages; rows of one mask (masked once per output row,
+    # more than 4 of them in tiles of up to 8)
     for row_lang in ([0], [-1], [2, -1, 0, 1, 1], [1, 0, 2, -1, 2, 0, 1, -1, 0], [1, 1, 1, 1],
                      [0, 2, 2, 2, 2, 2], [-1, -1, -1], [2] * 7, [-1] * 5, [1] * 11):
         lang = torch.tensor(row_lang, dtype=torch.int32)
