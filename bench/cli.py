@@ -17,8 +17,8 @@ from submodel.cli import CLIError
 from submodel.vocabulary import (
     DEFAULT_STRATEGY,
     DENSE,
-    DTYPES,
     LANGUAGES,
+    SERVE_DTYPES,
     STRATEGIES,
     WEIGHT_FORMATS,
 )
@@ -161,8 +161,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "it <= that server's --max-batch")
     p.add_argument("--strategy", choices=STRATEGIES, default=DEFAULT_STRATEGY,
                    help="with --store: how the server applies masks (default fused)")
-    p.add_argument("--dtype", choices=DTYPES, help="with --store: compute dtype (default: the "
-                                                   "store's)")
+    p.add_argument("--dtype", choices=SERVE_DTYPES,
+                   help="with --store: compute dtype (default: the store's)")
     p.add_argument("--weights", choices=WEIGHT_FORMATS, default="full",
                    help="with --store and the fused strategy: how the server holds the weights "
                         "(int8: its rounding's quality cost; default full)")
@@ -225,7 +225,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="measured requests per strategy (default 32)")
     lo.add_argument("--max-tokens", type=int, default=64, help="tokens per request (default 64)")
     lo.add_argument("--seed", type=int, default=0, help="sampling seed of request 0 (default 0)")
-    lo.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
+    lo.add_argument("--dtype", choices=SERVE_DTYPES, help="compute dtype (default: the store's)")
     lo.add_argument("--http", action="store_true",
                     help="also send the measured requests through the OpenAI-compatible HTTP "
                          "API of the same server and report HTTP/gRPC ratios (gRPC, HTTP, HTTP, "

@@ -270,7 +270,7 @@ def run_ide(args: argparse.Namespace) -> int:
                         prefill_chunk=prefill_chunk, admission_chunks=chunks)
     weights = args.weights
     if weights == "auto":
-        weights = choose_weights(store, args.strategy, store.dtype)[0]
+        weights = choose_weights(store, args.strategy)[0]
     engine_kwargs = {"strategy": args.strategy, "weights": weights}
     result = run(store, text, language, settings, engine_kwargs, args.llama_bench, args.threads,
                  phases)

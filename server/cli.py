@@ -9,7 +9,7 @@ from pathlib import Path
 
 from submodel.cli import CLIError
 from submodel.server.chunking import parse_prefill_chunk
-from submodel.vocabulary import DEFAULT_STRATEGY, DTYPES, WEIGHT_CHOICES
+from submodel.vocabulary import DEFAULT_STRATEGY, SERVE_DTYPES, WEIGHT_CHOICES
 
 DEFAULT_PORT = 50051
 DEFAULT_METRICS_PORT = 9400
@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how masks are applied: fused (default: masked kernels, languages "
                         "share a batch), swap (the live weights carry one language's mask at "
                         "a time) or replicas (one model per language, a baseline)")
-    p.add_argument("--dtype", choices=DTYPES, help="compute dtype (default: the store's)")
+    p.add_argument("--dtype", choices=SERVE_DTYPES,
+                   help="compute dtype (default: the store's; a float16 store computes in "
+                        "float32, exactly)")
     p.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                    help="how the fused strategy holds the weights: auto (default: gguf for a "
                         "store pruned from a GGUF file, on a CPU with AVX-512 VNNI; full "

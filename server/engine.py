@@ -58,15 +58,27 @@ MAX_TEMPERATURE = 5.0
 INT8_FEATURES = {"avx512bw", "avx512vnni"}  # the int8 kernel's fast path; scalar elsewhere
 
 
-def choose_weights(store: Store, strategy: str, dtype: torch.dtype) -> tuple[str, str]:
+def compute_dtype(requested: torch.dtype | None, stored: torch.dtype) -> torch.dtype:
+    """The dtype a forward computes in: the requested one, else the store's; float32 or
+    bfloat16, what the CPU kernels (masked Linears, decode attention) take. A float16 store
+    computes in float32: its weights upcast exactly."""
+    if requested is not None and requested not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"the server computes in float32 or bfloat16, not "
+                         f"{str(requested).removeprefix('torch.')}")
+    if requested is None and stored not in (torch.float32, torch.bfloat16):
+        log.info("the store holds %s weights: computing in float32 (--dtype bfloat16 is "
+                 "faster and rounds them)", str(stored).removeprefix("torch."))
+        return torch.float32
+    return requested or stored
+
+
+def choose_weights(store: Store, strategy: str) -> tuple[str, str]:
     """`--weights auto`: (format, why). The GGUF's own blocks where they can be served fast
-    (the store's base is a GGUF file found on this machine, the fused strategy, fp32 or bf16
-    compute, a CPU with AVX-512 VNNI): a decode step then reads about half the bytes, for the
+    (the store's base is a GGUF file found on this machine, the fused strategy, a CPU with
+    AVX-512 VNNI): a decode step then reads about half the bytes, for the
     same greedy pass@1 (README, speed); the weights as stored otherwise."""
     if strategy != "fused":
         return "full", f"the {strategy} strategy holds the weights as stored"
-    if dtype not in (torch.float32, torch.bfloat16):
-        return "full", f"no int8 kernel computes in {str(dtype).split('.')[-1]}"
     base = store.manifest["base_model"]["id"]
     try:
         source = resolve_model(base, verify=False)
@@ -98,9 +110,9 @@ class Engine:
         self.store = store
         self.languages = store.languages
         self.observer = observer or EngineObserver()
-        self.dtype = dtype or store.dtype
+        self.dtype = compute_dtype(dtype, store.dtype)
         if weights == "auto":
-            weights, why = choose_weights(store, strategy, self.dtype)
+            weights, why = choose_weights(store, strategy)
             log.info("--weights auto: %s (%s)", weights, why)
         self.weights = weights
         self.max_batch = max_batch
@@ -114,11 +126,10 @@ class Engine:
         self.prompts = PromptBuilder(self.tokenizer)
         self.end_ids = self._end_token_ids(config)
 
-        if self.dtype in (torch.float32, torch.bfloat16):
-            log.info("kernel path: %s", kernels.use_fastest_path(self.dtype))
-            kernels.use_measured_gemm_min_rows(self.dtype)
-            if weights != "full":
-                kernels.use_measured_gemm_min_rows(self.dtype, int8=True)
+        log.info("kernel path: %s", kernels.use_fastest_path(self.dtype))
+        kernels.use_measured_gemm_min_rows(self.dtype)
+        if weights != "full":
+            kernels.use_measured_gemm_min_rows(self.dtype, int8=True)
         state = store.load_state_dict(self.dtype)
         self.model = Transformer(self.args, state)  # CPU: the masked kernels are CPU code
         self.names = [f"{name}.weight" for name in self.model.prunable()]

@@ -61,7 +61,8 @@ DEFAULT_STRATEGY = "fused"
 # how fused holds the weights: as stored; int8 + scales; those with the GGUF's own Q5_0/Q8_0 values
 WEIGHT_FORMATS = ("full", "int8", "gguf")
 WEIGHT_CHOICES = ("auto", *WEIGHT_FORMATS)  # serve's flag: auto picks one per store and CPU
-DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes, by their torch names
+DTYPES = ("float32", "bfloat16", "float16")  # store and calibration dtypes, by torch name
+SERVE_DTYPES = ("float32", "bfloat16")  # what the server's CPU kernels compute in
 
 # The Linears of a decoder block that masks cover, by their name under `model.layers.N.`, in
 # the store's order; embeddings and lm_head are never pruned.

@@ -6,12 +6,13 @@ from submodel.pruning.prune import PruneConfig, prune
 LANGS = ("python", "java", "cpp", "javascript")
 
 
-def build_tiny_store(root, languages=LANGS, arch="qwen2", editor=False, **overrides):
+def build_tiny_store(root, languages=LANGS, arch="qwen2", editor=False, dtype="float32",
+                     **overrides):
     """A real store pruned from a tiny random model on real calibration code (seconds);
     `editor`: its tokenizer has FIM tokens and a chat template."""
     model_dir = save_tiny(root / "model", arch=arch, editor=editor)
     cfg = PruneConfig(model=str(model_dir), out=root / "store", languages=tuple(languages),
-                      nsamples=8, seqlen=64, progress=False, dtype="float32", **overrides)
+                      nsamples=8, seqlen=64, progress=False, dtype=dtype, **overrides)
     return prune(cfg)
 
 

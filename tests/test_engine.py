@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+from conftest import build_tiny_store
 
 from submodel.pruning import masks as bits
 from submodel.pruning.edit import remove_language
@@ -571,3 +572,23 @@ def test_a_mixed_step_gives_the_logits_of_its_two_forwards(store, dtype, chunk_t
     assert torch.allclose(mixed[0], decode, atol=tol, rtol=tol)
     assert torch.allclose(mixed[1], prefill, atol=tol, rtol=tol)
     assert mixed[0].argmax() == decode.argmax() and mixed[1].argmax() == prefill.argmax()
+
+
+def test_a_float16_store_computes_in_float32(tmp_path):
+    """The CPU kernels take float32 or bfloat16: a float16 store is served in float32 (its
+    weights upcast exactly; before, every decode step failed); float16 asked for is a clear
+    error."""
+    store = open_store(build_tiny_store(tmp_path, languages=("python",), dtype="float16").path)
+    engine = Engine(store, max_batch=2)
+    assert store.dtype == torch.float16 and engine.dtype == torch.float32
+    engine.start()
+    try:
+        handle = engine.submit(GenerationRequest(PROMPT, "python", SamplingParams(max_tokens=6)))
+        events = list(handle)
+    finally:
+        engine.stop()
+    finish = [e for e in events if isinstance(e, FinishEvent)]
+    assert [f.finish_reason for f in finish] == ["length"] and finish[0].tokens == 6
+    assert isinstance(events[-1], DoneEvent) and events[-1].generated_tokens == 6
+    with pytest.raises(ValueError, match="computes in float32 or bfloat16, not float16"):
+        Engine(store, dtype=torch.float16)

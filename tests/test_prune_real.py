@@ -71,7 +71,7 @@ def test_gguf_weights_hold_the_files_own_values_and_still_write_python(store_pat
 
     store = open_store(store_path)
     fast_int8 = INT8_FEATURES <= set(kernels.cpu_features())
-    assert choose_weights(store, "fused", store.dtype)[0] == ("gguf" if fast_int8 else "full")
+    assert choose_weights(store, "fused")[0] == ("gguf" if fast_int8 else "full")
     engine = Engine(store, strategy="fused", weights="gguf")
     tensors = {t.name: t for t in gguf.GGUFReader(str(resolve_model("qwen2.5-coder-0.5b").path))
                .tensors}
