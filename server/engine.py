@@ -47,7 +47,7 @@ from submodel.server.prefix_cache import PrefixCache
 from submodel.server.prompts import PromptBuilder, validate_messages
 from submodel.server.sampling import TextAssembler, choose_token, make_generator
 from submodel.server.scheduler import RequestHandle, Scheduler, Sequence
-from submodel.vocabulary import DEFAULT_STRATEGY, DENSE
+from submodel.vocabulary import DEFAULT_STRATEGY, DENSE, SERVE_DTYPES
 
 log = logging.getLogger("submodel.engine")
 
@@ -56,16 +56,17 @@ END_TOKENS = ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "<|end_of_text|>", "<
 MAX_N = 16
 MAX_TEMPERATURE = 5.0
 INT8_FEATURES = {"avx512bw", "avx512vnni"}  # the int8 kernel's fast path; scalar elsewhere
+SERVED_DTYPES = tuple(getattr(torch, name) for name in SERVE_DTYPES)
 
 
 def compute_dtype(requested: torch.dtype | None, stored: torch.dtype) -> torch.dtype:
     """The dtype a forward computes in: the requested one, else the store's; float32 or
     bfloat16, what the CPU kernels (masked Linears, decode attention) take. A float16 store
     computes in float32: its weights upcast exactly."""
-    if requested is not None and requested not in (torch.float32, torch.bfloat16):
-        raise ValueError(f"the server computes in float32 or bfloat16, not "
+    if requested is not None and requested not in SERVED_DTYPES:
+        raise ValueError(f"the server computes in {' or '.join(SERVE_DTYPES)}, not "
                          f"{str(requested).removeprefix('torch.')}")
-    if requested is None and stored not in (torch.float32, torch.bfloat16):
+    if requested is None and stored not in SERVED_DTYPES:
         log.info("the store holds %s weights: computing in float32 (--dtype bfloat16 is "
                  "faster and rounds them)", str(stored).removeprefix("torch."))
         return torch.float32

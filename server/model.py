@@ -67,16 +67,6 @@ class ModelArgs:
             max_positions=cfg.get("max_position_embeddings", 4096))
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """In fp32, rounded to x's dtype before the weight multiplies; one kernel op for the
-    kernels' dtypes (eight torch ops otherwise, a few microseconds each in a decode step)."""
-    if x.dtype in (torch.float32, torch.bfloat16):
-        return kernels.rms_norm(x, weight, eps)
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -233,8 +223,8 @@ class Block(nn.Module):
         self.mlp = MLP(state, p + "mlp.")
 
     def forward(self, x: torch.Tensor, step: Step | MixedStep) -> torch.Tensor:
-        x = x + self.self_attn(rms_norm(x, self.input_layernorm, self.eps), step)
-        return x + self.mlp(rms_norm(x, self.post_attention_layernorm, self.eps))
+        x = x + self.self_attn(kernels.rms_norm(x, self.input_layernorm, self.eps), step)
+        return x + self.mlp(kernels.rms_norm(x, self.post_attention_layernorm, self.eps))
 
 
 class Decoder(nn.Module):
@@ -289,7 +279,7 @@ class Transformer(nn.Module):
         step = self.step(positions, cache, slots, prefill, x.dtype)
         for block in self.model.layers:
             x = block(x, step)
-        x = rms_norm(x[:, -1], self.model.norm, self.args.rms_eps)
+        x = kernels.rms_norm(x[:, -1], self.model.norm, self.args.rms_eps)
         return self.lm_head(x).float()
 
     def forward_mixed(self, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor,
@@ -311,5 +301,5 @@ class Transformer(nn.Module):
         for block in self.model.layers:
             x = block(x, step)
         x = x.reshape(b + t, -1)
-        x = rms_norm(torch.cat((x[:b], x[-1:])), self.model.norm, self.args.rms_eps)
+        x = kernels.rms_norm(torch.cat((x[:b], x[-1:])), self.model.norm, self.args.rms_eps)
         return self.lm_head(x).float()
