@@ -322,10 +322,11 @@ def test_masked_linear_q8_mixed_batch(path, dtype, out, inp):
     gen = torch.Generator().manual_seed(out * inp)
     codes, scales = kernels.quantize_q8(torch.randn(out, inp, generator=gen))
     bits, packed = random_masks(3, out, inp, gen)
-    # tiles of 4 batch rows of mixed languages; rows of one mask (masked once per output row,
-    # more than 4 of them in tiles of up to 8)
+    # up to 4 batch rows: tiles of 4; more: tiles of up to 8, a tile of one mask masking the
+    # weights once per output row (the last case: 8 mixed rows, then 5 of one mask)
     for row_lang in ([0], [-1], [2, -1, 0, 1, 1], [1, 0, 2, -1, 2, 0, 1, -1, 0], [1, 1, 1, 1],
-                     [0, 2, 2, 2, 2, 2], [-1, -1, -1], [2] * 7, [-1] * 5, [1] * 11):
+                     [0, 2, 2, 2, 2, 2], [-1, -1, -1], [2] * 7, [-1] * 5, [1] * 11,
+                     [0, 1, 2, -1, 0, 1, 2, -1, 2, 2, 2, 2, 2]):
         lang = torch.tensor(row_lang, dtype=torch.int32)
         x = torch.randn(len(row_lang), inp, generator=gen)
         x[:, 3] *= 50  # an outlier column, as activations have
