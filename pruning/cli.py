@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--score", default="wanda", choices=("wanda", "ria"),
                    help="wanda: |W| x ||X||; ria: |W| relative to its row and column sums "
                    "x ||X||^0.5 (Zhang et al. 2024)")
+    p.add_argument("--activation-power", type=float, default=None, metavar="P",
+                   help="the exponent of the activation norm ||X|| in the score (default: the "
+                   "score's own, 1 for wanda and 0.5 for ria; 0 ranks by |W| alone)")
     p.add_argument("--allocation", default="uniform", choices=("uniform", "owl"),
                    help="uniform: every block at the target sparsity; owl: blocks with more "
                    "outlier scores pruned less, within +-lambda, same overall (Yin et al. 2024)")
@@ -102,7 +105,8 @@ def run_prune(args: argparse.Namespace) -> int:
     try:
         calib = corpora.parse_calib_flags(args.calib)
         sparsity, overrides = parse_sparsity(args.sparsity)
-        recipe = MaskRecipe(score=args.score, allocation=args.allocation, owl_m=args.owl_m,
+        recipe = MaskRecipe(score=args.score, activation_power=args.activation_power,
+                            allocation=args.allocation, owl_m=args.owl_m,
                             owl_lambda=args.owl_lambda, refine=args.refine,
                             dsnot_cycles=args.dsnot_cycles,
                             dsnot_threshold=args.dsnot_threshold)

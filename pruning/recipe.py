@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from submodel.pruning.scores import SCORE_POWER
+
 SCORE_CHOICES = ("wanda", "ria")
 ALLOCATION_CHOICES = ("uniform", "owl")
 REFINE_CHOICES = ("none", "dsnot")
@@ -13,6 +15,7 @@ REFINE_CHOICES = ("none", "dsnot")
 @dataclass(frozen=True)
 class MaskRecipe:
     score: str = "wanda"
+    activation_power: float | None = None  # exponent of ||X_j|| in the score; None: the score's own
     allocation: str = "uniform"
     owl_m: float = 5.0          # a score is an outlier above owl_m x its block's mean score
     owl_lambda: float = 0.08    # per-block sparsity stays within target +- owl_lambda
@@ -31,6 +34,8 @@ class MaskRecipe:
             raise ValueError(f"--allocation must be one of {', '.join(ALLOCATION_CHOICES)}")
         if self.refine not in REFINE_CHOICES:
             raise ValueError(f"--refine must be one of {', '.join(REFINE_CHOICES)}")
+        if self.activation_power is not None and not 0 <= self.activation_power <= 4:
+            raise ValueError("--activation-power must be between 0 and 4")
         if self.owl_m <= 0 or not 0 < self.owl_lambda < 0.5:
             raise ValueError("--owl-m must be > 0 and --owl-lambda between 0 and 0.5")
         if self.dsnot_cycles < 1 or self.dsnot_threshold < 0:
@@ -57,7 +62,18 @@ class MaskRecipe:
         refine: dict = {"kind": self.refine}
         if self.refine == "dsnot":
             refine.update(cycles=self.dsnot_cycles, threshold=self.dsnot_threshold)
-        return {"score": self.score, "allocation": allocation, "refine": refine}
+        out: dict = {"score": self.score, "allocation": allocation, "refine": refine}
+        # only when not the score's own: a store without the key reads as it did before
+        if self.power != SCORE_POWER.get(self.score):
+            out["activation_power"] = self.power
+        return out
+
+    @property
+    def power(self) -> float:
+        """The exponent of the activation norm that the score uses."""
+        if self.activation_power is None:
+            return SCORE_POWER[self.score]
+        return self.activation_power
 
     @property
     def needs_mean(self) -> bool:
@@ -70,6 +86,8 @@ def describe_recipe(manifest: dict) -> str:
     allocation = manifest.get("allocation", {"kind": "uniform"})
     refine = manifest.get("refine", {"kind": "none"})
     parts = [f"score {manifest.get('score', 'wanda')}", f"allocation {allocation['kind']}"]
+    if "activation_power" in manifest:
+        parts[0] += f" (||X||^{manifest['activation_power']:g})"
     if allocation["kind"] == "owl":
         parts[-1] += f" (M={allocation['m']}, lambda={allocation['lambda']})"
     parts.append(f"refine {refine['kind']}")

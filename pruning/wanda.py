@@ -208,7 +208,7 @@ def walk_blocks(model: nn.Module, calib: torch.Tensor, decide: BlockDecision,
 def layer_keep(lin: nn.Linear, stats: ChannelStats, sparsity: float,
                pattern: tuple[int, int] | None, recipe: MaskRecipe) -> torch.Tensor:
     """One Linear's keep-mask under `recipe`: score, keep the top per row, refine."""
-    score = SCORES[recipe.score](lin.weight, stats.sum_sq, stats.n_tokens)
+    score = SCORES[recipe.score](lin.weight, stats.sum_sq, stats.n_tokens, recipe.power)
     keep = keep_mask(score, sparsity, pattern)
     if recipe.refine == "dsnot":
         keep = dsnot_refine(lin.weight, keep, score, stats.mean(), stats.var(),

@@ -241,6 +241,9 @@ def test_resume_with_another_recipe_is_refused(tmp_path, monkeypatch):
     with pytest.raises(StoreError, match=r"differs in sparsity_overrides"):
         build_tiny_store(tmp_path, languages=("python", "java"),
                          sparsity_overrides={"java": 0.4})
+    with pytest.raises(StoreError, match=r"differs in activation_power\)"):
+        build_tiny_store(tmp_path, languages=("python", "java"),
+                         recipe=MaskRecipe(activation_power=0.5))
     assert (work / "masks" / "python.safetensors").is_file()  # the partial work is kept
     store = build_tiny_store(tmp_path, languages=("python", "java"),
                              recipe=MaskRecipe(score="ria"), force=True)

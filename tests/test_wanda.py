@@ -19,9 +19,10 @@ from submodel.pruning.wanda import (
 )
 
 
-def brute_force_keep(weight, x, sparsity):
-    """Per row: drop the int(in*sparsity) smallest |W_ij| * ||X_j||, lower index first on ties."""
-    norm = x.pow(2).sum(0).div(x.shape[0]).sqrt()
+def brute_force_keep(weight, x, sparsity, power=1.0):
+    """Per row: drop the int(in*sparsity) smallest |W_ij| * ||X_j||^power, lower index first on
+    ties."""
+    norm = x.pow(2).sum(0).div(x.shape[0]).sqrt().pow(power)
     keep = torch.ones_like(weight, dtype=torch.bool)
     k = int(weight.shape[1] * sparsity)
     for r in range(weight.shape[0]):
@@ -39,6 +40,30 @@ def test_wanda_mask_on_one_linear_matches_brute_force():
     got = keep_mask(score, 0.5, None)
     assert torch.equal(got, brute_force_keep(weight, x, 0.5))
     assert (got.sum(1) == 10).all()
+
+
+@pytest.mark.parametrize("power", [0.0, 0.5, 2.0])
+def test_activation_power_mask_on_one_linear_matches_brute_force(power):
+    torch.manual_seed(1)
+    weight = torch.randn(6, 20)
+    x = torch.randn(50, 20) * torch.linspace(0.1, 3, 20)
+    recipe = MaskRecipe(activation_power=power)
+    score = wanda_score(weight, x.double().pow(2).sum(0), x.shape[0], recipe.power)
+    got = keep_mask(score, 0.5, None)
+    assert torch.equal(got, brute_force_keep(weight, x, 0.5, power))
+    if power == 0.0:  # |W| alone: magnitude pruning
+        assert torch.equal(got, keep_mask(weight.abs(), 0.5, None))
+    assert not torch.equal(got, brute_force_keep(weight, x, 0.5))  # not Wanda's mask
+
+
+def test_activation_power_is_validated_and_recorded_only_when_not_the_scores_own():
+    assert MaskRecipe().power == 1.0 and MaskRecipe(score="ria").power == 0.5
+    assert MaskRecipe(activation_power=1.0).manifest() == MaskRecipe().manifest()
+    assert MaskRecipe(activation_power=0.5).manifest()["activation_power"] == 0.5
+    assert MaskRecipe(score="ria", activation_power=1.0).manifest()["activation_power"] == 1.0
+    for bad in (-0.1, 4.5):
+        with pytest.raises(ValueError, match="--activation-power must be between 0 and 4"):
+            MaskRecipe(activation_power=bad).validate(None)
 
 
 def test_ties_go_to_the_lower_index():
