@@ -272,7 +272,7 @@ def _gaps_while_admitting(engine: Engine, long_prompt: str, language: str) -> di
     answered_at = time.perf_counter()
     handle.cancel()
     reader.join()
-    gaps = [(a, b) for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = list(zip(arrivals, arrivals[1:], strict=False))
     unloaded = [b - a for a, b in gaps if b <= admitted_at][1:]  # the first may hold the warm-up
     # every gap that ends after the prompt came in and begins before its answer: the one it
     # arrived in is loaded too (a whole-prompt prefill stalls exactly that one)

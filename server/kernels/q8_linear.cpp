@@ -244,12 +244,18 @@ struct VnniTile {
   static void run(const Q8Gemv& g, int64_t o, int64_t b0) { tile<R, NB>(g, o, b0); }
 };
 
+// Whether batch rows b0 .. b0 + nb - 1 all take one mask (a tile can then mask once per row).
+bool one_mask(const Q8Gemv& g, int64_t b0, int64_t nb) {
+  for (int64_t b = 1; b < nb; ++b) {
+    if (g.masks[b0 + b] != g.masks[b0]) return false;
+  }
+  return true;
+}
+
 struct Bf16Tile {
   template <int R, int NB>
   static void run(const Q8Gemv& g, int64_t o, int64_t b0) {
-    bool shared = true;
-    for (int b = 1; b < NB; ++b) shared = shared && g.masks[b0 + b] == g.masks[b0];
-    if (shared) return tile_bf16<R, NB, true>(g, o, b0);
+    if (one_mask(g, b0, NB)) return tile_bf16<R, NB, true>(g, o, b0);
     tile_bf16<R, NB, false>(g, o, b0);
   }
 };
@@ -295,8 +301,7 @@ Q8_BF16 void gemv_bf16_wide(const Q8Gemv& g, int64_t o0, int64_t o1) {
   for (int64_t o = o0; o < o1; o += 2) {
     for (int64_t b = 0; b < g.rows; b += 8) {
       const int64_t nb = std::min<int64_t>(8, g.rows - b);
-      bool shared = true;
-      for (int64_t j = 1; shared && j < nb; ++j) shared = g.masks[b + j] == g.masks[b];
+      const bool shared = one_mask(g, b, nb);
       if (o + 2 <= o1) {
         shared ? wide_tile<2, true>(g, o, b, nb) : wide_tile<2, false>(g, o, b, nb);
       } else {
