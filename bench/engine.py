@@ -9,7 +9,7 @@ same machine, dtype and threads:
    concurrency, per strategy;
 4. memory (RSS and PSS, each in a fresh subprocess) that serving 4 languages adds over serving
    dense alone, vs the packed size of the 4 masks;
-5. a fused decode step vs the bandwidth floor (weight bytes read per step / copy bandwidth);
+5. a fused decode step vs the bandwidth floor (weight bytes read per step / read bandwidth);
 6. where each decode step's time goes (linears, lm_head, the rest of the forward, sampling,
    the engine's own per-step work), and the same forward with torch's dense F.linear.
 engine_report.py renders the Markdown tables; the numbers go to JSON. The CPU may be shared:
@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from submodel.bench.engine_report import targets
-from submodel.bench.kernels import copy_bandwidth
+from submodel.bench.kernels import read_bandwidth
 from submodel.bench.timing import best, both, clock, progress, ratio, since
 from submodel.pruning.store import Store, open_store
 from submodel.server import kernels
@@ -72,7 +72,7 @@ class Settings:
     profile_steps: int = 16
     threads: int = 2
     max_context: int = 512
-    bandwidth_gib: float = 1.0  # size of the copy that measures memory bandwidth
+    bandwidth_gib: float = 1.0  # size of the sum that measures read bandwidth
 
 
 QUICK = Settings(new_tokens=32, repeats=1, load_tokens=8, switches=5, profile_steps=4,
@@ -462,7 +462,7 @@ def strategy_phase(engine: Engine, hf, prompt_ids: list[int], masked: str, s: Se
     step_ms = result["decode"][-1]["step_ms"]  # masked, end to end
 
     # measured here, next to the profile it scales: the machine's load changes
-    bandwidth = on_this_thread(engine, copy_bandwidth, repeats=3, gib=s.bandwidth_gib)
+    bandwidth = on_this_thread(engine, read_bandwidth, repeats=3, gib=s.bandwidth_gib)
     parts = on_this_thread(engine, step_profile, engine, masked, s.profile_steps)
     parts["engine_step"] = step_ms
     parts["engine_overhead"] = {c: step_ms[c] - parts["forward"][c] - parts["sampling"][c]
@@ -526,7 +526,7 @@ def run(store_path: str, s: Settings) -> dict:
               "switch": [], "load": []}
     progress("engine", "memory probes")
     result["memory"] = memory(store, s)  # first: no engine of ours maps the store yet
-    result["bandwidth_gbs"] = copy_bandwidth(repeats=5, gib=s.bandwidth_gib) / 1e9
+    result["bandwidth_gbs"] = read_bandwidth(repeats=5, gib=s.bandwidth_gib) / 1e9
     for dtype_name in DTYPES:
         dtype_phase(store, dtype_name, s, result)
     result["load_average_end"] = list(os.getloadavg())

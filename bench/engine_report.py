@@ -73,7 +73,7 @@ def markdown(r: dict) -> str:
     yes = {True: "yes", False: "NO", None: "-"}
     lines = [
         f"Engine benchmark: {r['model']} ({r['store']}), {r['settings']['threads']} threads, "
-        f"kernel path {r['kernel_path']}, copy bandwidth at start {r['bandwidth_gbs']:.1f} GB/s, "
+        f"kernel path {r['kernel_path']}, read bandwidth at start {r['bandwidth_gbs']:.1f} GB/s, "
         f"load average {la0[0]:.2f} at start, {la1[0]:.2f} at end. Timed figures: wall / CPU "
         "(process CPU time: robust to other processes; compare at equal threads).",
         "", "| figure | measured (wall) | measured (CPU) | target | wall/target | met (wall) "
@@ -85,7 +85,7 @@ def markdown(r: dict) -> str:
                      f"{t['value'] / t['target']:.2f} | {yes[t['met']]} | {yes[t['cpu_met']]} | "
                      f"{bound} |")
     lines += ["", "bound: the figure if our decode step ran at its bandwidth floor (weight bytes "
-              "per step / copy bandwidth); a target above it cannot be met on this machine by a "
+              "per step / read bandwidth); a target above it cannot be met on this machine by a "
               "kernel that reads the dense weights."]
     lines += ["", "| decode (batch 1), wall / CPU | dtype | language | tok/s | ms/step | HF tok/s "
               "| vs HF | prefill ms (wall) |", "|---|---|---|---:|---:|---:|---:|---:|"]
@@ -106,7 +106,7 @@ def markdown(r: dict) -> str:
             cells = " | ".join(f"{st['parts_ms'][p][clk]:.2f}" for p in parts)
             lines.append(f"| {st['strategy']} | {st['dtype']} | {cells} | {st['floor_ms']:.1f} | "
                          f"{st['floor_fraction']:.0%} |")
-    lines.append("\nfloor = weight bytes per step / copy bandwidth measured just before each "
+    lines.append("\nfloor = weight bytes per step / read bandwidth measured just before each "
                  "profile: " + ", ".join(f"{st['strategy']} {st['dtype']} "
                                          f"{st['bandwidth_gbs']:.1f} GB/s" for st in r["steps"]))
     for st in r["steps"]:

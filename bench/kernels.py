@@ -3,7 +3,11 @@
 `submodel bench kernels [--out DIR]`: a decode step = every prunable Linear of every
 layer applied once, with random weights and random 50% masks (timing does not depend on values).
 Each case reports its best wall time and its best CPU time (all threads) over the repeats: on a
-shared machine the CPU time is the steadier of the two. Prints Markdown and writes JSON.
+shared machine the CPU time is the steadier of the two. A decode case's floor is the time its
+bytes take at the read bandwidth measured just before each of its calls (the host's bandwidth
+drifts by a third within minutes, so one figure at start would misstate later cases). Batch-1
+kernel cases run with one-row and four-row tiles (the engine measures which to use). Prints
+Markdown and writes JSON.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from submodel.bench.timing import fastest
+from submodel.bench.timing import clock, fastest, since
 from submodel.server import kernels
 
 # (out, in) of q, k, v, o, gate, up, down in one Qwen2.5-0.5B decoder layer.
@@ -23,11 +27,29 @@ LANGUAGES = 4
 PREFILL_TOKENS = (2, 8, 16, 32, 64, 256)
 
 
-def copy_bandwidth(repeats: int, gib: float = 1.0) -> float:
-    """Bytes moved (read + write) per second by a large tensor copy, with torch's threads."""
+def read_bandwidth(repeats: int, gib: float = 1.0) -> float:
+    """Bytes read per second by a sum over a large tensor, with torch's threads: the rate a
+    GEMV's weight reads can reach (a copy reads and writes; on Zen 4 its read + write rate
+    came within 5% of this, run side by side)."""
     src = torch.ones(int(gib * 2**30) // 4)
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * 4 / (fastest(lambda: dst.copy_(src), repeats)["ms"] / 1e3)
+    return src.numel() * 4 / (fastest(src.sum, repeats)["ms"] / 1e3)
+
+
+def timed_with_reads(fn, repeats: int, gib: float = 1.0) -> dict:
+    """Best wall and CPU ms of `fn` over `repeats` calls after one warm-up, each call preceded
+    by a sum over `gib` GiB; with the best read bandwidth those sums reached."""
+    src = torch.ones(int(gib * 2**30) // 4)
+    fn()
+    wall = cpu = read_s = float("inf")
+    for _ in range(repeats):
+        start = clock()
+        src.sum()
+        read_s = min(read_s, since(start)[0])
+        start = clock()
+        fn()
+        w, c = since(start)
+        wall, cpu = min(wall, w), min(cpu, c)
+    return {"ms": wall * 1e3, "cpu_ms": cpu * 1e3, "bandwidth_gbs": src.numel() * 4 / read_s / 1e9}
 
 
 def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list[tuple]:
@@ -45,9 +67,10 @@ def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list
 
 def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dict]:
     """A decode step: torch dense vs the kernel (slower paths at batch 1 only, timed once),
-    and the kernel over int8 codes of the same weights. Each row carries the weight bytes one
-    step reads (weights or codes and scales, plus the mask bits of each language in the batch),
-    for its fraction of the bandwidth floor."""
+    and the kernel over int8 codes of the same weights; batch-1 kernel cases with tiles of 1 and
+    of 4 output rows. Each row carries the weight bytes one step reads (weights or codes and
+    scales, plus the mask bits of each language in the batch) and the read bandwidth measured
+    around it, and so its fraction of the bandwidth floor."""
     quantized = [kernels.quantize_q8(w) for w, _, _ in layers]
     full_bytes = sum(w.numel() * w.element_size() for w, _, _ in layers)
     int8_bytes = sum(c.numel() + s.numel() * s.element_size() for c, s in quantized)
@@ -67,26 +90,31 @@ def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dic
                         for (_, m, x), (codes, scales) in zip(layers, quantized, strict=True)]
 
     best = paths[-1]
-    cases = [
-        ("torch dense F.linear", 1, "-", step(lambda w, m, x: F.linear(x[:1], w))),
-        ("torch dense F.linear", 8, "-", step(lambda w, m, x: F.linear(x, w))),
-        ("masked, 1 language", 1, best, masked(one)),
-        ("kernel, dense rows", 1, best, masked(one - 1)),
-        ("masked, 1 language", 8, best, masked(eight_one)),
-        ("masked, 4 languages", 8, best, masked(eight_mixed)),
-        ("int8 masked, 1 language", 1, best, int8(one)),
-        ("int8 kernel, dense rows", 1, best, int8(one - 1)),
-        ("int8 masked, 4 languages", 8, best, int8(eight_mixed)),
-    ] + [("masked, 1 language", 1, path, masked(one)) for path in paths[:-1]]
+    cases = [  # (case, batch, path, output rows a tile at batch 1, step)
+        ("torch dense F.linear", 1, "-", None, step(lambda w, m, x: F.linear(x[:1], w))),
+        ("torch dense F.linear", 8, "-", None, step(lambda w, m, x: F.linear(x, w))),
+        *[("masked, 1 language", 1, best, t, masked(one)) for t in (1, 4)],
+        *[("kernel, dense rows", 1, best, t, masked(one - 1)) for t in (1, 4)],
+        ("masked, 1 language", 8, best, None, masked(eight_one)),
+        ("masked, 4 languages", 8, best, None, masked(eight_mixed)),
+        *[("int8 masked, 1 language", 1, best, t, int8(one)) for t in (1, 4)],
+        *[("int8 kernel, dense rows", 1, best, t, int8(one - 1)) for t in (1, 4)],
+        ("int8 masked, 4 languages", 8, best, None, int8(eight_mixed)),
+    ] + [("masked, 1 language", 1, path, 4, masked(one)) for path in paths[:-1]]
     rows = []
-    for name, batch, path, fn in cases:
+    tiles_before = kernels.single_row_tiles()
+    for name, batch, path, tile_rows, fn in cases:
         kernels.set_kernel_path(None if path == "-" else path)
-        t = fastest(fn, repeats if path in ("-", best) else 1)
+        kernels.set_single_row_tiles(tile_rows == 1)
+        t = timed_with_reads(fn, repeats if path in ("-", best) else 1)
         nbytes = int8_bytes if name.startswith("int8") else full_bytes
         if "masked" in name:
             nbytes += mask_bytes * (LANGUAGES if "languages" in name else 1)
-        rows.append({"case": name, "batch": batch, "path": path, "weight_bytes": nbytes, **t})
+        rows.append({"case": name, "batch": batch, "path": path, "tile_rows": tile_rows,
+                     "weight_bytes": nbytes, **t,
+                     "floor_fraction": nbytes / (t["bandwidth_gbs"] * 1e9) * 1e3 / t["ms"]})
     kernels.set_kernel_path(None)
+    kernels.set_single_row_tiles(tiles_before)
     return rows
 
 
@@ -137,17 +165,13 @@ def prefill_rows(layers: list[tuple], repeats: int) -> list[dict]:
 def run(layers: int, threads: int, repeats: int, prefill_layers: int) -> dict:
     torch.set_num_threads(threads)
     gen = torch.Generator().manual_seed(0)
-    bandwidth = copy_bandwidth(repeats)
     result = {"layers": layers, "threads": threads, "load_average": os.getloadavg()[0],
-              "cpu": kernels.cpu_model(),
-              "bandwidth_gbs": bandwidth / 1e9, "cpu_features": kernels.cpu_features(),
+              "cpu": kernels.cpu_model(), "cpu_features": kernels.cpu_features(),
               "paths": kernels.available_paths(), "dtypes": {}}
     for dtype in (torch.bfloat16, torch.float32):
         built = make_layers(layers, dtype, gen)
         weight_bytes = sum(w.numel() * w.element_size() for w, _, _ in built)
         decode = decode_rows(built, repeats, result["paths"])
-        for row in decode:
-            row["floor_fraction"] = row["weight_bytes"] / bandwidth * 1e3 / row["ms"]
         result["dtypes"][str(dtype).removeprefix("torch.")] = {
             "weight_bytes": weight_bytes,
             "decode": decode,
@@ -163,19 +187,21 @@ def markdown(result: dict) -> str:
         f"Masked kernels: {result['layers']} layers of Qwen2.5-0.5B Linear shapes, "
         f"{result['threads']} threads, load average {result['load_average']:.1f}, "
         f"CPU {result['cpu']} with {', '.join(result['cpu_features'])}.",
-        f"Copy bandwidth {result['bandwidth_gbs']:.1f} GB/s (read + write); floor = the bytes "
-        "a row reads (weights, or int8 codes + scales; and each batch language's mask bits) / "
-        "that bandwidth. ms = best wall time, "
+        "Floor = the bytes a row reads (weights, or int8 codes + scales; and each batch "
+        "language's mask bits) / the read bandwidth (GB/s: a sum over 1 GiB before each call, "
+        "best of the case's calls). tiles = output rows a tile at batch 1. ms = best wall time, "
         "cpu = best CPU time of all threads.",
         "",
-        "| decode step | dtype | batch | path | ms | cpu ms | vs torch dense (ms) | floor |",
-        "|---|---|---:|---|---:|---:|---:|---:|",
+        "| decode step | dtype | batch | path | tiles | ms | cpu ms | vs torch dense (ms) | "
+        "read GB/s | floor |",
+        "|---|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for dtype, d in result["dtypes"].items():
         dense = {r["batch"]: r["ms"] for r in d["decode"] if r["path"] == "-"}
-        lines += [f"| {r['case']} | {dtype} | {r['batch']} | {r['path']} | {r['ms']:.1f} | "
+        lines += [f"| {r['case']} | {dtype} | {r['batch']} | {r['path']} | "
+                  f"{r['tile_rows'] or '-'} | {r['ms']:.1f} | "
                   f"{r['cpu_ms']:.1f} | {dense[r['batch']] / r['ms']:.2f}x | "
-                  f"{r['floor_fraction']:.0%} |" for r in d["decode"]]
+                  f"{r['bandwidth_gbs']:.1f} | {r['floor_fraction']:.0%} |" for r in d["decode"]]
     lines += ["", "| other | dtype | tokens | ms | cpu ms |", "|---|---|---:|---:|---:|"]
     for dtype, d in result["dtypes"].items():
         for r in [d["swap"], *d["prefill"]]:

@@ -128,6 +128,7 @@ class Engine:
         self.end_ids = self._end_token_ids(config)
 
         log.info("kernel path: %s", kernels.use_fastest_path(self.dtype))
+        kernels.use_fastest_tiles(self.dtype, int8=weights != "full")
         kernels.use_measured_gemm_min_rows(self.dtype)
         if weights != "full":
             kernels.use_measured_gemm_min_rows(self.dtype, int8=True)

@@ -434,6 +434,68 @@ def test_measure_paths_times_each_path_and_restores_the_current_one():
     assert kernels.kernel_path() == PATHS[-1]
 
 
+@pytest.fixture
+def single_row_tiles():
+    """Restores the tile setting a test changes."""
+    before = kernels.single_row_tiles()
+    yield
+    kernels.set_single_row_tiles(before)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_single_row_tiles_give_the_same_numbers(path, dtype, single_row_tiles):
+    """One output row a tile (batches of 1-2 rows; int8: batch 1) sums each row in the same
+    order as the wider tiles do, so the results are bit-identical whichever the engine picks."""
+    gen = torch.Generator().manual_seed(5)
+    for out, inp in SHAPES:
+        bits, packed = random_masks(2, out, inp, gen)
+        weight = torch.randn(out, inp, generator=gen).to(dtype)
+        for row_lang in ([0], [-1], [1, 1], [0, -1], [1, 0, 1]):
+            lang = torch.tensor(row_lang, dtype=torch.int32)
+            x = torch.randn(len(row_lang), inp, generator=gen).to(dtype)
+            y = {}
+            for on in (False, True):
+                kernels.set_single_row_tiles(on)
+                y[on] = kernels.masked_linear(x, weight, packed, lang)
+            assert torch.equal(y[True], y[False]), (out, inp, row_lang)
+            ref = reference(x, weight, bits, lang, None)
+            torch.testing.assert_close(y[True].double(), ref, **tolerance(dtype))
+    for out, inp in Q8_SHAPES + [(37, 64)]:
+        codes, scales = kernels.quantize_q8(torch.randn(out, inp, generator=gen))
+        _, packed = random_masks(1, out, inp, gen)
+        x, lang = torch.randn(1, inp, generator=gen).to(dtype), torch.zeros(1, dtype=torch.int32)
+        y = {}
+        for on in (False, True):
+            kernels.set_single_row_tiles(on)
+            y[on] = kernels.masked_linear_q8(x, codes, scales, packed, lang)
+        assert torch.equal(y[True], y[False]), (out, inp)
+
+
+def test_tiles_are_measured_once_per_kernel_and_cached(monkeypatch, tmp_path, single_row_tiles):
+    monkeypatch.setattr(kernels, "_fastest_path_file", lambda: tmp_path / "fastest.json")
+    calls = []
+
+    def measured(dtype, int8=False):  # single-row tiles win for the int8 kernel only
+        calls.append((dtype, int8))
+        return {False: 1.0, True: 0.5 if int8 else 2.0}
+
+    monkeypatch.setattr(kernels, "measure_tiles", measured)
+    bf16 = torch.bfloat16
+    assert kernels.use_fastest_tiles(bf16) is False and kernels.single_row_tiles() is False
+    assert kernels.use_fastest_tiles(bf16, int8=True) is True and kernels.single_row_tiles()
+    assert kernels.use_fastest_tiles(bf16) is False and kernels.single_row_tiles() is False
+    assert kernels.use_fastest_tiles(bf16, int8=True) is True
+    assert calls == [(bf16, False), (bf16, True)]  # the later calls read the file
+
+
+@pytest.mark.parametrize("int8", [False, True])
+def test_measure_tiles_times_both_and_restores_the_setting(int8, single_row_tiles):
+    kernels.set_single_row_tiles(True)
+    times = kernels.measure_tiles(torch.bfloat16, int8)
+    assert set(times) == {False, True} and all(t > 0 for t in times.values())
+    assert kernels.single_row_tiles() is True
+
+
 def test_gemm_min_rows_is_measured_once_and_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_fastest_path_file", lambda: tmp_path / "fastest.json")
     monkeypatch.setattr(kernels, "_measured_gemm_min_rows", {})

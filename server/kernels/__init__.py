@@ -206,6 +206,68 @@ def _measured(key: str, valid, measure):
     return known[key]
 
 
+def set_single_row_tiles(on: bool) -> None:
+    """Batches of 1-2 rows (int8: batch 1) in tiles of one output row instead of several."""
+    _load().set_single_row_tiles(on)
+
+
+def single_row_tiles() -> bool:
+    return _load().get_single_row_tiles()
+
+
+def measure_tiles(dtype: torch.dtype, int8: bool = False) -> dict[bool, float]:
+    """Best seconds of a batch-1 masked GEMV over 12 gate/up-shaped weights (past the L3
+    cache, as in a decode step), with single-row tiles off and on, timed in turn 5 times (a
+    busy machine slows both alike); the bf16/fp32 kernel, or the int8 one over the same
+    weights' codes."""
+    gen = torch.Generator().manual_seed(0)
+    weights = (torch.randn(12 * 4864, 896, generator=gen) * 0.02).to(dtype).split(4864)
+    mask = torch.randint(0, 256, (1, 4864, 112), generator=gen, dtype=torch.uint8)
+    x, lang = torch.randn(1, 896, generator=gen).to(dtype), torch.zeros(1, dtype=torch.int32)
+    if int8:
+        codes = [quantize_q8(w) for w in weights]
+
+        def step() -> None:
+            for c, s in codes:
+                masked_linear_q8(x, c, s, mask, lang)
+    else:
+        def step() -> None:
+            for w in weights:
+                masked_linear(x, w, mask, lang)
+
+    previous, best = single_row_tiles(), {False: float("inf"), True: float("inf")}
+    try:
+        for _ in range(5):
+            for on in best:
+                set_single_row_tiles(on)
+                started = time.perf_counter()
+                step()
+                best[on] = min(best[on], time.perf_counter() - started)
+    finally:
+        set_single_row_tiles(previous)
+    return best
+
+
+def use_fastest_tiles(dtype: torch.dtype, int8: bool = False) -> bool:
+    """Turn single-row tiles on where they measure faster for the kernel the engine decodes
+    with (`dtype`'s, or the int8 one): on Zen 4 they are (one sequential stream of weights per
+    thread), on the Xeon the kernels were first tuned on 4-row tiles were. Measured once per
+    CPU model, dtype, weight format and kernel build, with the kernel path in use, then read
+    from the file next to the build as use_fastest_path does. Returns the setting in use."""
+    key = (f"{cpu_model()}|{str(dtype).removeprefix('torch.')}|{kernel_path()}|"
+           f"{'int8_' if int8 else ''}single_row_tiles")
+
+    def fastest() -> bool:
+        times = measure_tiles(dtype, int8)
+        log.info("batch-1 tiles measured for %s: 4 rows %.2f ms, 1 row %.2f ms", key,
+                 times[False] * 1e3, times[True] * 1e3)
+        return times[True] < times[False]
+
+    on = _measured(key, lambda known: isinstance(known, bool), fastest)
+    set_single_row_tiles(on)
+    return on
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """weight * (x / sqrt(mean(x^2) + eps)) over the last dim, in fp32, rounded to x's dtype
     before the weight multiplies (as the model's torch version): one op instead of eight."""
