@@ -444,13 +444,14 @@ def single_row_tiles():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_single_row_tiles_give_the_same_numbers(path, dtype, single_row_tiles):
-    """One output row a tile (batches of 1-2 rows; int8: batch 1) sums each row in the same
-    order as the wider tiles do, so the results are bit-identical whichever the engine picks."""
+    """One output row a tile (batches of 1-2 rows, of one language or two) sums each row in
+    the same order as the wider tiles do, so the results are bit-identical whichever the engine
+    picks."""
     gen = torch.Generator().manual_seed(5)
     for out, inp in SHAPES:
         bits, packed = random_masks(2, out, inp, gen)
         weight = torch.randn(out, inp, generator=gen).to(dtype)
-        for row_lang in ([0], [-1], [1, 1], [0, -1], [1, 0, 1]):
+        for row_lang in ([0], [-1], [1, 1], [0, -1], [1, 0], [1, 0, 1]):
             lang = torch.tensor(row_lang, dtype=torch.int32)
             x = torch.randn(len(row_lang), inp, generator=gen).to(dtype)
             y = {}
@@ -462,13 +463,15 @@ def test_single_row_tiles_give_the_same_numbers(path, dtype, single_row_tiles):
             torch.testing.assert_close(y[True].double(), ref, **tolerance(dtype))
     for out, inp in Q8_SHAPES + [(37, 64)]:
         codes, scales = kernels.quantize_q8(torch.randn(out, inp, generator=gen))
-        _, packed = random_masks(1, out, inp, gen)
-        x, lang = torch.randn(1, inp, generator=gen).to(dtype), torch.zeros(1, dtype=torch.int32)
-        y = {}
-        for on in (False, True):
-            kernels.set_single_row_tiles(on)
-            y[on] = kernels.masked_linear_q8(x, codes, scales, packed, lang)
-        assert torch.equal(y[True], y[False]), (out, inp)
+        _, packed = random_masks(2, out, inp, gen)
+        for row_lang in ([0], [1, 1], [0, 1], [-1, 0, 1]):
+            lang = torch.tensor(row_lang, dtype=torch.int32)
+            x = torch.randn(len(row_lang), inp, generator=gen).to(dtype)
+            y = {}
+            for on in (False, True):
+                kernels.set_single_row_tiles(on)
+                y[on] = kernels.masked_linear_q8(x, codes, scales, packed, lang)
+            assert torch.equal(y[True], y[False]), (out, inp, row_lang)
 
 
 def test_tiles_are_measured_once_per_kernel_and_cached(monkeypatch, tmp_path, single_row_tiles):

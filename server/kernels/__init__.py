@@ -207,7 +207,7 @@ def _measured(key: str, valid, measure):
 
 
 def set_single_row_tiles(on: bool) -> None:
-    """Batches of 1-2 rows (int8: batch 1) in tiles of one output row instead of several."""
+    """Batches of 1-2 rows in tiles of one output row instead of several."""
     _load().set_single_row_tiles(on)
 
 

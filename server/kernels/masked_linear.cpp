@@ -79,10 +79,10 @@ int64_t best_path() {
 
 int64_t g_path = best_path();
 // Batches of 1-2 rows in tiles of one output row: each thread then reads its weights as one
-// sequential stream (Zen 4, 24 layers from DRAM: bf16 batch 1 1.15x, batch 2 1.17x, fp32 batch 1
-// 1.27x faster than 4-row tiles; batch 4 0.93x, so wider batches keep their tiles). Off by
-// default; the engine measures both on its machine (kernels.use_fastest_tiles). The int8
-// kernel's batch-1 tiles follow it too.
+// sequential stream (Zen 4, 24 layers from DRAM, against 4-row tiles: bf16 batch 1 1.16x, batch
+// 2 1.20x, 2 rows of 2 languages 1.30x, fp32 batch 1 1.27x; batch 3 0.98x, batch 4 0.93x, so
+// wider batches keep their tiles). Off by default; the engine measures both on its machine
+// (kernels.use_fastest_tiles). The int8 kernel's tiles follow it too.
 bool g_single_row_tiles = false;
 
 // The mask bits of columns [i, i + n) of one row (n <= 32), never reading past the row's end.
@@ -166,11 +166,9 @@ template <typename Isa, typename T, int NB>
 void rows_tiled(const Gemv& g, const Group& grp, const int64_t* rows, int64_t o, int64_t n) {
   constexpr int R = Isa::rows(NB);
   int64_t k = 0;
-  if (NB <= 2 && g_single_row_tiles) {
-    for (; k < n; ++k) Isa::template tile<T, 1, NB>(g, grp, rows, o + k);
-    return;
+  if (NB > 2 || !g_single_row_tiles) {
+    for (; k + R <= n; k += R) Isa::template tile<T, R, NB>(g, grp, rows, o + k);
   }
-  for (; k + R <= n; k += R) Isa::template tile<T, R, NB>(g, grp, rows, o + k);
   for (; k < n; ++k) Isa::template tile<T, 1, NB>(g, grp, rows, o + k);
 }
 
@@ -487,7 +485,9 @@ template <typename Ops, int GS, int NB>
 void mix_rows(const Gemv& g, const MixRow* rows, int64_t o0, int64_t o1) {
   constexpr int R = NB <= 4 ? 4 : 2;
   int64_t o = o0;
-  for (; o + R <= o1; o += R) mix_tile<Ops, R, NB, GS>(g, rows, o);
+  if (NB > 2 || !g_single_row_tiles) {
+    for (; o + R <= o1; o += R) mix_tile<Ops, R, NB, GS>(g, rows, o);
+  }
   for (; o < o1; ++o) mix_tile<Ops, 1, NB, GS>(g, rows, o);
 }
 
