@@ -251,7 +251,7 @@ def measure_tiles(dtype: torch.dtype, int8: bool = False) -> dict[bool, float]:
 def use_fastest_tiles(dtype: torch.dtype, int8: bool = False) -> bool:
     """Turn single-row tiles on where they measure faster for the kernel the engine decodes
     with (`dtype`'s, or the int8 one): on Zen 4 they are (one sequential stream of weights per
-    thread), on the Xeon the kernels were first tuned on 4-row tiles were. Measured once per
+    thread); the kernels were first tuned with 4-row tiles on a Xeon. Measured once per
     CPU model, dtype, weight format and kernel build, with the kernel path in use, then read
     from the file next to the build as use_fastest_path does. Returns the setting in use."""
     key = (f"{cpu_model()}|{str(dtype).removeprefix('torch.')}|{kernel_path()}|"

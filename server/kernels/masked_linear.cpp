@@ -161,7 +161,7 @@ void gemv_generic(const Gemv& g, int64_t o0, int64_t o1) {
 // ---------------------------------------------------------------- SIMD driver
 // Output rows in blocks of kRowBlock; every group of batch rows re-reads the block from cache.
 // Isa::tile<T, R, NB> does R output rows x NB batch rows; Isa::rows(NB) picks R so that the
-// R * NB accumulators stay in registers.
+// R * NB accumulators stay in registers, unless single-row tiles are on for 1-2 batch rows.
 template <typename Isa, typename T, int NB>
 void rows_tiled(const Gemv& g, const Group& grp, const int64_t* rows, int64_t o, int64_t n) {
   constexpr int R = Isa::rows(NB);

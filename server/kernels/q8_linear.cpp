@@ -53,7 +53,7 @@ struct Q8Gemv {
   bool bf16_bias, bf16_y;
   void* y;  // [B, out]
   int64_t in, out, rows;
-  bool single_row_tiles;  // batches of 1-2 rows in tiles of one output row (see gemv_avx512)
+  bool single_row_tiles;  // 1-2 bf16 rows (fp32 x: 1 row) in tiles of one output row
 };
 
 // x's groups of kQ8Group as int16 codes and a scale each (max |x| / 32767, round to nearest):
