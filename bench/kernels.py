@@ -35,21 +35,22 @@ def read_bandwidth(repeats: int, gib: float = 1.0) -> float:
     return src.numel() * 4 / (fastest(src.sum, repeats)["ms"] / 1e3)
 
 
-def timed_with_reads(fn, repeats: int, gib: float = 1.0) -> dict:
+def timed_with_reads(fn, repeats: int, probe: torch.Tensor) -> dict:
     """Best wall and CPU ms of `fn` over `repeats` calls after one warm-up, each call preceded
-    by a sum over `gib` GiB; with the best read bandwidth those sums reached."""
-    src = torch.ones(int(gib * 2**30) // 4)
+    by a sum over `probe` (fp32, larger than the caches); with the best read bandwidth those
+    sums reached."""
     fn()
     wall = cpu = read_s = float("inf")
     for _ in range(repeats):
         start = clock()
-        src.sum()
+        probe.sum()
         read_s = min(read_s, since(start)[0])
         start = clock()
         fn()
         w, c = since(start)
         wall, cpu = min(wall, w), min(cpu, c)
-    return {"ms": wall * 1e3, "cpu_ms": cpu * 1e3, "bandwidth_gbs": src.numel() * 4 / read_s / 1e9}
+    return {"ms": wall * 1e3, "cpu_ms": cpu * 1e3,
+            "bandwidth_gbs": probe.numel() * 4 / read_s / 1e9}
 
 
 def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list[tuple]:
@@ -102,11 +103,12 @@ def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dic
         ("int8 masked, 4 languages", 8, best, None, int8(eight_mixed)),
     ] + [("masked, 1 language", 1, path, 4, masked(one)) for path in paths[:-1]]
     rows = []
+    probe = torch.ones(2**28)  # 1 GiB
     tiles_before = kernels.single_row_tiles()
     for name, batch, path, tile_rows, fn in cases:
         kernels.set_kernel_path(None if path == "-" else path)
         kernels.set_single_row_tiles(tile_rows == 1)
-        t = timed_with_reads(fn, repeats if path in ("-", best) else 1)
+        t = timed_with_reads(fn, repeats if path in ("-", best) else 1, probe)
         nbytes = int8_bytes if name.startswith("int8") else full_bytes
         if "masked" in name:
             nbytes += mask_bytes * (LANGUAGES if "languages" in name else 1)
