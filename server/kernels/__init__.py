@@ -6,7 +6,8 @@ cached under the user cache dir, keyed by a hash of the sources, torch and Pytho
 edit rebuilds and an unchanged tree loads in well under a second. Masks use the store's layout:
 uint8 [out, ceil(in/8)], little-endian bits per row, 1 = kept.
 
-The engine runs the path that measured fastest on this machine (`use_fastest_path`, cached);
+The engine runs the path that measured fastest on this machine (`use_fastest_path`, cached),
+and so the tile height for batches of 1-2 rows (`use_fastest_tiles`);
 `SUBMODEL_KERNEL_PATH=generic|avx2|avx512|avx512bf16` (or `set_kernel_path`) forces a code path.
 """
 
