@@ -216,6 +216,18 @@ def single_row_tiles() -> bool:
     return _load().get_single_row_tiles()
 
 
+def _best_in_turns(runs: dict, turns: int = 5) -> dict:
+    """Best seconds of each of `runs` (key -> callable), timed in turn `turns` times: another
+    process on the machine slows them alike."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(turns):
+        for key, run in runs.items():
+            started = time.perf_counter()
+            run()
+            best[key] = min(best[key], time.perf_counter() - started)
+    return best
+
+
 def measure_tiles(dtype: torch.dtype, int8: bool = False) -> dict[bool, float]:
     """Best seconds of a batch-1 masked GEMV over 12 gate/up-shaped weights (past the L3
     cache, as in a decode step), with single-row tiles off and on, timed in turn 5 times (a
@@ -236,17 +248,17 @@ def measure_tiles(dtype: torch.dtype, int8: bool = False) -> dict[bool, float]:
             for w in weights:
                 masked_linear(x, w, mask, lang)
 
-    previous, best = single_row_tiles(), {False: float("inf"), True: float("inf")}
+    def tiled(on: bool):
+        def run() -> None:
+            set_single_row_tiles(on)
+            step()
+        return run
+
+    previous = single_row_tiles()
     try:
-        for _ in range(5):
-            for on in best:
-                set_single_row_tiles(on)
-                started = time.perf_counter()
-                step()
-                best[on] = min(best[on], time.perf_counter() - started)
+        return _best_in_turns({False: tiled(False), True: tiled(True)})
     finally:
         set_single_row_tiles(previous)
-    return best
 
 
 def use_fastest_tiles(dtype: torch.dtype, int8: bool = False) -> bool:
@@ -399,13 +411,8 @@ def measure_gemm_min_rows(dtype: torch.dtype, int8: bool = False,
     for rows in tried:
         x = torch.randn(rows, 896, generator=gen).to(dtype)
         lang = torch.zeros(rows, dtype=torch.int32)
-        best = {"kernel": float("inf"), "gemm": float("inf")}
-        for _ in range(5):
-            for name, run in (("kernel", lambda x=x, lang=lang: kernel(x, lang)),
-                              ("gemm", lambda x=x: gemm(x))):
-                started = time.perf_counter()
-                run()
-                best[name] = min(best[name], time.perf_counter() - started)
+        best = _best_in_turns({"kernel": lambda x=x, lang=lang: kernel(x, lang),
+                               "gemm": lambda x=x: gemm(x)})
         gemm_wins.append(best["gemm"] < best["kernel"])
     for i, rows in enumerate(tried):
         if all(gemm_wins[i:i + 2]):
