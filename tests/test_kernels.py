@@ -48,8 +48,9 @@ def reference(x, weight, bits, row_lang, bias):
     return y + bias.double() if bias is not None else y
 
 
-# int8 weights in fp32: x's int16 codes (15 bits per group of 32) are the only rounding
-Q8_FP32_TOLERANCE = {"atol": 1e-3, "rtol": 1e-4}
+# int8 weights: the kernel codes x as int8 per group of 32 (here up to 0.16 off, against outputs of
+# ~8); a row given another language's mask would be off by units
+Q8_TOLERANCE = {"atol": 0.25, "rtol": 2e-2}
 
 
 def tolerance(dtype):
@@ -239,8 +240,7 @@ def test_fused_decode_plan_matches_reference(dtype, weights):
     tol = tolerance(dtype)
     if weights == "int8":  # the reference computes with the values int8 holds
         weight, lm_head = (dequantized(*kernels.quantize_q8(w)) for w in (weight, lm_head))
-        # bf16: the GEMM route also rounds the dequantized weights to bf16
-        tol = Q8_FP32_TOLERANCE if dtype == torch.float32 else {"atol": 6e-2, "rtol": 2e-2}
+        tol = Q8_TOLERANCE
     many = kernels.gemm_min_rows(dtype, weights == "int8")
     for rows in (["java"] * many + ["cpp", "dense", "python"], ["python"] * many,
                  ["dense"] * many + ["java"] * many, ["cpp", "dense"]):
@@ -334,18 +334,21 @@ def test_masked_linear_q8_mixed_batch(path, dtype, out, inp):
         y = kernels.masked_linear_q8(x.to(dtype), codes, scales, packed, lang, bias.to(dtype))
         assert y.dtype == dtype and y.shape == (len(row_lang), out)
         ref = reference(x.to(dtype), dequantized(codes, scales), bits, lang, bias.to(dtype))
-        if dtype == torch.bfloat16:
-            # x is bf16 already; several rows take the weights rounded to bf16 (half an ulp,
-            # 2^-9 relative, per product) and y is rounded to bf16: bound both, with a margin
+        if dtype == torch.bfloat16 and len(row_lang) > 1:
+            # several bf16 rows take the weights rounded to bf16 (half an ulp, 2^-9 relative,
+            # per product) and y is rounded to bf16: bound both, with a margin
             products = x.to(dtype).double().abs() @ dequantized(codes, scales).double().abs().T
             bound = (products + ref.abs()) * 2**-8 + 1e-6
             assert ((y.double() - ref).abs() <= bound).all()
             continue
-        # fp32: the only rounding is x's int16 codes, half a step (group max / 32767) each
-        half_step = x.abs().view(len(row_lang), -1, 32).amax(-1).double() / 32767 / 2
+        # fp32, or one bf16 row: the AVX-512 path codes x as int8 per group of 32, half a step
+        # (group max / 127) each; the scalar one computes in fp32; bf16's y is rounded
+        half_step = x.to(dtype).double().abs().view(len(row_lang), -1, 32).amax(-1) / 127 / 2
         w = dequantized(codes, scales).abs().view(out, -1, 32).sum(-1)  # [out, groups]
-        bound = half_step @ w.T
+        bound = half_step @ w.T + (ref.abs() * 2**-8 if dtype == torch.bfloat16 else 0)
         assert ((y.double() - ref).abs() <= bound * 1.001 + 1e-5).all()
+        if path.startswith("avx512") and len(row_lang) == 1:  # not loose: x is coded
+            assert (y.double() - ref).abs().max() > bound.max() / 1000
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

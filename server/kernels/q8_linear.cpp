@@ -6,17 +6,19 @@
 // weight (+ a scale per 32) instead of 2 bytes + 1 bit.
 //
 // masked_linear_q8: y[b] = x[b] @ (W * M[lang[b]])^T + bias, lang[b] = -1 is dense. With AVX-512
-// VNNI (Zen 4, Ice Lake and later), x is first coded per group of 32 as int16 with a scale (15
-// bits, finer than bf16); then per group and batch row one masked widening of the codes to
-// int16 under the row's 32 mask bits, one VPDPWSSD, and one FMA of the int32 sums by weight
-// scale x x scale. Codes are read from memory once per call for all rows; several output rows
-// per tile keep independent chains in flight, and each tile prefetches the next one's codes
-// (without it the kernel read DRAM at a third of the rate it reaches: 13 vs 46 G weights/s at
-// batch 1, 2 threads, Zen 4). Several bf16 rows with AVX512_BF16 instead widen each output
+// VNNI (Zen 4, Ice Lake and later), x is first coded per group of 32 as int8 with a scale (as
+// llama.cpp codes activations for its Q8_0 and Q5_0 dot products); then per pair of groups (64
+// weights) and batch row one masked subtract, one VPDPBUSD, and one FMA of the int32 sums by weight
+// scale x x scale. VPDPBUSD multiplies unsigned by signed bytes, so the codes enter it offset by
+// 128 (code - 128 wraps to code + 128), a masked-off weight as 128 (= 0), and each sum starts from
+// -128 x the sum of its x codes. Codes are read from memory once per call for all rows; several
+// output rows per tile keep independent chains in flight, and each tile prefetches the next one's
+// codes (without it the kernel read DRAM at a third of the rate it reaches: 13 vs 46 G weights/s
+// at batch 1, 2 threads, Zen 4). Several bf16 rows with AVX512_BF16 instead widen each output
 // row's codes to bf16 weights once per group and take one VDPBF16PS per batch row (tile_bf16):
-// the weights are then rounded to bf16 as the full-weights path holds them, so a sequence's
-// numbers can differ in the last bits between batch 1 and larger batches. Elsewhere a scalar
-// loop computes the same in fp32.
+// the weights are then rounded to bf16 as the full-weights path holds them, and x is not coded, so
+// a sequence's numbers differ a little between batch 1 and larger batches. Elsewhere a scalar
+// loop computes with x in fp32.
 // dequantize_q8_into: out = W * M (or W) in the output's dtype, for prefill's GEMM.
 #include "gemv_output.h"
 #include "q8_linear.h"
@@ -40,11 +42,20 @@
 namespace submodel {
 namespace {
 
+// x coded for the VNNI tiles, per batch row and pair of groups (64 columns; an odd last group is
+// padded with zeros): int8 codes, x ~= scale * code; each 32-bit lane's starting sum, -128 x the
+// sum of its 4 codes; the scales, lanes 0-7 the pair's first group's and 8-15 its second's.
+struct CodedX {
+  const int8_t* codes;  // [B, pairs * 64]
+  const int32_t* start;  // [B, pairs * 16]
+  const float* scales;  // [B, pairs * 16]
+  int64_t pairs;
+};
+
 struct Q8Gemv {
   const float* x;  // [B, in] fp32 (the scalar path; null on the VNNI one)
-  const int16_t* xq;  // [B, in]: x as int16 codes per group (the VNNI path)
   const uint16_t* xh;  // [B, in]: x's own bf16 bits (the VDPBF16PS path), or null
-  const float* xs;  // [B, in / kQ8Group]: their scales, x ~= xs * xq
+  CodedX cx;  // x as int8 codes (the VNNI path)
   const int8_t* codes;  // [out, in]
   const float* scales;  // [out, in / kQ8Group]
   std::vector<const uint8_t*> masks;  // per batch row: its mask's first row (all ones: dense)
@@ -88,26 +99,32 @@ Q8_AVX512 inline __m512 load16(const c10::BFloat16* p) {
       _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
 
-// x's groups of kQ8Group as int16 codes and a scale each (max |x| / 32767, round to nearest
-// even): 15 bits per value within its group, finer than the bf16 the model computes in. Read
-// straight from x's own dtype, so no converted copy of x is made per call. Vectorized: done
-// before every call's GEMV on one thread, a scalar loop took 13 us for 4864 columns (a tenth
-// of a from-DRAM down_proj call at batch 1, Zen 4), this one 2.
+// x's rows coded into CodedX's buffers (zeroed by the caller): per group of kQ8Group, scale =
+// max |x| / 127 and codes rounded to nearest even. Read straight from x's own dtype, so no
+// converted copy of x is made per call; vectorized, as it runs before every call's GEMV on one
+// thread (a scalar loop took 13 us for 4864 columns, a tenth of a from-DRAM down_proj call at
+// batch 1 on Zen 4).
 template <typename T>
-Q8_AVX512 void quantize_x(const T* x, int64_t groups, int16_t* xq, float* xs) {
-  const __m512 bound = _mm512_set1_ps(32767.f), nbound = _mm512_set1_ps(-32767.f);
-  for (int64_t k = 0; k < groups; ++k) {
-    const __m512 lo = load16(x + k * kQ8Group), hi = load16(x + k * kQ8Group + 16);
-    const float top = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
-    xs[k] = top / 32767.f;
-    const __m512 inv = _mm512_set1_ps(top > 0.f ? 32767.f / top : 0.f);
-    const __m512i qlo = _mm512_cvtps_epi32(
-        _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(lo, inv), nbound), bound));
-    const __m512i qhi = _mm512_cvtps_epi32(
-        _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(hi, inv), nbound), bound));
-    auto* q = reinterpret_cast<__m256i*>(xq + k * kQ8Group);
-    _mm256_storeu_si256(q, _mm512_cvtepi32_epi16(qlo));
-    _mm256_storeu_si256(q + 1, _mm512_cvtepi32_epi16(qhi));
+Q8_AVX512 void quantize_x(const T* x, int64_t rows, int64_t in, int64_t pairs, int8_t* codes,
+                          int32_t* start, float* scales) {
+  const __m256i offset = _mm256_set1_epi8(char(128));
+  for (int64_t b = 0; b < rows; ++b, codes += pairs * 64, start += pairs * 16,
+               scales += pairs * 16) {
+    for (int64_t k = 0; k < in / kQ8Group; ++k) {
+      const T* v = x + b * in + k * kQ8Group;
+      const __m512 lo = load16(v), hi = load16(v + 16);
+      const float top = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+      const __m512 inv = _mm512_set1_ps(top > 0.f ? 127.f / top : 0.f);
+      const __m128i qlo = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(lo, inv)));
+      const __m128i qhi = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(hi, inv)));
+      const __m256i q = _mm256_set_m128i(qhi, qlo);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes + k * kQ8Group), q);
+      const __m256i sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), offset, q);  // 128 x sum
+      const int64_t lane = (k / 2) * 16 + (k % 2) * 8;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(start + lane),
+                          _mm256_sub_epi32(_mm256_setzero_si256(), sums));
+      _mm256_storeu_ps(scales + lane, _mm256_set1_ps(top / 127.f));
+    }
   }
 }
 
@@ -137,50 +154,59 @@ struct TileRows {
 // rows; one-row tiles reach 8 rows ahead (Zen 4, batch 1: 2 rows ahead 7% slower, 4 rows 1%).
 constexpr int64_t prefetch_rows(int R) { return R == 1 ? 8 : R; }
 
-// Output rows o .. o + R - 1 for batch rows b0 .. b0 + NB - 1. Per group: the 32 codes widened to
-// int16 under each row's mask bits (one masked convert), one VPDPWSSD against x's int16 codes,
-// the int32 sums to fp32, times weight scale x x scale.
+// One pair of groups (columns 64p .. 64p + 63) of output rows o .. o + R - 1 for batch rows
+// b0 .. b0 + NB - 1 into acc. Tail: the row's last, odd group (columns 64p .. 64p + 31), read with
+// masked loads so as not to pass the row's end; x's padding makes lanes 8-15 add nothing.
+template <int R, int NB, bool Tail>
+Q8_AVX512 inline void pair_of_groups(const Q8Gemv& g, const TileRows<R, NB>& t, int64_t b0,
+                                     int64_t p, int64_t ahead, __m512 (&acc)[R][NB]) {
+  const __m512i offset = _mm512_set1_epi8(char(128));
+  const __m512i halves = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const int64_t i = p * 64;
+  __m512i x[NB], start[NB];
+  __m512 xs[NB];
+  for (int b = 0; b < NB; ++b) {
+    const int64_t row = b0 + b;
+    x[b] = _mm512_loadu_si512(g.cx.codes + row * g.cx.pairs * 64 + i);
+    start[b] = _mm512_loadu_si512(g.cx.start + row * g.cx.pairs * 16 + p * 16);
+    xs[b] = _mm512_loadu_ps(g.cx.scales + row * g.cx.pairs * 16 + p * 16);
+  }
+#pragma GCC unroll 4
+  for (int r = 0; r < R; ++r) {
+    _mm_prefetch(reinterpret_cast<const char*>(t.w[r] + i + ahead), _MM_HINT_T0);
+    __m512i c;
+    __m128 two_scales;
+    if constexpr (Tail) {
+      c = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, t.w[r] + i);
+      two_scales = _mm_load_ss(t.s[r] + 2 * p);
+    } else {
+      c = _mm512_loadu_si512(t.w[r] + i);
+      two_scales = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(t.s[r] + 2 * p)));
+    }
+    const __m512 ws = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(two_scales));
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; ++b) {
+      uint64_t bits = 0;
+      std::memcpy(&bits, t.m[r][b] + i / 8, Tail ? 4 : 8);
+      const __m512i u = _mm512_mask_sub_epi8(offset, bits, c, offset);
+      const __m512i d = _mm512_dpbusd_epi32(start[b], u, x[b]);
+      acc[r][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_mul_ps(ws, xs[b]), acc[r][b]);
+    }
+  }
+}
+
+// Output rows o .. o + R - 1 for batch rows b0 .. b0 + NB - 1 (see the top of the file).
 template <int R, int NB>
 Q8_AVX512 void tile(const Q8Gemv& g, int64_t o, int64_t b0) {
   const int64_t groups = g.in / kQ8Group;
   const TileRows<R, NB> t(g, o, b0);
-  const auto& w = t.w;
-  const auto& s = t.s;
-  const auto& m = t.m;
-  const int16_t* xq[NB];
-  const float* xs[NB];
   __m512 acc[R][NB];
   for (int r = 0; r < R; ++r) {
     for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
   }
-  for (int b = 0; b < NB; ++b) {
-    xq[b] = g.xq + (b0 + b) * g.in;
-    xs[b] = g.xs + (b0 + b) * groups;
-  }
-  const __m512i zero = _mm512_setzero_si512();
   const int64_t ahead = prefetch_rows(R) * g.in;
-  for (int64_t k = 0; k < groups; ++k) {
-    const int64_t i = k * kQ8Group;
-    __m256i c[R];
-#pragma GCC unroll 4
-    for (int r = 0; r < R; ++r) {
-      _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
-      c[r] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + i));
-    }
-#pragma GCC unroll 4
-    for (int b = 0; b < NB; ++b) {
-      const __m512i x = _mm512_loadu_si512(xq[b] + i);
-      const float xsk = xs[b][k];
-#pragma GCC unroll 4
-      for (int r = 0; r < R; ++r) {
-        uint32_t bits;
-        std::memcpy(&bits, m[r][b] + i / 8, 4);
-        const __m512i d = _mm512_dpwssd_epi32(zero, _mm512_maskz_cvtepi8_epi16(bits, c[r]), x);
-        acc[r][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d), _mm512_set1_ps(s[r][k] * xsk),
-                                    acc[r][b]);
-      }
-    }
-  }
+  for (int64_t p = 0; p < groups / 2; ++p) pair_of_groups<R, NB, false>(g, t, b0, p, ahead, acc);
+  if (groups % 2) pair_of_groups<R, NB, true>(g, t, b0, groups / 2, ahead, acc);
   for (int r = 0; r < R; ++r) {
     for (int b = 0; b < NB; ++b) store(g, b0 + b, o + r, _mm512_reduce_add_ps(acc[r][b]));
   }
@@ -465,7 +491,7 @@ torch::Tensor masked_linear_q8(const torch::Tensor& x_in, const torch::Tensor& c
   vnni = avx512 && has_vnni();
   dp_bf16 = vnni && bf16_x && B > 1 && has_bf16();  // several bf16 rows: VDPBF16PS
 #endif
-  // Both AVX-512 paths read x in its own dtype (int16 codes made from it, or its bf16 bits);
+  // Both AVX-512 paths read x in its own dtype (int8 codes made from it, or its bf16 bits);
   // the scalar one reads it in fp32.
   const auto x = vnni ? x_in.contiguous() : x_in.to(torch::kFloat32).contiguous();
   auto y = torch::empty({B, out}, x_in.options());
@@ -477,20 +503,21 @@ torch::Tensor masked_linear_q8(const torch::Tensor& x_in, const torch::Tensor& c
     g.mask_stride.push_back(lp[b] < 0 ? 0 : nbytes);
   }
   g.xh = dp_bf16 ? static_cast<const uint16_t*>(x.data_ptr()) : nullptr;
-  if (dp_bf16) vnni = false;  // the int16 codes of x are not needed
+  if (dp_bf16) vnni = false;  // the int8 codes of x are not needed
   g.x = vnni || dp_bf16 ? nullptr : x.data_ptr<float>();
-  std::vector<int16_t> xq(vnni ? B * in : 0);
-  std::vector<float> xs(vnni ? B * (in / kQ8Group) : 0);
+  const int64_t pairs = (in / kQ8Group + 1) / 2;
+  std::vector<int8_t> xq(vnni ? B * pairs * 64 : 0, 0);
+  std::vector<int32_t> xstart(vnni ? B * pairs * 16 : 0, 0);
+  std::vector<float> xs(vnni ? B * pairs * 16 : 0, 0.f);
 #ifdef SUBMODEL_Q8_X86
   if (vnni && bf16_x) {
-    quantize_x(static_cast<const c10::BFloat16*>(x.data_ptr()), B * (in / kQ8Group), xq.data(),
-               xs.data());
+    quantize_x(static_cast<const c10::BFloat16*>(x.data_ptr()), B, in, pairs, xq.data(),
+               xstart.data(), xs.data());
   } else if (vnni) {
-    quantize_x(x.data_ptr<float>(), B * (in / kQ8Group), xq.data(), xs.data());
+    quantize_x(x.data_ptr<float>(), B, in, pairs, xq.data(), xstart.data(), xs.data());
   }
 #endif
-  g.xq = xq.data();
-  g.xs = xs.data();
+  g.cx = CodedX{xq.data(), xstart.data(), xs.data(), pairs};
   g.codes = codes.data_ptr<int8_t>();
   g.scales = scales.data_ptr<float>();
   g.bias = bias_t.defined() ? bias_t.data_ptr() : nullptr;
