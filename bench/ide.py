@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from submodel.bench.kernels import read_bandwidth
 from submodel.bench.timing import progress
 from submodel.pruning.models import ModelError, resolve_model
 from submodel.pruning.store import Store
@@ -43,6 +44,7 @@ from submodel.server.api import (
 )
 from submodel.server.chunking import chunk_name
 from submodel.server.engine import Engine
+from submodel.server.omp import release_team
 
 SUFFIX_LINES = 8  # lines after the cursor sent as the suffix
 
@@ -292,14 +294,18 @@ def llama_cpp_phase(binary: str, gguf: Path, threads: int, engine: Engine, langu
     """llama-bench's decode (64 tokens) and prefill (512) next to ours on the same GGUF, in
     `rounds` interleaved rounds (one llama-bench repetition, then one run of ours per
     sub-model): a host whose speed drifts within seconds moves both sides alike. Each side's
-    figure is its best round, and the report keeps every round's."""
+    figure is its best round, and the report keeps every round's, and the host's read bandwidth
+    before each (our batch-1 decode is bound by it, llama.cpp's less so)."""
     progress("ide", f"llama.cpp: {binary} on {gguf.name}, {rounds} rounds")
     ids = engine.tokenizer.encode(text)[:512]
     prompt = engine.tokenizer.decode(ids)
     theirs: dict[str, list[float]] = {"decode": [], "prefill": []}
     ours = {lang: {"decode": [], "prefill": []} for lang in ("dense", language)}
     rows: list[dict] = []
+    reads: list[float] = []
     for _ in range(rounds):
+        reads.append(read_bandwidth(3) / 1e9)
+        release_team()  # this thread's torch work: one OpenMP team at a time (omp.py)
         proc = subprocess.run([binary, "-m", str(gguf), "-t", str(threads), "-p", "512", "-n",
                                "64", "-r", "1", "-o", "json"], capture_output=True, text=True,
                               timeout=1800)
@@ -319,7 +325,8 @@ def llama_cpp_phase(binary: str, gguf: Path, threads: int, engine: Engine, langu
     mine = {lang: {"decode_tokens_per_s": max(r["decode"]),
                    "prefill_tokens_per_s": max(r["prefill"])} for lang, r in ours.items()}
     return {"llama_cpp": best, "ours": mine, "rounds": {"llama_cpp": theirs, "ours": ours},
-            "build": rows[0].get("build_commit"), "type": rows[0].get("model_type"),
+            "read_gb_s": reads, "build": rows[0].get("build_commit"),
+            "type": rows[0].get("model_type"),
             "decode_vs_llama_cpp": {k: v["decode_tokens_per_s"] / best["decode"]
                                     for k, v in mine.items()},
             "prefill_vs_llama_cpp": {k: v["prefill_tokens_per_s"] / best["prefill"]
@@ -436,4 +443,6 @@ def _llama_cpp_lines(lc: dict) -> list[str]:
                      f"{o['prefill_tokens_per_s']:.1f} | "
                      f"{_x(lc['decode_vs_llama_cpp'][name])} | "
                      f"{_x(lc['prefill_vs_llama_cpp'][name])} |")
-    return lines
+    reads = lc["read_gb_s"]
+    return lines + ["", f"Host read bandwidth before each round (a sum over 1 GiB): "
+                        f"{min(reads):.0f}-{max(reads):.0f} GB/s."]

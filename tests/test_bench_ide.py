@@ -83,6 +83,8 @@ def test_llama_cpp_rounds_interleave_and_each_side_keeps_its_best(editor_store, 
     assert r["rounds"]["llama_cpp"] == {"decode": [10.0, 11.0, 12.0],
                                         "prefill": [100.0, 101.0, 102.0]}
     assert r["llama_cpp"] == {"decode": 12.0, "prefill": 102.0}
+    assert len(r["read_gb_s"]) == 3 and all(gb > 0 for gb in r["read_gb_s"])
+    assert "Host read bandwidth before each round" in "\n".join(ide._llama_cpp_lines(r))
     for lang in ("dense", "python"):
         runs = r["rounds"]["ours"][lang]
         assert len(runs["decode"]) == len(runs["prefill"]) == 3
