@@ -1,7 +1,7 @@
 """A GGUF's own quantized blocks as the int8 kernel's codes and scales (`serve --weights gguf`).
 
 Q5_0 and Q8_0 blocks are one fp16 scale per 32 weights times a small integer (q - 16 with
-q in 0..31, or an int8), so the int8 layout (int8 codes, one fp32 scale per 32 columns of a
+q in 0..31, or an int8), so the int8 layout (int8 codes, one fp16 scale per 32 columns of a
 row) holds them exactly: a decode step computes with the very values llama.cpp computes with
 on the same file, not with a rounding of them. K-quants (Q4_K with a per-32 offset, Q6_K with
 a scale per 16) do not fit that layout; their Linears get the int8 rounding of the store's
@@ -36,10 +36,10 @@ def gguf_name(name: str) -> str | None:
 
 def unpack_q5_0(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of Q5_0 blocks (uint8 [rows, 22 * blocks]: fp16 d, 32 high bits, 16 bytes of low
-    nibbles for weights 0-15 and 16-31) -> int8 codes [rows, 32 * blocks] = q - 16, fp32
+    nibbles for weights 0-15 and 16-31) -> int8 codes [rows, 32 * blocks] = q - 16, fp16
     scales [rows, blocks] = d."""
     blocks = raw.reshape(raw.shape[0], -1, 22)
-    scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0].astype(np.float32)
+    scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0].copy()
     high = np.ascontiguousarray(blocks[..., 2:6]).view("<u4")[..., 0]
     low = blocks[..., 6:]
     q = np.concatenate((low & 0x0F, low >> 4), axis=-1)
@@ -50,16 +50,16 @@ def unpack_q5_0(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def unpack_q8_0(raw: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of Q8_0 blocks (uint8 [rows, 34 * blocks]: fp16 d, 32 int8) -> int8 codes, fp32
+    """Rows of Q8_0 blocks (uint8 [rows, 34 * blocks]: fp16 d, 32 int8) -> int8 codes, fp16
     scales [rows, blocks] = d."""
     blocks = raw.reshape(raw.shape[0], -1, 34)
-    scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0].astype(np.float32)
+    scales = np.ascontiguousarray(blocks[..., :2]).view(np.float16)[..., 0].copy()
     codes = np.ascontiguousarray(blocks[..., 2:]).view(np.int8)
     return torch.from_numpy(codes.reshape(raw.shape[0], -1).copy()), torch.from_numpy(scales)
 
 
 def exact_codes(path: Path, names: list[str]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Int8 codes and fp32 scales of those of `names` (state-dict weight names) whose GGUF
+    """Int8 codes and fp16 scales of those of `names` (state-dict weight names) whose GGUF
     tensor is stored in one of EXACT_TYPES."""
     import gguf
 

@@ -59,7 +59,7 @@ def test_fused_gguf_weights_take_the_given_blocks_and_round_the_rest():
     model = TwoLinears(gen)
     b_weight = model.b.weight.clone()
     codes = torch.randint(-16, 16, (8, 64), generator=gen, dtype=torch.int8)
-    scales = torch.rand(8, 2, generator=gen)
+    scales = torch.rand(8, 2, generator=gen).half()
     masks = {"python": {n: torch.full((8, 8), 0xFF, dtype=torch.uint8) for n in ("a.weight",
                                                                                "b.weight")}}
     strategy = make_strategy("fused", model, masks, None, "gguf",

@@ -308,7 +308,7 @@ def test_quantize_q8_rounds_each_group_to_its_own_scale():
     weight[1, 32:64] = 0  # an all-zero group: scale 0, codes 0
     weight[2, :32] *= 1000  # a group far larger than the others keeps them precise
     codes, scales = kernels.quantize_q8(weight)
-    assert codes.dtype == torch.int8 and scales.shape == (5, 3)
+    assert codes.dtype == torch.int8 and scales.dtype == torch.float16 and scales.shape == (5, 3)
     assert codes.abs().max() == 127 and scales[1, 1] == 0 and not codes[1, 32:64].any()
     error = (dequantized(codes, scales) - weight.double()).abs().view(5, 3, 32)
     assert (error <= scales.double()[..., None] / 2 + 1e-9).all()

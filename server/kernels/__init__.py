@@ -325,18 +325,19 @@ def apply_mask_into(weight: torch.Tensor, mask: torch.Tensor, out: torch.Tensor)
 
 
 def quantize_q8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Int8 codes [out, in] and fp32 scales [out, in/Q8_GROUP] with weight ~= scale * code:
-    per group of Q8_GROUP columns of a row, scale = max|w| / 127 (round to nearest)."""
+    """Int8 codes [out, in] and fp16 scales [out, in/Q8_GROUP] with weight ~= scale * code:
+    per group of Q8_GROUP columns of a row, scale = max|w| / 127 in fp16 (as a GGUF's Q8_0
+    blocks hold it), codes rounded to nearest against that scale."""
     out, cols = weight.shape
     if cols % Q8_GROUP:
         raise ValueError(f"int8 weights need in_features divisible by {Q8_GROUP}, got {cols}")
     codes = torch.empty(out, cols, dtype=torch.int8)
-    scales = torch.empty(out, cols // Q8_GROUP, dtype=torch.float32)
+    scales = torch.empty(out, cols // Q8_GROUP, dtype=torch.float16)
     for r in range(0, out, 4096):  # in slices: a whole fp32 copy of the LM head is 0.5 GB
         w = weight[r:r + 4096].float().view(-1, cols // Q8_GROUP, Q8_GROUP)
-        s = w.abs().amax(dim=2) / 127
+        s = (w.abs().amax(dim=2) / 127).clamp_max_(torch.finfo(torch.float16).max).half()
         scales[r:r + 4096] = s
-        codes[r:r + 4096] = (w / s.clamp_min(torch.finfo(torch.float32).tiny)[..., None]
+        codes[r:r + 4096] = (w / s.float().clamp_min(torch.finfo(torch.float32).tiny)[..., None]
                              ).round_().clamp_(-127, 127).view(-1, cols).to(torch.int8)
     return codes, scales
 

@@ -1,9 +1,10 @@
 // Int8 weights under the language masks (issue 17: read fewer bytes per decode step).
 //
-// A weight [out, in] is held as int8 codes [out, in] and one fp32 scale per group of kQ8Group
-// columns of a row ([out, in / kQ8Group]): w = scale * code. Masks keep the store's layout (uint8
-// [out, ceil(in/8)], little-endian bits, 1 = kept), so a decode step reads 1 byte + 1 bit per
-// weight (+ a scale per 32) instead of 2 bytes + 1 bit.
+// A weight [out, in] is held as int8 codes [out, in] and one fp16 scale per group of kQ8Group
+// columns of a row ([out, in / kQ8Group]; a GGUF's Q5_0 and Q8_0 blocks carry theirs as fp16):
+// w = scale * code. Masks keep the store's layout (uint8 [out, ceil(in/8)], little-endian bits,
+// 1 = kept), so a decode step reads 1 byte + 1 bit per weight (+ a scale per 32) instead of 2
+// bytes + 1 bit.
 //
 // masked_linear_q8: y[b] = x[b] @ (W * M[lang[b]])^T + bias, lang[b] = -1 is dense. With AVX-512
 // VNNI (Zen 4, Ice Lake and later), x is first coded per group of 32 as int8 with a scale (as
@@ -57,7 +58,7 @@ struct Q8Gemv {
   const uint16_t* xh;  // [B, in]: x's own bf16 bits (the VDPBF16PS path), or null
   CodedX cx;  // x as int8 codes (the VNNI path)
   const int8_t* codes;  // [out, in]
-  const float* scales;  // [out, in / kQ8Group]
+  const uint16_t* scales;  // [out, in / kQ8Group], fp16 bits
   std::vector<const uint8_t*> masks;  // per batch row: its mask's first row (all ones: dense)
   std::vector<int64_t> mask_stride;  // per batch row: bytes between mask rows (0: dense)
   const void* bias;  // [out] or nullptr, fp32 or bf16
@@ -67,11 +68,13 @@ struct Q8Gemv {
   bool single_row_tiles;  // 1-2 bf16 rows (fp32 x: 1 row) in tiles of one output row
 };
 
+float half_to_float(uint16_t bits) { return float(c10::Half(bits, c10::Half::from_bits())); }
+
 void gemv_generic(const Q8Gemv& g, int64_t o0, int64_t o1) {
   const int64_t groups = g.in / kQ8Group;
   for (int64_t o = o0; o < o1; ++o) {
     const int8_t* w = g.codes + o * g.in;
-    const float* s = g.scales + o * groups;
+    const uint16_t* s = g.scales + o * groups;
     for (int64_t b = 0; b < g.rows; ++b) {
       const uint8_t* m = g.masks[b] + o * g.mask_stride[b];
       const float* x = g.x + b * g.in;
@@ -82,7 +85,7 @@ void gemv_generic(const Q8Gemv& g, int64_t o0, int64_t o1) {
           const float keep = float((m[i / 8] >> (i % 8)) & 1u);
           part += keep * float(w[i]) * x[i];
         }
-        acc += s[k] * part;
+        acc += half_to_float(s[k]) * part;
       }
       store(g, b, o, acc);
     }
@@ -138,7 +141,7 @@ bool has_vnni() {
 template <int R, int NB>
 struct TileRows {
   const int8_t* w[R];
-  const float* s[R];
+  const uint16_t* s[R];
   const uint8_t* m[R][NB];
 
   TileRows(const Q8Gemv& g, int64_t o, int64_t b0) {
@@ -175,15 +178,15 @@ Q8_AVX512 inline void pair_of_groups(const Q8Gemv& g, const TileRows<R, NB>& t, 
   for (int r = 0; r < R; ++r) {
     _mm_prefetch(reinterpret_cast<const char*>(t.w[r] + i + ahead), _MM_HINT_T0);
     __m512i c;
-    __m128 two_scales;
+    uint32_t two_scales = t.s[r][2 * p];  // fp16 bits, the second group's above the first's
     if constexpr (Tail) {
       c = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, t.w[r] + i);
-      two_scales = _mm_load_ss(t.s[r] + 2 * p);
     } else {
       c = _mm512_loadu_si512(t.w[r] + i);
-      two_scales = _mm_castpd_ps(_mm_load_sd(reinterpret_cast<const double*>(t.s[r] + 2 * p)));
+      std::memcpy(&two_scales, t.s[r] + 2 * p, 4);
     }
-    const __m512 ws = _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(two_scales));
+    const __m512 ws = _mm512_permutexvar_ps(
+        halves, _mm512_cvtph_ps(_mm256_zextsi128_si256(_mm_cvtsi32_si128(int(two_scales)))));
 #pragma GCC unroll 4
     for (int b = 0; b < NB; ++b) {
       uint64_t bits = 0;
@@ -210,6 +213,11 @@ Q8_AVX512 void tile(const Q8Gemv& g, int64_t o, int64_t b0) {
   for (int r = 0; r < R; ++r) {
     for (int b = 0; b < NB; ++b) store(g, b0 + b, o + r, _mm512_reduce_add_ps(acc[r][b]));
   }
+}
+
+// One fp16 scale as 16 fp32 lanes.
+Q8_AVX512 inline __m512 broadcast_half(uint16_t bits) {
+  return _mm512_cvtph_ps(_mm256_set1_epi16(short(bits)));
 }
 
 bool has_bf16() {
@@ -247,7 +255,7 @@ Q8_BF16 void tile_bf16(const Q8Gemv& g, int64_t o, int64_t b0) {
     for (int r = 0; r < R; ++r) {
       _mm_prefetch(reinterpret_cast<const char*>(w[r] + i + ahead), _MM_HINT_T0);
       const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w[r] + i));
-      const __m512 scale = _mm512_set1_ps(s[r][k]);
+      const __m512 scale = broadcast_half(s[r][k]);
       const __m512 lo = _mm512_mul_ps(
           _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c))), scale);
       const __m512 hi = _mm512_mul_ps(
@@ -380,10 +388,10 @@ void check_q8(const torch::Tensor& codes, const torch::Tensor& scales, const cha
                   codes.is_contiguous() && codes.size(1) % kQ8Group == 0,
               op, ": codes must be a contiguous CPU int8 [out, in] tensor with in a multiple of ",
               kQ8Group, ", got ", codes.scalar_type(), " ", codes.sizes());
-  TORCH_CHECK(scales.device().is_cpu() && scales.scalar_type() == torch::kFloat32 &&
+  TORCH_CHECK(scales.device().is_cpu() && scales.scalar_type() == torch::kHalf &&
                   scales.is_contiguous() && scales.dim() == 2 &&
                   scales.size(0) == codes.size(0) && scales.size(1) == codes.size(1) / kQ8Group,
-              op, ": scales must be a contiguous CPU float32 tensor of shape [", codes.size(0),
+              op, ": scales must be a contiguous CPU float16 tensor of shape [", codes.size(0),
               ", ", codes.size(1) / kQ8Group, "], got ", scales.scalar_type(), " ", scales.sizes());
 }
 
@@ -391,7 +399,7 @@ int64_t grain(int64_t cols) { return std::max<int64_t>(4, (int64_t(1) << 14) / c
 
 struct Dequant {
   const int8_t* codes;
-  const float* scales;
+  const uint16_t* scales;  // fp16 bits
   const uint8_t* mask;  // all ones for no mask
   int64_t mask_stride;  // 0 for no mask
   void* out;
@@ -404,7 +412,7 @@ void dequant_generic(const Dequant& d, int64_t r0, int64_t r1) {
     const uint8_t* m = d.mask + r * d.mask_stride;
     for (int64_t i = 0; i < d.cols; ++i) {
       const float keep = float((m[i / 8] >> (i % 8)) & 1u);
-      const float v = keep * d.scales[r * (d.cols / kQ8Group) + i / kQ8Group] *
+      const float v = keep * half_to_float(d.scales[r * (d.cols / kQ8Group) + i / kQ8Group]) *
                       float(d.codes[r * d.cols + i]);
       if (d.bf16) {
         static_cast<c10::BFloat16*>(d.out)[r * d.cols + i] = c10::BFloat16(v);
@@ -416,9 +424,9 @@ void dequant_generic(const Dequant& d, int64_t r0, int64_t r1) {
 }
 
 #ifdef SUBMODEL_Q8_X86
-Q8_AVX512 inline void widen(const int8_t* codes, float scale, __m512& lo, __m512& hi) {
+Q8_AVX512 inline void widen(const int8_t* codes, uint16_t scale, __m512& lo, __m512& hi) {
   const __m256i c = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(codes));
-  const __m512 s = _mm512_set1_ps(scale);
+  const __m512 s = broadcast_half(scale);
   lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(c))), s);
   hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(c, 1))), s);
 }
@@ -519,7 +527,7 @@ torch::Tensor masked_linear_q8(const torch::Tensor& x_in, const torch::Tensor& c
 #endif
   g.cx = CodedX{xq.data(), xstart.data(), xs.data(), pairs};
   g.codes = codes.data_ptr<int8_t>();
-  g.scales = scales.data_ptr<float>();
+  g.scales = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
   g.bias = bias_t.defined() ? bias_t.data_ptr() : nullptr;
   g.bf16_bias = bias_t.defined() && bias_t.scalar_type() == torch::kBFloat16;
   g.y = y.data_ptr();
@@ -556,7 +564,8 @@ torch::Tensor dequantize_q8_into(const torch::Tensor& codes, const torch::Tensor
                 "dequantize_q8_into: mask must be a contiguous uint8 [", rows, ", ", nbytes, "]");
   }
   const std::vector<uint8_t> ones(nbytes + 4, 0xFF);
-  Dequant d{codes.data_ptr<int8_t>(), scales.data_ptr<float>(),
+  Dequant d{codes.data_ptr<int8_t>(),
+            reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>()),
             has_mask ? mask->data_ptr<uint8_t>() : ones.data(), has_mask ? nbytes : 0,
             out.data_ptr(), out.scalar_type() == torch::kBFloat16, cols};
   at::parallel_for(0, rows, grain(cols), [&](int64_t r0, int64_t r1) {
