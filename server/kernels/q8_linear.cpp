@@ -178,9 +178,10 @@ Q8_AVX512 inline void pair_of_groups(const Q8Gemv& g, const TileRows<R, NB>& t, 
   for (int r = 0; r < R; ++r) {
     _mm_prefetch(reinterpret_cast<const char*>(t.w[r] + i + ahead), _MM_HINT_T0);
     __m512i c;
-    uint32_t two_scales = t.s[r][2 * p];  // fp16 bits, the second group's above the first's
+    uint32_t two_scales;  // fp16 bits, the second group's above the first's (none in a tail)
     if constexpr (Tail) {
       c = _mm512_maskz_loadu_epi8(0xFFFFFFFFull, t.w[r] + i);
+      two_scales = t.s[r][2 * p];
     } else {
       c = _mm512_loadu_si512(t.w[r] + i);
       std::memcpy(&two_scales, t.s[r] + 2 * p, 4);
