@@ -265,7 +265,8 @@ def step_profile(engine: Engine, language: str, steps: int) -> dict:
 
 @contextlib.contextmanager
 def timed_linears(model: Transformer, spent: dict[str, list[float]]):
-    """Adds each prunable Linear's and the LM head's (wall, CPU) seconds to `spent`."""
+    """Adds each decoder Linear's (a joint one's for its members) and the LM head's (wall, CPU)
+    seconds to `spent`."""
     started: list[tuple[float, float]] = []
 
     def start(*_) -> None:
@@ -276,7 +277,8 @@ def timed_linears(model: Transformer, spent: dict[str, list[float]]):
             spent[kind][k] += v
 
     hooks = []
-    for kind, modules in (("linears", model.prunable().values()), ("lm_head", [model.lm_head])):
+    for kind, modules in (("linears", model.called_linears().values()),
+                          ("lm_head", [model.lm_head])):
         for m in modules:
             hooks.append(m.register_forward_pre_hook(start))
             hooks.append(m.register_forward_hook(lambda *_, kind=kind: stop(kind)))
@@ -291,7 +293,7 @@ def timed_linears(model: Transformer, spent: dict[str, list[float]]):
 def torch_linears(model: Transformer):
     """The model with torch's dense F.linear in place of the strategy's Linears (each on the
     weight it holds now), put back on exit."""
-    installed = {**model.prunable(), "lm_head": model.lm_head}
+    installed = {**model.called_linears(), "lm_head": model.lm_head}
     for name, m in installed.items():
         model.replace(name, Linear(m.weight, m.bias))
     try:

@@ -170,19 +170,14 @@ class FusedLinear(Linear):
 
 class Int8FusedLinear(FusedLinear):
     """FusedLinear over int8 codes and per-group scales instead of the weight: the masked int8
-    GEMV for decode rows; W*M dequantized into the scratch buffer for torch's GEMM."""
+    GEMV for decode rows; W*M dequantized into the scratch buffer (in `dtype`, the weight's) for
+    torch's GEMM."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: Rows,
-                 scratch: list[torch.Tensor],
-                 codes_scales: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-        codes, scales = codes_scales or kernels.quantize_q8(weight)
-        if codes.shape != weight.shape:
-            raise ValueError(f"int8 codes of shape {tuple(codes.shape)} for a weight of shape "
-                             f"{tuple(weight.shape)}")
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                 rows: Rows, scratch: list[torch.Tensor], dtype: torch.dtype) -> None:
         super().__init__(codes, bias, rows, scratch)  # the mask stack takes the codes' shape
         self.weight = None  # not kept: the codes and scales stand for it
-        self.codes, self.scales = codes, scales
-        self.dtype, self.shape = weight.dtype, weight.shape
+        self.codes, self.scales, self.dtype = codes, scales, dtype
 
     def gemv(self, rows: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
         return kernels.masked_linear_q8(rows, self.codes, self.scales, self.stack, index,
@@ -194,7 +189,7 @@ class Int8FusedLinear(FusedLinear):
         numel = self.codes.numel()
         if self.scratch[0].numel() < numel or self.scratch[0].dtype != self.dtype:
             self.scratch[0] = torch.empty(numel, dtype=self.dtype)
-        w = self.scratch[0][:numel].view(self.shape)
+        w = self.scratch[0][:numel].view(self.codes.shape)
         mask = self.stack[lang] if lang >= 0 else None
         return F.linear(rows, kernels.dequantize_q8_into(self.codes, self.scales, mask, w),
                         self.bias)
@@ -205,6 +200,33 @@ def weight_bytes(linear: Linear) -> int:
     if isinstance(linear, (Int8FusedLinear, Int8HeadLinear)):
         return linear.codes.numel() + linear.scales.numel() * linear.scales.element_size()
     return linear.weight.numel() * linear.weight.element_size()
+
+
+def join(parts: list[FusedLinear]) -> FusedLinear:
+    """One Linear of the parts' kind over their rows side by side (a part without a bias adds
+    zeros to the joint's); each part's tensors become views of its rows."""
+    first = parts[0]
+    outs = [p.stack.shape[1] for p in parts]
+    bias = None
+    if any(p.bias is not None for p in parts):
+        ref = next(p.bias for p in parts if p.bias is not None)
+        bias = torch.cat([p.bias if p.bias is not None else ref.new_zeros(out)
+                          for p, out in zip(parts, outs, strict=True)])
+    if isinstance(first, Int8FusedLinear):
+        joint = Int8FusedLinear(torch.cat([p.codes for p in parts]),
+                                torch.cat([p.scales for p in parts]), bias, first.rows,
+                                first.scratch, first.dtype)
+    else:
+        joint = FusedLinear(torch.cat([p.weight for p in parts]), bias, first.rows,
+                            first.scratch)
+    start = 0
+    for part, out in zip(parts, outs, strict=True):
+        for attr in ("weight", "codes", "scales", "bias"):
+            if getattr(part, attr, None) is not None:
+                setattr(part, attr, getattr(joint, attr)[start:start + out])
+        part.stack = joint.stack[:, start:start + out]
+        start += out
+    return joint
 
 
 class MaskStrategy:
@@ -219,13 +241,17 @@ class MaskStrategy:
         self.dtype = model.lm_head.weight.dtype  # the compute dtype
         self.rows = Rows()
         self.linears: dict[str, Linear] = {}  # weight name (as in the store) -> its Linear
+        self.install(model)
+        self.masks: Masks = {}
+        self.languages: list[str] = []
+        self.set_masks(masks)
+
+    def install(self, model: Transformer) -> None:
+        """Replace the model's prunable Linears and its LM head with this strategy's kinds."""
         for name, dense in model.prunable().items():
             self.linears[f"{name}.weight"] = self.make_linear(f"{name}.weight", dense)
             model.replace(name, self.linears[f"{name}.weight"])
         model.lm_head = self.make_head(model.lm_head.weight)
-        self.masks: Masks = {}
-        self.languages: list[str] = []
-        self.set_masks(masks)
 
     def make_linear(self, name: str, dense: Linear) -> Linear:
         return LiveLinear(dense.weight, dense.bias, self.rows)
@@ -320,8 +346,28 @@ class FusedStrategy(MaskStrategy):
     def make_linear(self, name, dense):
         if not self.int8:
             return FusedLinear(dense.weight, dense.bias, self.rows, self.scratch)
-        return Int8FusedLinear(dense.weight, dense.bias, self.rows, self.scratch,
-                               self.blocks.get(name))
+        codes, scales = self.blocks.get(name) or kernels.quantize_q8(dense.weight)
+        if codes.shape != dense.weight.shape:
+            raise ValueError(f"int8 codes of shape {tuple(codes.shape)} for {name} of shape "
+                             f"{tuple(dense.weight.shape)}")
+        return Int8FusedLinear(codes, scales, dense.bias, self.rows, self.scratch,
+                               dense.weight.dtype)
+
+    def install(self, model):
+        """Also joins each group of siblings (Linears of one input: q|k|v, gate|up) into one
+        Linear over their rows side by side, so that a decode step reads the group in one
+        kernel call: 4 calls a layer instead of 7 (1.04-1.06x a batch-1 step, AMD EPYC). The
+        members stay in the tree, and in `linears`, as views of the joint's rows."""
+        super().install(model)
+        self.calls: list[tuple[FusedLinear, list[str]]] = []  # each with its rows' weights
+        grouped = set()
+        for joint_name, members in model.siblings().items():
+            names = [f"{m}.weight" for m in members]
+            joint = join([self.linears[n] for n in names])
+            model.replace(joint_name, joint)
+            self.calls.append((joint, names))
+            grouped.update(names)
+        self.calls += [(linear, [n]) for n, linear in self.linears.items() if n not in grouped]
 
     def make_head(self, weight):
         if not self.int8:
@@ -335,15 +381,27 @@ class FusedStrategy(MaskStrategy):
         return head
 
     def set_masks(self, masks):
-        """Restack each weight's masks [L, out, in/8], every language's bits side by side; the
+        """Restack the masks of each Linear a forward calls [L, out, in/8], every language's
+        bits side by side (a joint's rows: its members' masks one after the other); the
         per-language masks become views of the stacks (no second copy once the old stacks are
         dropped)."""
         super().set_masks(masks)
-        for name, linear in self.linears.items():
-            linear.stack = (torch.stack([masks[lang][name] for lang in self.languages])
-                            if self.languages else linear.stack[:0])
-        self.masks = {lang: {name: linear.stack[k] for name, linear in self.linears.items()}
-                      for k, lang in enumerate(self.languages)}
+        self.masks = {lang: {} for lang in self.languages}
+        for linear, names in self.calls:
+            if self.languages:
+                linear.stack = torch.stack([torch.cat([masks[lang][n] for n in names])
+                                            for lang in self.languages])
+            else:
+                linear.stack = linear.stack[:0]
+            start = 0
+            for name in names:
+                member = self.linears[name]
+                end = start + member.stack.shape[1]
+                if member is not linear:
+                    member.stack = linear.stack[:, start:end]
+                for k, lang in enumerate(self.languages):
+                    self.masks[lang][name] = linear.stack[k, start:end]
+                start = end
 
     def set_rows(self, row_languages, prefill=False):
         """Plans a decode step: a language with enough rows goes through W*M and torch's GEMM

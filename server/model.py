@@ -150,13 +150,21 @@ class Attention(nn.Module):
         self.k_proj = _linear(state, prefix + "k_proj")
         self.v_proj = _linear(state, prefix + "v_proj")
         self.o_proj = _linear(state, prefix + "o_proj")
+        self.qkv_proj: nn.Module | None = None  # q|k|v's rows in one Linear, once joined
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.qkv_proj is None:
+            return self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        kv = self.args.n_kv_heads * self.args.head_dim
+        return self.qkv_proj(x).split((self.args.n_heads * self.args.head_dim, kv, kv), dim=-1)
 
     def forward(self, x: torch.Tensor, step: Step | MixedStep) -> torch.Tensor:
         a = self.args
         bsz, seqlen, _ = x.shape
-        q = self.q_proj(x).view(bsz, seqlen, a.n_heads, a.head_dim)
-        k = self.k_proj(x).view(bsz, seqlen, a.n_kv_heads, a.head_dim)
-        v = self.v_proj(x).view(bsz, seqlen, a.n_kv_heads, a.head_dim)
+        q, k, v = self.project(x)
+        q = q.view(bsz, seqlen, a.n_heads, a.head_dim)
+        k = k.view(bsz, seqlen, a.n_kv_heads, a.head_dim)
+        v = v.view(bsz, seqlen, a.n_kv_heads, a.head_dim)
         if isinstance(step, MixedStep):  # x [1, B + T]: B decode rows, then the chunk
             b = step.rows
             o = torch.cat((self.attend(q[0, :b, None], k[0, :b, None], v[0, :b, None],
@@ -207,9 +215,13 @@ class MLP(nn.Module):
         self.gate_proj = _linear(state, prefix + "gate_proj")
         self.up_proj = _linear(state, prefix + "up_proj")
         self.down_proj = _linear(state, prefix + "down_proj")
+        self.gate_up_proj: nn.Module | None = None  # gate|up's rows in one Linear, once joined
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Block(nn.Module):
@@ -251,6 +263,29 @@ class Transformer(nn.Module):
         """The Linears a mask prunes, by state-dict name (without `.weight`), in layer order."""
         return {name: m for name, m in self.named_modules()
                 if name.startswith("model.layers.") and name.split(".", 3)[-1] in PRUNABLE}
+
+    def siblings(self) -> dict[str, list[str]]:
+        """Prunable Linears that read the same input, by the name of the one Linear that may
+        hold their rows side by side (in this order): q|k|v and gate|up of each layer."""
+        groups = {}
+        for i in range(self.args.n_layers):
+            p = f"model.layers.{i}."
+            groups[p + "self_attn.qkv_proj"] = [p + f"self_attn.{n}_proj" for n in "qkv"]
+            groups[p + "mlp.gate_up_proj"] = [p + "mlp.gate_proj", p + "mlp.up_proj"]
+        return groups
+
+    def called_linears(self) -> dict[str, nn.Module]:
+        """The decoder Linears a forward calls, by module name: the prunable ones, with a
+        joined group's Linear in place of its members."""
+        called = dict(self.prunable())
+        for joint, members in self.siblings().items():
+            parent, _, attr = joint.rpartition(".")
+            module = getattr(self.get_submodule(parent), attr)
+            if module is not None:
+                for name in members:
+                    del called[name]
+                called[joint] = module
+        return called
 
     def replace(self, name: str, module: nn.Module) -> None:
         parent, _, child = name.rpartition(".")

@@ -50,6 +50,9 @@ class TwoLinears(torch.nn.Module):
     def prunable(self) -> dict:
         return {"a": self.a, "b": self.b}
 
+    def siblings(self) -> dict:
+        return {}
+
     def replace(self, name: str, module: torch.nn.Module) -> None:
         setattr(self, name, module)
 

@@ -217,6 +217,9 @@ class OneLinear(torch.nn.Module):
     def prunable(self) -> dict:
         return {"w": self.w}
 
+    def siblings(self) -> dict:
+        return {}
+
     def replace(self, name: str, module: torch.nn.Module) -> None:
         setattr(self, name, module)
 
@@ -393,6 +396,9 @@ def test_int8_tied_head_serves_the_embeddings_from_its_codes():
             self.lm_head = Linear(table)
 
         def prunable(self) -> dict:
+            return {}
+
+        def siblings(self) -> dict:
             return {}
 
     table = torch.randn(50, 64, generator=torch.Generator().manual_seed(13)).bfloat16()

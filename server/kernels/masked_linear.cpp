@@ -688,9 +688,9 @@ torch::Tensor masked_linear(const torch::Tensor& x_in, const torch::Tensor& weig
   const int64_t B = x_in.size(0);
   TORCH_CHECK(masks.device().is_cpu() && masks.scalar_type() == torch::kUInt8 &&
                   masks.dim() == 3 && masks.size(1) == out && masks.size(2) == nbytes &&
-                  masks.is_contiguous(),
-              "masked_linear: masks must be a contiguous CPU uint8 tensor [L, ", out, ", ", nbytes,
-              "], got ", masks.scalar_type(), " ", masks.sizes());
+                  masks.stride(2) == 1 && masks.stride(1) == nbytes,
+              "masked_linear: masks must be a CPU uint8 tensor [L, ", out, ", ", nbytes,
+              "], each language's contiguous, got ", masks.scalar_type(), " ", masks.sizes());
   TORCH_CHECK(row_lang.device().is_cpu() && row_lang.scalar_type() == torch::kInt32 &&
                   row_lang.dim() == 1 && row_lang.size(0) == B,
               "masked_linear: row_lang must be an int32 CPU tensor of length ", B, ", got ",
@@ -718,7 +718,7 @@ torch::Tensor masked_linear(const torch::Tensor& x_in, const torch::Tensor& weig
       if (lp[b] < 0) {
         g.groups.push_back({ones.data(), 0, {}});
       } else {
-        g.groups.push_back({masks.data_ptr<uint8_t>() + lp[b] * out * nbytes, nbytes, {}});
+        g.groups.push_back({masks.data_ptr<uint8_t>() + lp[b] * masks.stride(0), nbytes, {}});
       }
     }
     g.groups[gi].rows.push_back(b);

@@ -479,10 +479,11 @@ torch::Tensor masked_linear_q8(const torch::Tensor& x_in, const torch::Tensor& c
                   (x_in.scalar_type() == torch::kFloat32 || x_in.scalar_type() == torch::kBFloat16),
               "masked_linear_q8: x must be a CPU float32 or bfloat16 [B, ", in, "] tensor, got ",
               x_in.scalar_type(), " ", x_in.sizes());
-  TORCH_CHECK(masks.scalar_type() == torch::kUInt8 && masks.dim() == 3 && masks.is_contiguous() &&
-                  masks.size(1) == out && masks.size(2) == nbytes,
-              "masked_linear_q8: masks must be a contiguous uint8 [L, ", out, ", ", nbytes,
-              "] tensor, got ", masks.scalar_type(), " ", masks.sizes());
+  TORCH_CHECK(masks.scalar_type() == torch::kUInt8 && masks.dim() == 3 && masks.size(1) == out &&
+                  masks.size(2) == nbytes && masks.stride(2) == 1 && masks.stride(1) == nbytes,
+              "masked_linear_q8: masks must be a uint8 [L, ", out, ", ", nbytes,
+              "] tensor, each language's contiguous, got ", masks.scalar_type(), " ",
+              masks.sizes());
   const int64_t B = x_in.size(0), L = masks.size(0);
   TORCH_CHECK(row_lang.scalar_type() == torch::kInt32 && row_lang.dim() == 1 &&
                   row_lang.size(0) == B,
@@ -508,7 +509,8 @@ torch::Tensor masked_linear_q8(const torch::Tensor& x_in, const torch::Tensor& c
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(lp[b] >= -1 && lp[b] < L, "masked_linear_q8: row_lang[", b, "] = ", lp[b],
                 " is outside [-1, ", L, ")");
-    g.masks.push_back(lp[b] < 0 ? ones.data() : masks.data_ptr<uint8_t>() + lp[b] * out * nbytes);
+    g.masks.push_back(lp[b] < 0 ? ones.data()
+                                : masks.data_ptr<uint8_t>() + lp[b] * masks.stride(0));
     g.mask_stride.push_back(lp[b] < 0 ? 0 : nbytes);
   }
   g.xh = dp_bf16 ? static_cast<const uint16_t*>(x.data_ptr()) : nullptr;
