@@ -561,12 +561,15 @@ def reference_decode_attention(q, k, v, k_cache, v_cache, slots, positions, cos,
 @pytest.mark.parametrize("path", [PATHS[0], PATHS[-1]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dim", [16, 64, 10])  # 10: not a multiple of 16, the scalar loop
-def test_decode_attention_matches_the_models_torch_steps(path, dtype, dim):
+@pytest.mark.parametrize("heads", [6, 14])  # 14: 7 a group, as the default model
+def test_decode_attention_matches_the_models_torch_steps(path, dtype, dim, heads):
+    """Every path against the model's torch steps (bf16 with AVX512_BF16 and head sizes of a
+    multiple of 32 takes the scores 16 keys at a time: whole blocks and a last partial one)."""
     gen = torch.Generator().manual_seed(dim)
-    rows, heads, groups, slots_total, max_len = 3, 6, 2, 5, 40
+    rows, groups, slots_total, max_len = 3, 2, 5, 80
     k_cache = torch.randn(slots_total, groups, max_len, dim, generator=gen).to(dtype)
     v_cache = torch.randn(slots_total, groups, max_len, dim, generator=gen).to(dtype)
-    slots, positions = torch.tensor([4, 0, 2]), torch.tensor([30, 0, 7])
+    slots, positions = torch.tensor([4, 0, 2]), torch.tensor([70, 0, 15])
     q = torch.randn(rows, heads * dim, generator=gen).to(dtype)
     k, v = (torch.randn(rows, groups * dim, generator=gen).to(dtype) for _ in range(2))
     angles = torch.rand(rows, dim, generator=gen) * 6

@@ -9,6 +9,9 @@
 // weighted sum of values in fp32. Summation order differs, so results agree to float rounding.
 // With AVX-512 the dot products, exponentials (a degree-7 polynomial of 2^f and VSCALEFPS) and
 // value sums take 16 lanes at a time when the head size is a multiple of 16; elsewhere scalar.
+// bf16 caches with AVX512_BF16 take the scores 16 keys at a time: the keys transposed so that
+// each lane is one key, then one VDPBF16PS per pair of dims and head (no horizontal sum per key
+// and head, the rotated queries being bf16 values already).
 #include "decode_ops.h"
 
 #include <ATen/Parallel.h>
@@ -16,12 +19,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define SUBMODEL_DECODE_X86 1
 #include <immintrin.h>
 #define DEC_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
+#define DEC_AVX512BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16")))
 #endif
 
 namespace submodel {
@@ -178,22 +183,110 @@ DEC_AVX512 inline __m512 exp16(__m512 x) {
 
 constexpr int64_t kMaxHeadsPerGroup = 16;
 
+
+// 16 rows of 16 32-bit elements, transposed in place (r[c] becomes column c): unpacks of 32 and
+// 64 bits within 128-bit lanes, then a 4 x 4 transpose of the lanes.
+DEC_AVX512 inline void transpose16(__m512i (&r)[16]) {
+  __m512i t[16];
+  for (int k = 0; k < 8; ++k) {
+    t[2 * k] = _mm512_unpacklo_epi32(r[2 * k], r[2 * k + 1]);
+    t[2 * k + 1] = _mm512_unpackhi_epi32(r[2 * k], r[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {  // r[4k + m], lane L: column 4L + m of rows 4k .. 4k + 3
+    r[4 * k] = _mm512_unpacklo_epi64(t[4 * k], t[4 * k + 2]);
+    r[4 * k + 1] = _mm512_unpackhi_epi64(t[4 * k], t[4 * k + 2]);
+    r[4 * k + 2] = _mm512_unpacklo_epi64(t[4 * k + 1], t[4 * k + 3]);
+    r[4 * k + 3] = _mm512_unpackhi_epi64(t[4 * k + 1], t[4 * k + 3]);
+  }
+  for (int m = 0; m < 4; ++m) {
+    const __m512i ab02 = _mm512_shuffle_i32x4(r[m], r[4 + m], 0x88);
+    const __m512i ab13 = _mm512_shuffle_i32x4(r[m], r[4 + m], 0xDD);
+    const __m512i cd02 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0x88);
+    const __m512i cd13 = _mm512_shuffle_i32x4(r[8 + m], r[12 + m], 0xDD);
+    t[m] = _mm512_shuffle_i32x4(ab02, cd02, 0x88);       // column m
+    t[4 + m] = _mm512_shuffle_i32x4(ab13, cd13, 0x88);   // column 4 + m
+    t[8 + m] = _mm512_shuffle_i32x4(ab02, cd02, 0xDD);   // column 8 + m
+    t[12 + m] = _mm512_shuffle_i32x4(ab13, cd13, 0xDD);  // column 12 + m
+  }
+  for (int c = 0; c < 16; ++c) r[c] = t[c];
+}
+
+// The scores of row b's group g (P heads) against keys 0..position, scaled, into scores[j * len
+// + l]: per block of 16 keys and 32 dims, the keys' pairs of dims transposed to lanes, then per
+// pair one VDPBF16PS per head with that pair of the head's query broadcast.
+template <int P>
+DEC_AVX512BF16 void bf16_scores(const Attention& a, int64_t b, int64_t g,
+                                const std::vector<float>& q, float* scores, int64_t len) {
+  const int64_t d = a.dim, pairs = d / 2;
+  std::vector<uint32_t> qp(P * pairs);  // head j's pair i: dim 2i in the low half
+  for (int j = 0; j < P; ++j) {
+    for (int64_t i = 0; i < pairs; ++i) {
+      qp[j * pairs + i] = uint32_t(bf16(q[j * d + 2 * i]).x) |
+                          uint32_t(bf16(q[j * d + 2 * i + 1]).x) << 16;
+    }
+  }
+  for (int64_t l0 = 0; l0 < len; l0 += 16) {
+    const int64_t n = std::min<int64_t>(16, len - l0);
+    __m512 acc[P];
+    for (int j = 0; j < P; ++j) acc[j] = _mm512_setzero_ps();
+    for (int64_t i0 = 0; i0 < pairs; i0 += 16) {  // 32 dims of each key
+      __m512i cols[16];
+      for (int k = 0; k < 16; ++k) {
+        cols[k] = k < n ? _mm512_loadu_si512(cached<bf16>(a, a.k_cache, b, g, l0 + k) + 2 * i0)
+                        : _mm512_setzero_si512();
+      }
+      transpose16(cols);  // cols[c]: pair i0 + c of the 16 keys
+      for (int c = 0; c < 16; ++c) {
+        for (int j = 0; j < P; ++j) {
+          acc[j] = _mm512_dpbf16_ps(acc[j], (__m512bh)cols[c],
+                                    (__m512bh)_mm512_set1_epi32(int(qp[j * pairs + i0 + c])));
+        }
+      }
+    }
+    const __mmask16 lanes = n == 16 ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+    for (int j = 0; j < P; ++j) {
+      _mm512_mask_storeu_ps(scores + j * len + l0, lanes,
+                            _mm512_mul_ps(acc[j], _mm512_set1_ps(a.scale)));
+    }
+  }
+}
+
+// Up to this many heads per group take bf16_scores (its accumulators stay in registers).
+constexpr int64_t kMaxBf16DotHeads = 8;
+
 template <typename T>
-DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g) {
+bool bf16_dot_fits(const Attention& a, bool bf16_dot) {
+  return std::is_same_v<T, bf16> && bf16_dot && a.dim % 32 == 0 &&
+         a.heads / a.groups <= kMaxBf16DotHeads;
+}
+
+template <typename T>
+DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g, bool bf16_dot) {
   const int64_t per = a.heads / a.groups, len = a.positions[b] + 1, d = a.dim;
   const std::vector<float> q = group_queries<T>(a, b, g);
   std::vector<float> scores(per * len), acc(per * d, 0.f);
-  for (int64_t l = 0; l < len; ++l) {
-    const T* key = cached<T>(a, a.k_cache, b, g, l);
-    __m512 dots[kMaxHeadsPerGroup];
-    for (int64_t j = 0; j < per; ++j) dots[j] = _mm512_setzero_ps();
-    for (int64_t i = 0; i < d; i += 16) {
-      const __m512 k = load16(key + i);
+  if (bf16_dot_fits<T>(a, bf16_dot)) {
+    using Scores = void (*)(const Attention&, int64_t, int64_t, const std::vector<float>&,
+                            float*, int64_t);
+    static constexpr Scores by_heads[kMaxBf16DotHeads] = {
+        bf16_scores<1>, bf16_scores<2>, bf16_scores<3>, bf16_scores<4>,
+        bf16_scores<5>, bf16_scores<6>, bf16_scores<7>, bf16_scores<8>};
+    by_heads[per - 1](a, b, g, q, scores.data(), len);
+  } else {
+    for (int64_t l = 0; l < len; ++l) {
+      const T* key = cached<T>(a, a.k_cache, b, g, l);
+      __m512 dots[kMaxHeadsPerGroup];
+      for (int64_t j = 0; j < per; ++j) dots[j] = _mm512_setzero_ps();
+      for (int64_t i = 0; i < d; i += 16) {
+        const __m512 k = load16(key + i);
+        for (int64_t j = 0; j < per; ++j) {
+          dots[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q.data() + j * d + i), k, dots[j]);
+        }
+      }
       for (int64_t j = 0; j < per; ++j) {
-        dots[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q.data() + j * d + i), k, dots[j]);
+        scores[j * len + l] = _mm512_reduce_add_ps(dots[j]) * a.scale;
       }
     }
-    for (int64_t j = 0; j < per; ++j) scores[j * len + l] = _mm512_reduce_add_ps(dots[j]) * a.scale;
   }
   for (int64_t j = 0; j < per; ++j) {
     float* s = scores.data() + j * len;
@@ -227,7 +320,7 @@ DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g) {
 #endif
 
 template <typename T>
-void attend_all(const Attention& a, int64_t rows, bool avx512) {
+void attend_all(const Attention& a, int64_t rows, bool avx512, bool bf16_dot) {
   write_cache<T>(a, rows);
   const int64_t per = a.heads / a.groups;
   const int64_t work = per * a.dim * (a.positions[0] + 1);  // per item, for the grain
@@ -236,7 +329,7 @@ void attend_all(const Attention& a, int64_t rows, bool avx512) {
     for (int64_t i = i0; i < i1; ++i) {
 #ifdef SUBMODEL_DECODE_X86
       if (avx512 && a.dim % 16 == 0 && per <= kMaxHeadsPerGroup) {
-        attend_avx512<T>(a, i / a.groups, i % a.groups);
+        attend_avx512<T>(a, i / a.groups, i % a.groups, bf16_dot);
         continue;
       }
 #endif
@@ -277,7 +370,7 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, torch::Tensor k_cache,
                                torch::Tensor v_cache, const torch::Tensor& slots,
                                const torch::Tensor& positions, const torch::Tensor& cos,
-                               const torch::Tensor& sin, bool avx512) {
+                               const torch::Tensor& sin, bool avx512, bool bf16_dot) {
   const char* op = "decode_attention";
   for (const torch::Tensor* t : std::initializer_list<const torch::Tensor*>{
            &q, &k, &v, &k_cache, &v_cache, &slots, &positions, &cos, &sin}) {
@@ -316,9 +409,9 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k,
               sp, pp, cos.data_ptr(), sin.data_ptr(), out.data_ptr(), heads, groups, dim,
               max_len, float(1.0 / std::sqrt(double(dim)))};
   if (dtype == torch::kFloat32) {
-    attend_all<float>(a, rows, avx512);
+    attend_all<float>(a, rows, avx512, false);
   } else {
-    attend_all<bf16>(a, rows, avx512);
+    attend_all<bf16>(a, rows, avx512, bf16_dot);
   }
   return out;
 }

@@ -11,6 +11,6 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& v, torch::Tensor k_cache,
                                torch::Tensor v_cache, const torch::Tensor& slots,
                                const torch::Tensor& positions, const torch::Tensor& cos,
-                               const torch::Tensor& sin, bool avx512);
+                               const torch::Tensor& sin, bool avx512, bool bf16_dot);
 
 }  // namespace submodel

@@ -817,7 +817,7 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k,
                                const torch::Tensor& positions, const torch::Tensor& cos,
                                const torch::Tensor& sin) {
   return submodel::decode_attention(q, k, v, k_cache, v_cache, slots, positions, cos, sin,
-                                    g_path >= kAvx512);
+                                    g_path >= kAvx512, g_path == kAvx512Bf16);
 }
 
 std::vector<std::string> cpu_features() {
