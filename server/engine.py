@@ -427,6 +427,8 @@ class Engine:
         batch = sched.batch(language)
         pending = sched.to_prefill(language)
         if batch and pending and self.chunks:
+            if self.chunks.plain_step_due():
+                return self._decode(batch)  # the running step's own time, measured afresh
             return self._decode(batch, pending[0])  # the oldest prompt's next chunk rides along
         budget = self.chunks.size() if sched.running and self.chunks else None
         for handle in pending:

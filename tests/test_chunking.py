@@ -9,6 +9,7 @@ from submodel.server.chunking import (
     FIRST_CHUNK,
     MAX_CHUNK,
     MIN_CHUNK,
+    PLAIN_EVERY,
     STEP_BUDGET,
     ChunkSizer,
     chunk_name,
@@ -46,6 +47,25 @@ def test_chunks_grow_at_most_twofold_a_step_and_stay_in_bounds():
     assert sizes == [min(FIRST_CHUNK << (i + 1), MAX_CHUNK) for i in range(8)]
     sizer.observe(0.030 + MAX_CHUNK * 1.0, MAX_CHUNK)  # a chunk token costing a second
     assert sizer.size() == MIN_CHUNK
+
+
+def test_the_running_step_is_measured_again_while_a_prompt_goes_in():
+    """The running requests' step grows with their contexts: every PLAIN_EVERY-th step carries
+    no chunk, so that growth is not taken for chunk cost (which would shrink chunks to a token)."""
+    sizer = ChunkSizer()
+    sizer.observe(0.030, 0)
+    plain, per_token = 0.030, 0.002
+    for _ in range(PLAIN_EVERY):
+        assert not sizer.plain_step_due()
+        plain += 0.001  # the running step alone, a millisecond more every step
+        sizer.observe(plain + sizer.size() * per_token, sizer.size())
+    assert sizer.plain_step_due() and sizer.size() < 7  # its growth was taken for chunk cost
+    sizer.observe(plain, 0)
+    assert not sizer.plain_step_due()
+    for _ in range(4):
+        sizer.observe(plain + sizer.size() * per_token, sizer.size())
+    assert sizer.size() >= int(STEP_BUDGET * plain / per_token / 2)  # back near the budget
+    assert not ChunkSizer(8).plain_step_due()
 
 
 def test_prefill_chunk_flag():

@@ -11,7 +11,7 @@ from conftest import build_tiny_store
 from submodel.pruning import masks as bits
 from submodel.pruning.edit import remove_language
 from submodel.pruning.store import open_store
-from submodel.server import kernels, omp
+from submodel.server import chunking, kernels, omp
 from submodel.server.api import (
     DoneEvent,
     FinishEvent,
@@ -427,7 +427,9 @@ def test_a_long_prompt_is_prefilled_in_chunks_inside_decode_steps(store, strateg
 
 def test_sized_chunks_give_the_same_output(store, monkeypatch):
     """The default sizes chunks from measured step times; whatever sizes it picks, the prompt
-    goes in whole and the completion is the one it gets prefilled alone."""
+    goes in whole and the completion is the one it gets prefilled alone; every PLAIN_EVERY-th
+    step of the admission carries no chunk (the running step measured afresh)."""
+    monkeypatch.setattr(chunking, "PLAIN_EVERY", 2)
     engine = Engine(store, strategy="fused", max_batch=4)
     calls = recording_forward(engine, monkeypatch)
     engine.start()
@@ -442,6 +444,10 @@ def test_sized_chunks_give_the_same_output(store, monkeypatch):
         chunks = [size for kind, size in calls if kind == "mixed"]
         assert sum(chunks) == engine.count_tokens(LONG_PROMPT) and chunks[0] == FIRST_CHUNK
         assert all(MIN_CHUNK <= c <= MAX_CHUNK for c in chunks[:-1])
+        kinds = [kind for kind, _ in calls]
+        admission = kinds[kinds.index("mixed"):len(kinds) - kinds[::-1].index("mixed")]
+        assert len(chunks) > 2 and "mixed" * 3 not in "".join(admission)
+        assert admission.count("decode") == (len(chunks) - 1) // 2
     finally:
         engine.stop()
 
