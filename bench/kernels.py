@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from submodel.bench.timing import clock, fastest, since
 from submodel.server import kernels
 
-# (out, in) of q, k, v, o, gate, up, down in one Qwen2.5-0.5B decoder layer.
-QWEN05_SHAPES = [(896, 896), (128, 896), (128, 896), (896, 896), (4864, 896), (4864, 896),
-                 (896, 4864)]
+# (out, in) of the Linears one Qwen2.5-0.5B decoder layer calls under the fused strategy:
+# q|k|v and gate|up joined (masking.FusedStrategy.install), o, down.
+QWEN05_SHAPES = [(1152, 896), (896, 896), (9728, 896), (896, 4864)]
 LANGUAGES = 4
 PREFILL_TOKENS = (2, 8, 16, 32, 64, 256)
 
