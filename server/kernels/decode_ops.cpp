@@ -251,7 +251,54 @@ DEC_AVX512BF16 void bf16_scores(const Attention& a, int64_t b, int64_t g,
   }
 }
 
-// Up to this many heads per group take bf16_scores (its accumulators stay in registers).
+// The weighted sums of row b's group g's values (P heads, weights in scores[j * len + l]) into
+// acc[j * d + i]: the weights rounded to bf16 (as torch's CPU attention rounds them for bf16
+// inputs), then per two keys their value rows interleaved dim by dim and one VDPBF16PS per 16
+// dims and head, against the head's two weights broadcast.
+template <int P>
+DEC_AVX512BF16 void bf16_values(const Attention& a, int64_t b, int64_t g, const float* scores,
+                                int64_t len, float* acc) {
+  const int64_t d = a.dim, pairs = (len + 1) / 2;
+  std::vector<uint32_t> weights(P * pairs);  // head j's keys 2t (low half) and 2t + 1, bf16
+  for (int j = 0; j < P; ++j) {
+    bf16* w = reinterpret_cast<bf16*>(weights.data() + j * pairs);
+    for (int64_t l = 0; l < len; ++l) w[l] = bf16(scores[j * len + l]);
+    if (len % 2) w[len] = bf16(0.f);
+  }
+  for (int64_t i0 = 0; i0 < d; i0 += 32) {
+    __m512 lo[P], hi[P];
+    for (int j = 0; j < P; ++j) lo[j] = hi[j] = _mm512_setzero_ps();
+    for (int64_t t = 0; t < pairs; ++t) {
+      const __m512i v0 = _mm512_loadu_si512(cached<bf16>(a, a.v_cache, b, g, 2 * t) + i0);
+      const __m512i v1 = 2 * t + 1 < len
+                             ? _mm512_loadu_si512(cached<bf16>(a, a.v_cache, b, g, 2 * t + 1) + i0)
+                             : _mm512_setzero_si512();
+      // 32-bit lane 4k + m: dim i0 + 8k + m of both keys (lo), dim i0 + 8k + 4 + m (hi)
+      const __m512bh even = (__m512bh)_mm512_unpacklo_epi16(v0, v1);
+      const __m512bh odd = (__m512bh)_mm512_unpackhi_epi16(v0, v1);
+      for (int j = 0; j < P; ++j) {
+        const __m512bh w = (__m512bh)_mm512_set1_epi32(int(weights[j * pairs + t]));
+        lo[j] = _mm512_dpbf16_ps(lo[j], even, w);
+        hi[j] = _mm512_dpbf16_ps(hi[j], odd, w);
+      }
+    }
+    alignas(64) float l16[16], h16[16];
+    for (int j = 0; j < P; ++j) {
+      _mm512_store_ps(l16, lo[j]);
+      _mm512_store_ps(h16, hi[j]);
+      float* out = acc + j * d + i0;
+      for (int k = 0; k < 4; ++k) {
+        for (int m = 0; m < 4; ++m) {
+          out[8 * k + m] = l16[4 * k + m];
+          out[8 * k + 4 + m] = h16[4 * k + m];
+        }
+      }
+    }
+  }
+}
+
+// Up to this many heads per group take bf16_scores and bf16_values (their accumulators stay in
+// registers).
 constexpr int64_t kMaxBf16DotHeads = 8;
 
 template <typename T>
@@ -303,6 +350,14 @@ DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g, bool bf1
       const __mmask16 lanes = len - l >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (len - l)) - 1);
       _mm512_mask_storeu_ps(s + l, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, s + l), inv));
     }
+  }
+  if (bf16_dot_fits<T>(a, bf16_dot)) {
+    using Values = void (*)(const Attention&, int64_t, int64_t, const float*, int64_t, float*);
+    static constexpr Values by_heads[kMaxBf16DotHeads] = {
+        bf16_values<1>, bf16_values<2>, bf16_values<3>, bf16_values<4>,
+        bf16_values<5>, bf16_values<6>, bf16_values<7>, bf16_values<8>};
+    by_heads[per - 1](a, b, g, scores.data(), len, acc.data());
+    return store_heads<T>(a, b, g, acc.data());
   }
   for (int64_t i = 0; i < d; i += 16) {
     __m512 sum[kMaxHeadsPerGroup];
