@@ -11,7 +11,7 @@ from conftest import build_tiny_store
 from submodel.pruning import masks as bits
 from submodel.pruning.edit import remove_language
 from submodel.pruning.store import open_store
-from submodel.server import chunking, kernels, omp
+from submodel.server import chunking, kernels, model, omp
 from submodel.server.api import (
     DoneEvent,
     FinishEvent,
@@ -560,6 +560,34 @@ def test_bf16_decode_steps_match_prefill_logits(store):
                               torch.tensor([2]), [lang], prefill=True)[0]
         assert torch.allclose(got[row], want, atol=0.1, rtol=0.05), (got[row] - want).abs().max()
         assert got[row].argmax() == want.argmax()
+
+
+def test_bf16_prefills_attend_through_the_decode_op_where_it_beats_sdpa(store, monkeypatch):
+    """With bf16 caches on AVX512_BF16 a prefill of any length attends through the decode op
+    (a row per token), from the start or after a cached prefix, and gives the logits and the
+    keys and values SDPA gives."""
+    engine = Engine(store, strategy="fused", dtype=torch.bfloat16, max_batch=2)
+    if kernels.kernel_path() == "avx512bf16":
+        assert model.decode_op_max_tokens(torch.bfloat16) > 4096
+    assert model.decode_op_max_tokens(torch.float32) == DECODE_OP_MAX_TOKENS
+    ids = engine.tokenizer.encode(LONG_PROMPT)[:40]
+
+    def prefill(slot):  # the first 25 tokens, then the other 15 after them
+        first = engine.forward(torch.tensor([ids[:25]]), torch.arange(25)[None],
+                               torch.tensor([slot]), ["python"], prefill=True)[0]
+        rest = engine.forward(torch.tensor([ids[25:]]), torch.arange(25, 40)[None],
+                              torch.tensor([slot]), ["python"], prefill=True)[0]
+        return first, rest
+
+    got = prefill(0)
+    monkeypatch.setattr(model, "decode_op_max_tokens", lambda dtype: DECODE_OP_MAX_TOKENS)
+    want = prefill(1)
+    for g, w in zip(got, want, strict=True):
+        assert torch.allclose(g, w, atol=0.1, rtol=0.05), (g - w).abs().max()
+        assert g.argmax() == w.argmax()
+    for cache in (engine.cache.k, engine.cache.v):
+        assert torch.allclose(cache[:, 0, :, :40].float(), cache[:, 1, :, :40].float(),
+                              atol=0.05, rtol=0.02)
 
 
 @pytest.mark.parametrize("tokens", [1, 3, DECODE_OP_MAX_TOKENS, DECODE_OP_MAX_TOKENS + 1])
