@@ -31,16 +31,6 @@ SUPPORTED = ("llama", "qwen2", "mistral")
 DECODE_OP_MAX_TOKENS = 6
 
 
-def decode_op_max_tokens(dtype: torch.dtype) -> int:
-    """DECODE_OP_MAX_TOKENS, or every prefill where the decode op takes bf16 caches through
-    VDPBF16PS (decode_ops.cpp): that beats SDPA at every size measured (AMD EPYC, gguf, a
-    prefill of 7-1,024 tokens: 0.9-1.0x SDPA's time after 0 cached tokens, 0.8-0.9x after
-    500-1,500; a decode step carrying a 7-48-token chunk at 1,000: 0.7-0.9x)."""
-    if dtype == torch.bfloat16 and kernels.kernel_path() == "avx512bf16":
-        return sys.maxsize
-    return DECODE_OP_MAX_TOKENS
-
-
 class UnsupportedModel(ValueError):
     pass
 
@@ -76,6 +66,16 @@ class ModelArgs:
             rms_eps=cfg["rms_norm_eps"], rope_theta=float(theta),
             tie_embeddings=bool(cfg.get("tie_word_embeddings")),
             max_positions=cfg.get("max_position_embeddings", 4096))
+
+
+def decode_op_max_tokens(dtype: torch.dtype, args: ModelArgs) -> int:
+    """DECODE_OP_MAX_TOKENS, or every prefill where the decode op takes this model's caches
+    through VDPBF16PS (kernels.bf16_dot_attention): that beats SDPA at every size measured (AMD
+    EPYC, gguf, a prefill of 7-1,024 tokens: 0.9-1.0x SDPA's time after 0 cached tokens,
+    0.8-0.9x after 500-1,500; a decode step carrying a 7-48-token chunk at 1,000: 0.7-0.9x)."""
+    if kernels.bf16_dot_attention(dtype, args.n_heads // args.n_kv_heads, args.head_dim):
+        return sys.maxsize
+    return DECODE_OP_MAX_TOKENS
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,7 @@ class Attention(nn.Module):
         applied): writes the keys and values into the cache, returns [B, T, H * D]."""
         a, cache, i = self.args, step.cache, self.layer
         bsz, seqlen = q.shape[:2]
-        if not step.prefill or seqlen <= decode_op_max_tokens(q.dtype):
+        if not step.prefill or seqlen <= decode_op_max_tokens(q.dtype, a):
             # one op: rotary, cache write and attention of every row (a row per token)
             rows = bsz * seqlen
             slots = step.slots if seqlen == 1 else step.slots[:1].expand(seqlen).contiguous()
@@ -313,7 +313,7 @@ class Transformer(nn.Module):
         cos, sin = self.rope(positions, dtype)
         step = Step(positions, cache, slots, prefill, cos[:, None], sin[:, None])  # [B,1,T,D]
         if (prefill and int(positions[0, 0]) > 0
-                and positions.shape[1] > decode_op_max_tokens(dtype)):
+                and positions.shape[1] > decode_op_max_tokens(dtype, self.args)):
             length = int(positions[0, -1]) + 1
             keys = torch.arange(length, device=positions.device)
             step.visible = (keys[None, :] <= positions[0, :, None]).view(1, 1, -1, length)
@@ -338,7 +338,7 @@ class Transformer(nn.Module):
         decode rows', then the chunk's last position's."""
         b, t = tokens.shape[0], chunk_tokens.shape[1]
         x = self.model.embed_tokens(torch.cat((tokens.view(1, b), chunk_tokens), dim=1))
-        if t <= decode_op_max_tokens(x.dtype):  # the chunk's tokens are decode rows of its slot
+        if t <= decode_op_max_tokens(x.dtype, self.args):  # the chunk's tokens: decode rows
             step = self.step(torch.cat((positions.view(-1), chunk_positions.view(-1)))[:, None],
                              cache, torch.cat((slots, chunk_slot.expand(t))), False, x.dtype)
             x = x.view(b + t, 1, -1)

@@ -7,9 +7,11 @@ import time
 import pytest
 import torch
 from conftest import build_tiny_store
+from tiny import save_tiny
 
 from submodel.pruning import masks as bits
 from submodel.pruning.edit import remove_language
+from submodel.pruning.prune import PruneConfig, prune
 from submodel.pruning.store import open_store
 from submodel.server import chunking, kernels, model, omp
 from submodel.server.api import (
@@ -562,14 +564,18 @@ def test_bf16_decode_steps_match_prefill_logits(store):
         assert got[row].argmax() == want.argmax()
 
 
-def test_bf16_prefills_attend_through_the_decode_op_where_it_beats_sdpa(store, monkeypatch):
-    """With bf16 caches on AVX512_BF16 a prefill of any length attends through the decode op
-    (a row per token), from the start or after a cached prefix, and gives the logits and the
-    keys and values SDPA gives."""
+def test_bf16_prefills_attend_through_the_decode_op_where_it_beats_sdpa(tmp_path, monkeypatch):
+    """With bf16 caches on AVX512_BF16 (heads of a multiple of 32, at most 8 a KV group) a
+    prefill of any length attends through the decode op (a row per token), from the start or
+    after a cached prefix, and gives the logits and the keys and values SDPA gives."""
+    model_dir = save_tiny(tmp_path / "model", num_attention_heads=4, num_key_value_heads=1,
+                          hidden_size=128)  # heads of 32, 4 a group
+    store = prune(PruneConfig(model=str(model_dir), out=tmp_path / "store",
+                              languages=("python",), nsamples=4, seqlen=32, progress=False))
     engine = Engine(store, strategy="fused", dtype=torch.bfloat16, max_batch=2)
     if kernels.kernel_path() == "avx512bf16":
-        assert model.decode_op_max_tokens(torch.bfloat16) > 4096
-    assert model.decode_op_max_tokens(torch.float32) == DECODE_OP_MAX_TOKENS
+        assert model.decode_op_max_tokens(torch.bfloat16, engine.args) > 4096
+    assert model.decode_op_max_tokens(torch.float32, engine.args) == DECODE_OP_MAX_TOKENS
     ids = engine.tokenizer.encode(LONG_PROMPT)[:40]
 
     def prefill(slot):  # the first 25 tokens, then the other 15 after them
@@ -580,7 +586,7 @@ def test_bf16_prefills_attend_through_the_decode_op_where_it_beats_sdpa(store, m
         return first, rest
 
     got = prefill(0)
-    monkeypatch.setattr(model, "decode_op_max_tokens", lambda dtype: DECODE_OP_MAX_TOKENS)
+    monkeypatch.setattr(model, "decode_op_max_tokens", lambda dtype, args: DECODE_OP_MAX_TOKENS)
     want = prefill(1)
     for g, w in zip(got, want, strict=True):
         assert torch.allclose(g, w, atol=0.1, rtol=0.05), (g - w).abs().max()

@@ -588,6 +588,15 @@ def test_decode_attention_matches_the_models_torch_steps(path, dtype, dim, heads
     torch.testing.assert_close(got.float(), want, atol=tol, rtol=tol)
 
 
+def test_bf16_dot_attention_is_said_for_the_shapes_decode_ops_takes_through_it():
+    on = kernels.kernel_path() == "avx512bf16"
+    assert kernels.bf16_dot_attention(torch.bfloat16, 7, 64) == on
+    assert kernels.bf16_dot_attention(torch.bfloat16, 8, 128) == on
+    assert not kernels.bf16_dot_attention(torch.bfloat16, 9, 64)  # more heads than registers
+    assert not kernels.bf16_dot_attention(torch.bfloat16, 7, 16)  # not whole 32-dim blocks
+    assert not kernels.bf16_dot_attention(torch.float32, 7, 64)
+
+
 def test_decode_attention_rejects_a_position_outside_the_cache():
     cache = torch.zeros(2, 1, 4, 8)
     args = (torch.zeros(1, 8), torch.zeros(1, 8), torch.zeros(1, 8), cache, cache.clone(),
