@@ -20,6 +20,7 @@ FIRST_CHUNK = 4        # before anything is measured (a token costs 2-4 ms on 2 
 MIN_CHUNK, MAX_CHUNK = 1, 512  # one token when even two would pass the budget (a fast step)
 SMOOTHING = 0.3        # weight of the newest measurement in the running averages
 PLAIN_EVERY = 16       # chunked steps between two that measure the running step alone
+PLAIN_GROWTH = 1.25    # the most one fresh measure of it may raise the running step's time
 
 
 class ChunkSizer:
@@ -46,9 +47,15 @@ class ChunkSizer:
         """A decode step took `seconds` carrying `chunk` prompt tokens (0: none)."""
         if self.fixed is not None:
             return
-        if chunk == 0:  # after chunked steps, a fresh measure: it replaces the stale one
-            self.plain_step = seconds if self.chunked_steps else _average(self.plain_step,
-                                                                          seconds)
+        if chunk == 0:
+            if self.chunked_steps and self.plain_step is not None:
+                # a fresh measure after chunked steps replaces the stale one, but one slow step
+                # (a page fault, another process) raises it by at most PLAIN_GROWTH: taken
+                # whole, it made the chunk tokens after it look free and chunks double to 3x
+                # steps
+                self.plain_step = min(seconds, PLAIN_GROWTH * self.plain_step)
+            else:
+                self.plain_step = _average(self.plain_step, seconds)
             self.chunked_steps = 0
             return
         self.chunked_steps += 1

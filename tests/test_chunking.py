@@ -10,6 +10,7 @@ from submodel.server.chunking import (
     MAX_CHUNK,
     MIN_CHUNK,
     PLAIN_EVERY,
+    PLAIN_GROWTH,
     STEP_BUDGET,
     ChunkSizer,
     chunk_name,
@@ -57,15 +58,28 @@ def test_the_running_step_is_measured_again_while_a_prompt_goes_in():
     plain, per_token = 0.030, 0.002
     for _ in range(PLAIN_EVERY):
         assert not sizer.plain_step_due()
-        plain += 0.001  # the running step alone, a millisecond more every step
+        plain += 0.0004  # the running step alone, 0.4 ms more every step
         sizer.observe(plain + sizer.size() * per_token, sizer.size())
     assert sizer.plain_step_due() and sizer.size() < 7  # its growth was taken for chunk cost
     sizer.observe(plain, 0)
-    assert not sizer.plain_step_due()
+    assert not sizer.plain_step_due() and sizer.plain_step == pytest.approx(plain)
     for _ in range(4):
         sizer.observe(plain + sizer.size() * per_token, sizer.size())
     assert sizer.size() >= int(STEP_BUDGET * plain / per_token / 2)  # back near the budget
     assert not ChunkSizer(8).plain_step_due()
+
+
+def test_one_slow_plain_step_does_not_make_chunk_tokens_look_free():
+    sizer = ChunkSizer()
+    sizer.observe(0.030, 0)
+    for _ in range(PLAIN_EVERY):
+        sizer.observe(0.030 + sizer.size() * 0.002, sizer.size())
+    settled = sizer.size()
+    sizer.observe(0.090, 0)  # a hiccup: three times the running step
+    assert sizer.plain_step == pytest.approx(PLAIN_GROWTH * 0.030)
+    for _ in range(3):
+        sizer.observe(0.030 + sizer.size() * 0.002, sizer.size())
+    assert sizer.size() <= 2 * settled  # chunks stay near what fits, not doubling on
 
 
 def test_prefill_chunk_flag():
