@@ -20,9 +20,11 @@ import torch.nn.functional as F
 from submodel.bench.timing import clock, fastest, since
 from submodel.server import kernels
 
-# (out, in) of the Linears one Qwen2.5-0.5B decoder layer calls under the fused strategy:
-# q|k|v and gate|up joined (masking.FusedStrategy.install), o, down.
-QWEN05_SHAPES = [(1152, 896), (896, 896), (9728, 896), (896, 4864)]
+# (out, in) of q, k, v, o, gate, up, down in one Qwen2.5-0.5B decoder layer.
+QWEN05_SHAPES = [(896, 896), (128, 896), (128, 896), (896, 896), (4864, 896), (4864, 896),
+                 (896, 4864)]
+# The calls a layer makes with int8 weights: q|k|v and gate|up joined (FusedStrategy.install).
+INT8_CALLS = [(0, 3), (3, 4), (4, 6), (6, 7)]  # index ranges into QWEN05_SHAPES
 LANGUAGES = 4
 PREFILL_TOKENS = (2, 8, 16, 32, 64, 256)
 
@@ -66,15 +68,29 @@ def make_layers(n_layers: int, dtype: torch.dtype, gen: torch.Generator) -> list
     return layers
 
 
+def int8_calls(layers: list[tuple]) -> list[tuple]:
+    """(codes, scales, masks, x) of each call a decode step makes with int8 weights: the
+    layers' Linears quantized, siblings joined along their output rows."""
+    calls = []
+    per_layer = len(QWEN05_SHAPES)
+    for base in range(0, len(layers), per_layer):
+        for start, end in INT8_CALLS:
+            group = layers[base + start:base + end]
+            codes, scales = zip(*(kernels.quantize_q8(w) for w, _, _ in group), strict=True)
+            calls.append((torch.cat(codes), torch.cat(scales),
+                          torch.cat([m for _, m, _ in group], dim=1), group[0][2]))
+    return calls
+
+
 def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dict]:
     """A decode step: torch dense vs the kernel (slower paths at batch 1 only, timed once),
     and the kernel over int8 codes of the same weights; batch-1 kernel cases with tiles of 1 and
     of 4 output rows. Each row carries the weight bytes one step reads (weights or codes and
     scales, plus the mask bits of each language in the batch) and the read bandwidth measured
     around it, and so its fraction of the bandwidth floor."""
-    quantized = [kernels.quantize_q8(w) for w, _, _ in layers]
+    quantized = int8_calls(layers)
     full_bytes = sum(w.numel() * w.element_size() for w, _, _ in layers)
-    int8_bytes = sum(c.numel() + s.numel() * s.element_size() for c, s in quantized)
+    int8_bytes = sum(c.numel() + s.numel() * s.element_size() for c, s, _, _ in quantized)
     mask_bytes = sum(m[0].numel() for _, m, _ in layers)  # one language's
     one = torch.zeros(1, dtype=torch.int32)
     eight_one = torch.zeros(8, dtype=torch.int32)
@@ -88,7 +104,7 @@ def decode_rows(layers: list[tuple], repeats: int, paths: list[str]) -> list[dic
 
     def int8(lang):
         return lambda: [kernels.masked_linear_q8(x[: len(lang)], codes, scales, m, lang)
-                        for (_, m, x), (codes, scales) in zip(layers, quantized, strict=True)]
+                        for codes, scales, m, x in quantized]
 
     best = paths[-1]
     cases = [  # (case, batch, path, output rows a tile at batch 1, step)

@@ -202,28 +202,25 @@ def weight_bytes(linear: Linear) -> int:
     return linear.weight.numel() * linear.weight.element_size()
 
 
-def join(parts: list[FusedLinear]) -> FusedLinear:
-    """One Linear of the parts' kind over their rows side by side (a part without a bias adds
-    zeros to the joint's); each part's tensors become views of its rows."""
+def join(parts: list[Int8FusedLinear]) -> Int8FusedLinear:
+    """One int8 Linear over the parts' rows side by side (a part without a bias adds zeros to
+    the joint's); each part's tensors become views of its rows."""
     first = parts[0]
-    outs = [p.stack.shape[1] for p in parts]
+    outs = [p.codes.shape[0] for p in parts]
     bias = None
     if any(p.bias is not None for p in parts):
         ref = next(p.bias for p in parts if p.bias is not None)
         bias = torch.cat([p.bias if p.bias is not None else ref.new_zeros(out)
                           for p, out in zip(parts, outs, strict=True)])
-    if isinstance(first, Int8FusedLinear):
-        joint = Int8FusedLinear(torch.cat([p.codes for p in parts]),
-                                torch.cat([p.scales for p in parts]), bias, first.rows,
-                                first.scratch, first.dtype)
-    else:
-        joint = FusedLinear(torch.cat([p.weight for p in parts]), bias, first.rows,
-                            first.scratch)
+    joint = Int8FusedLinear(torch.cat([p.codes for p in parts]),
+                            torch.cat([p.scales for p in parts]), bias, first.rows,
+                            first.scratch, first.dtype)
     start = 0
     for part, out in zip(parts, outs, strict=True):
-        for attr in ("weight", "codes", "scales", "bias"):
-            if getattr(part, attr, None) is not None:
-                setattr(part, attr, getattr(joint, attr)[start:start + out])
+        part.codes = joint.codes[start:start + out]
+        part.scales = joint.scales[start:start + out]
+        if part.bias is not None:
+            part.bias = joint.bias[start:start + out]
         part.stack = joint.stack[:, start:start + out]
         start += out
     return joint
@@ -354,14 +351,16 @@ class FusedStrategy(MaskStrategy):
                                dense.weight.dtype)
 
     def install(self, model):
-        """Also joins each group of siblings (Linears of one input: q|k|v, gate|up) into one
-        Linear over their rows side by side, so that a decode step reads the group in one
-        kernel call: 4 calls a layer instead of 7 (1.04-1.06x a batch-1 step, AMD EPYC). The
-        members stay in the tree, and in `linears`, as views of the joint's rows."""
+        """With int8 weights, also joins each group of siblings (Linears of one input: q|k|v,
+        gate|up) into one Linear over their rows side by side, so that a decode step reads the
+        group in one kernel call: 4 calls a layer instead of 7 (1.04-1.06x a batch-1 step, AMD
+        EPYC). The members stay in the tree, and in `linears`, as views of the joint's rows.
+        Full weights are not joined: they are the store's file, mapped, shared with every
+        process serving it; joined copies would add their size to each (0.45 GB here)."""
         super().install(model)
         self.calls: list[tuple[FusedLinear, list[str]]] = []  # each with its rows' weights
         grouped = set()
-        for joint_name, members in model.siblings().items():
+        for joint_name, members in model.siblings().items() if self.int8 else ():
             names = [f"{m}.weight" for m in members]
             joint = join([self.linears[n] for n in names])
             model.replace(joint_name, joint)

@@ -114,34 +114,35 @@ def test_int8_weights_match_their_dequantized_reference(store):
         Engine(store, strategy="swap", weights="int8")
 
 
-@pytest.mark.parametrize("weights", ["full", "int8"])
-def test_fused_strategy_reads_each_layers_siblings_in_one_call(store, weights):
-    """q|k|v and gate|up are one Linear each under the fused strategy (4 calls a layer): its
-    members hold views of its rows and their masks views of its stack (nothing held twice),
-    and each row of a mixed-language step gets what the members called alone give it."""
-    engine = Engine(store, strategy="fused", weights=weights)
+def test_fused_int8_weights_read_each_layers_siblings_in_one_call(store):
+    """With int8 weights q|k|v and gate|up are one Linear each (4 calls a layer): its members
+    hold views of its rows and their masks views of its stack (nothing held twice), and each
+    row of a mixed-language step gets what the members called alone give it. Full weights stay
+    the store's own tensors, one Linear each."""
+    full = Engine(store, strategy="fused")
+    assert len(full.model.called_linears()) == 7 * full.args.n_layers
+    assert full.model.model.layers[0].self_attn.qkv_proj is None
+    engine = Engine(store, strategy="fused", weights="int8")
     model, strategy = engine.model, engine.strategy
     assert len(model.called_linears()) == 4 * engine.args.n_layers
-    held = "codes" if weights == "int8" else "weight"
     langs = [DENSE, *store.languages]
     strategy.set_rows(langs)
     for block in model.model.layers[:2]:
         groups = ((block.self_attn.qkv_proj, ("q_proj", "k_proj", "v_proj"), block.self_attn),
                   (block.mlp.gate_up_proj, ("gate_proj", "up_proj"), block.mlp))
         for joint, names, parent in groups:
-            x = torch.randn(len(langs), 1, joint.stack.shape[2] * 8, dtype=engine.dtype)
+            x = torch.randn(len(langs), 1, joint.codes.shape[1], dtype=engine.dtype)
             want, start = [], 0
             for name in names:
                 member = getattr(parent, name)
-                rows = getattr(member, held)
-                assert rows.data_ptr() == getattr(joint, held)[start].data_ptr()
+                assert member.codes.data_ptr() == joint.codes[start].data_ptr()
                 weight_name = next(n for n, m in strategy.linears.items() if m is member)
                 for k, lang in enumerate(strategy.languages):
                     assert strategy.masks[lang][weight_name].data_ptr() == \
                         joint.stack[k, start].data_ptr()
                 want.append(member(x))
-                start += rows.shape[0]
-            assert start == joint.stack.shape[1]
+                start += member.codes.shape[0]
+            assert start == joint.codes.shape[0]
             assert torch.equal(joint(x), torch.cat(want, dim=-1))
 
 
