@@ -380,15 +380,19 @@ void attend_all(const Attention& a, int64_t rows, bool avx512, bool bf16_dot) {
   const int64_t per = a.heads / a.groups;
   const int64_t work = per * a.dim * (a.positions[0] + 1);  // per item, for the grain
   const int64_t grain = std::max<int64_t>(1, (int64_t(1) << 15) / std::max<int64_t>(1, work));
+  // Rows in the order 0, last, 1, last - 1, ...: a prompt's rows attend to ever more keys, and
+  // parallel_for hands each thread one contiguous range of items.
+  const auto row = [rows](int64_t r) { return r % 2 ? rows - 1 - r / 2 : r / 2; };
   at::parallel_for(0, rows * a.groups, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
+      const int64_t b = row(i / a.groups), g = i % a.groups;
 #ifdef SUBMODEL_DECODE_X86
       if (avx512 && a.dim % 16 == 0 && per <= kMaxHeadsPerGroup) {
-        attend_avx512<T>(a, i / a.groups, i % a.groups, bf16_dot);
+        attend_avx512<T>(a, b, g, bf16_dot);
         continue;
       }
 #endif
-      attend_generic<T>(a, i / a.groups, i % a.groups);
+      attend_generic<T>(a, b, g);
     }
   });
 }
