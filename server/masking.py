@@ -387,20 +387,18 @@ class FusedStrategy(MaskStrategy):
         super().set_masks(masks)
         self.masks = {lang: {} for lang in self.languages}
         for linear, names in self.calls:
-            if self.languages:
-                linear.stack = torch.stack([torch.cat([masks[lang][n] for n in names])
-                                            for lang in self.languages])
-            else:
-                linear.stack = linear.stack[:0]
+            stack = torch.empty(len(self.languages), *linear.stack.shape[1:], dtype=torch.uint8)
             start = 0
             for name in names:
                 member = self.linears[name]
                 end = start + member.stack.shape[1]
-                if member is not linear:
-                    member.stack = linear.stack[:, start:end]
                 for k, lang in enumerate(self.languages):
-                    self.masks[lang][name] = linear.stack[k, start:end]
+                    stack[k, start:end] = masks[lang][name]
+                    self.masks[lang][name] = stack[k, start:end]
+                if member is not linear:
+                    member.stack = stack[:, start:end]
                 start = end
+            linear.stack = stack
 
     def set_rows(self, row_languages, prefill=False):
         """Plans a decode step: a language with enough rows goes through W*M and torch's GEMM

@@ -42,19 +42,21 @@ def choose_token(logits: torch.Tensor, params: SamplingParams,
     values = logits.numpy()
     if params.temperature == 0:
         return int(values.argmax())
-    near = np.flatnonzero(values >= values.max() - NEGLIGIBLE * params.temperature)
+    top = float(values.max())
+    near = np.flatnonzero(values >= top - NEGLIGIBLE * params.temperature)
     if not 0 < len(near) <= CANDIDATES[-1]:  # a flat distribution (or NaN logits): all of them
-        return _sample(logits, params, generator)
+        return _sample(logits, top, params, generator)
     ids = torch.from_numpy(near)
-    return int(ids[_sample(logits[ids], params, generator)])
+    return int(ids[_sample(logits[ids], top, params, generator)])
 
 
-def _sample(logits: torch.Tensor, params: SamplingParams,
+def _sample(logits: torch.Tensor, top: float, params: SamplingParams,
             generator: torch.Generator | None) -> int:
-    """The index of one draw from logits / temperature under top-k and top-p."""
+    """The index of one draw from logits / temperature under top-k and top-p (`top`: the best
+    logit)."""
     # Shift the best logit to 0 before dividing: a tiny temperature then sends the others to
     # -inf, instead of overflowing every logit to +-inf and the softmax to NaN.
-    logits = (logits - logits.max()) / params.temperature
+    logits = (logits - top) / params.temperature
     vocab = logits.numel()
     limit = params.top_k if 0 < params.top_k < vocab else vocab
     if limit == vocab and params.top_p >= 1.0:

@@ -299,15 +299,12 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
                                     sin.contiguous())
 
 
-BF16_DOT_MAX_HEADS_PER_GROUP = 8  # decode_ops.cpp: kMaxBf16DotHeads
-
-
 def bf16_dot_attention(dtype: torch.dtype, heads_per_group: int, head_dim: int) -> bool:
     """Whether decode_attention takes caches of this dtype and head shape through VDPBF16PS
-    (decode_ops.cpp: bf16, the avx512bf16 path, head_dim a multiple of 32, at most 8 heads a
+    (decode_ops.cpp: bf16 on the avx512bf16 path, head_dim a multiple of 32, at most 8 heads a
     KV group)."""
-    return (dtype == torch.bfloat16 and kernel_path() == "avx512bf16" and head_dim % 32 == 0
-            and heads_per_group <= BF16_DOT_MAX_HEADS_PER_GROUP)
+    return dtype == torch.bfloat16 and _load().decode_attention_bf16_dot(heads_per_group,
+                                                                         head_dim)
 
 
 def cpu_features() -> list[str]:

@@ -158,6 +158,9 @@ void attend_generic(const Attention& a, int64_t b, int64_t g) {
   store_heads<T>(a, b, g, acc.data());
 }
 
+// Up to this many heads per group take attend_bf16 (their accumulators stay in registers).
+constexpr int64_t kMaxBf16DotHeads = 8;
+
 #ifdef SUBMODEL_DECODE_X86
 DEC_AVX512 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 DEC_AVX512 inline __m512 load16(const bf16* p) {
@@ -182,7 +185,6 @@ DEC_AVX512 inline __m512 exp16(__m512 x) {
 }
 
 constexpr int64_t kMaxHeadsPerGroup = 16;
-
 
 // 16 rows of 16 32-bit elements, transposed in place (r[c] becomes column c): unpacks of 32 and
 // 64 bits within 128-bit lanes, then a 4 x 4 transpose of the lanes.
@@ -252,8 +254,7 @@ DEC_AVX512BF16 void bf16_scores(const Attention& a, int64_t b, int64_t g,
 }
 
 // The weighted sums of row b's group g's values (P heads, weights in scores[j * len + l]) into
-// acc[j * d + i]: the weights rounded to bf16 (as torch's CPU attention rounds them for bf16
-// inputs), then per two keys their value rows interleaved dim by dim and one VDPBF16PS per 16
+// acc[j * d + i]: the weights rounded to bf16, then per two keys their value rows interleaved dim by dim and one VDPBF16PS per 16
 // dims and head, against the head's two weights broadcast.
 template <int P>
 DEC_AVX512BF16 void bf16_values(const Attention& a, int64_t b, int64_t g, const float* scores,
@@ -297,46 +298,10 @@ DEC_AVX512BF16 void bf16_values(const Attention& a, int64_t b, int64_t g, const 
   }
 }
 
-// Up to this many heads per group take bf16_scores and bf16_values (their accumulators stay in
-// registers).
-constexpr int64_t kMaxBf16DotHeads = 8;
-
-template <typename T>
-bool bf16_dot_fits(const Attention& a, bool bf16_dot) {
-  return std::is_same_v<T, bf16> && bf16_dot && a.dim % 32 == 0 &&
-         a.heads / a.groups <= kMaxBf16DotHeads;
-}
-
-template <typename T>
-DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g, bool bf16_dot) {
-  const int64_t per = a.heads / a.groups, len = a.positions[b] + 1, d = a.dim;
-  const std::vector<float> q = group_queries<T>(a, b, g);
-  std::vector<float> scores(per * len), acc(per * d, 0.f);
-  if (bf16_dot_fits<T>(a, bf16_dot)) {
-    using Scores = void (*)(const Attention&, int64_t, int64_t, const std::vector<float>&,
-                            float*, int64_t);
-    static constexpr Scores by_heads[kMaxBf16DotHeads] = {
-        bf16_scores<1>, bf16_scores<2>, bf16_scores<3>, bf16_scores<4>,
-        bf16_scores<5>, bf16_scores<6>, bf16_scores<7>, bf16_scores<8>};
-    by_heads[per - 1](a, b, g, q, scores.data(), len);
-  } else {
-    for (int64_t l = 0; l < len; ++l) {
-      const T* key = cached<T>(a, a.k_cache, b, g, l);
-      __m512 dots[kMaxHeadsPerGroup];
-      for (int64_t j = 0; j < per; ++j) dots[j] = _mm512_setzero_ps();
-      for (int64_t i = 0; i < d; i += 16) {
-        const __m512 k = load16(key + i);
-        for (int64_t j = 0; j < per; ++j) {
-          dots[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q.data() + j * d + i), k, dots[j]);
-        }
-      }
-      for (int64_t j = 0; j < per; ++j) {
-        scores[j * len + l] = _mm512_reduce_add_ps(dots[j]) * a.scale;
-      }
-    }
-  }
+// Each of per rows of scores [per, len] becomes its softmax, in place.
+DEC_AVX512 void softmax_rows(float* scores, int64_t per, int64_t len) {
   for (int64_t j = 0; j < per; ++j) {
-    float* s = scores.data() + j * len;
+    float* s = scores + j * len;
     const __m512 top = _mm512_set1_ps(*std::max_element(s, s + len));
     __m512 sums = _mm512_setzero_ps();
     for (int64_t l = 0; l < len; l += 16) {
@@ -351,14 +316,26 @@ DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g, bool bf1
       _mm512_mask_storeu_ps(s + l, lanes, _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, s + l), inv));
     }
   }
-  if (bf16_dot_fits<T>(a, bf16_dot)) {
-    using Values = void (*)(const Attention&, int64_t, int64_t, const float*, int64_t, float*);
-    static constexpr Values by_heads[kMaxBf16DotHeads] = {
-        bf16_values<1>, bf16_values<2>, bf16_values<3>, bf16_values<4>,
-        bf16_values<5>, bf16_values<6>, bf16_values<7>, bf16_values<8>};
-    by_heads[per - 1](a, b, g, scores.data(), len, acc.data());
-    return store_heads<T>(a, b, g, acc.data());
+}
+
+template <typename T>
+DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g) {
+  const int64_t per = a.heads / a.groups, len = a.positions[b] + 1, d = a.dim;
+  const std::vector<float> q = group_queries<T>(a, b, g);
+  std::vector<float> scores(per * len), acc(per * d, 0.f);
+  for (int64_t l = 0; l < len; ++l) {
+    const T* key = cached<T>(a, a.k_cache, b, g, l);
+    __m512 dots[kMaxHeadsPerGroup];
+    for (int64_t j = 0; j < per; ++j) dots[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < d; i += 16) {
+      const __m512 k = load16(key + i);
+      for (int64_t j = 0; j < per; ++j) {
+        dots[j] = _mm512_fmadd_ps(_mm512_loadu_ps(q.data() + j * d + i), k, dots[j]);
+      }
+    }
+    for (int64_t j = 0; j < per; ++j) scores[j * len + l] = _mm512_reduce_add_ps(dots[j]) * a.scale;
   }
+  softmax_rows(scores.data(), per, len);
   for (int64_t i = 0; i < d; i += 16) {
     __m512 sum[kMaxHeadsPerGroup];
     for (int64_t j = 0; j < per; ++j) sum[j] = _mm512_setzero_ps();
@@ -372,6 +349,19 @@ DEC_AVX512 void attend_avx512(const Attention& a, int64_t b, int64_t g, bool bf1
   }
   store_heads<T>(a, b, g, acc.data());
 }
+
+// Row b, group g of bf16 caches with P heads a group (bf16_dot_fits): bf16_scores, softmax,
+// bf16_values.
+template <int P>
+DEC_AVX512BF16 void attend_bf16(const Attention& a, int64_t b, int64_t g) {
+  const int64_t len = a.positions[b] + 1;
+  const std::vector<float> q = group_queries<bf16>(a, b, g);
+  std::vector<float> scores(P * len), acc(P * a.dim, 0.f);
+  bf16_scores<P>(a, b, g, q, scores.data(), len);
+  softmax_rows(scores.data(), P, len);
+  bf16_values<P>(a, b, g, scores.data(), len, acc.data());
+  store_heads<bf16>(a, b, g, acc.data());
+}
 #endif
 
 template <typename T>
@@ -383,12 +373,21 @@ void attend_all(const Attention& a, int64_t rows, bool avx512, bool bf16_dot) {
   // Rows in the order 0, last, 1, last - 1, ...: a prompt's rows attend to ever more keys, and
   // parallel_for hands each thread one contiguous range of items.
   const auto row = [rows](int64_t r) { return r % 2 ? rows - 1 - r / 2 : r / 2; };
+  const bool dot = std::is_same_v<T, bf16> && bf16_dot && bf16_dot_fits(per, a.dim);
   at::parallel_for(0, rows * a.groups, grain, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t b = row(i / a.groups), g = i % a.groups;
 #ifdef SUBMODEL_DECODE_X86
+      if (dot) {
+        using Attend = void (*)(const Attention&, int64_t, int64_t);
+        static constexpr Attend by_heads[kMaxBf16DotHeads] = {
+            attend_bf16<1>, attend_bf16<2>, attend_bf16<3>, attend_bf16<4>,
+            attend_bf16<5>, attend_bf16<6>, attend_bf16<7>, attend_bf16<8>};
+        by_heads[per - 1](a, b, g);
+        continue;
+      }
       if (avx512 && a.dim % 16 == 0 && per <= kMaxHeadsPerGroup) {
-        attend_avx512<T>(a, b, g, bf16_dot);
+        attend_avx512<T>(a, b, g);
         continue;
       }
 #endif
@@ -403,6 +402,10 @@ void check_cpu(const torch::Tensor& t, const char* what, const char* op) {
 }
 
 }  // namespace
+
+bool bf16_dot_fits(int64_t heads_per_group, int64_t head_dim) {
+  return head_dim % 32 == 0 && heads_per_group >= 1 && heads_per_group <= kMaxBf16DotHeads;
+}
 
 torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
   check_cpu(x, "x", "rms_norm");

@@ -820,6 +820,10 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k,
                                     g_path >= kAvx512, g_path == kAvx512Bf16);
 }
 
+bool decode_attention_bf16_dot(int64_t heads_per_group, int64_t head_dim) {
+  return g_path == kAvx512Bf16 && submodel::bf16_dot_fits(heads_per_group, head_dim);
+}
+
 std::vector<std::string> cpu_features() {
   std::vector<std::string> found;
   for (const char* f :
@@ -842,6 +846,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("rms_norm", &submodel::rms_norm, "weight * (x / rms(x)), per row, fp32 inside");
   m.def("decode_attention", &decode_attention,
         "one layer's attention for rows adding one token each (rotary, cache write, attend)");
+  m.def("decode_attention_bf16_dot", &decode_attention_bf16_dot,
+        "whether decode_attention takes bf16 caches of this head shape through VDPBF16PS");
   m.def("set_path", &set_path);
   m.def("get_path", &get_path);
   m.def("set_single_row_tiles", &set_single_row_tiles);
