@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -297,7 +298,9 @@ def test_masked_linear_group_shapes(path, dtype, row_lang):
 
 # ---- int8 weights ------------------------------------------------------------------------------
 
-Q8_SHAPES = [(1, 32), (7, 64), (33, 96), (64, 160)]  # in: multiples of the 32-column group
+# in: multiples of the 32-column group; the AVX-512 tile takes scales in blocks of 8 pairs of
+# groups: 1088 columns are 2 whole blocks and a pair, 544 a whole block and an odd last group
+Q8_SHAPES = [(1, 32), (7, 64), (33, 96), (64, 160), (9, 1088), (5, 544)]
 
 
 def dequantized(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
@@ -615,3 +618,39 @@ def test_rms_norm_matches_the_models_torch_steps(dtype):
     got = kernels.rms_norm(x, weight, 1e-6)
     assert got.dtype == dtype
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5 if dtype == torch.float32 else 1e-2)
+
+
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+@pytest.mark.skipif(not THP_MODE.exists() or "[never]" in THP_MODE.read_text(),
+                    reason="no transparent huge pages here")
+def test_cli_processes_ask_for_huge_pages_for_large_tensors():
+    """The console script turns on torch's THP allocation before torch allocates: a large
+    tensor's mapping is then eligible for 2 MiB pages, where the kernel's mode is madvise."""
+    script = """
+import sys
+if sys.argv[1] == "cli":
+    from submodel import cli
+    try:
+        cli.main(["--help"])
+    except SystemExit:
+        pass
+import torch
+t = torch.ones(64 << 20, dtype=torch.uint8)
+inside = False
+for line in open("/proc/self/smaps"):
+    head = line.split()[0]
+    if "-" in head and not head.endswith(":"):
+        lo, hi = (int(a, 16) for a in head.split("-"))
+        inside = lo <= t.data_ptr() < hi
+    elif inside and head == "THPeligible:":
+        print(line.split()[1])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+    eligible = {how: subprocess.run([sys.executable, "-c", script, how], env=env, check=True,
+                                    capture_output=True, text=True).stdout.split()[-1]
+                for how in ("cli", "plain")}
+    assert eligible["cli"] == "1"
+    if "[madvise]" in THP_MODE.read_text():
+        assert eligible["plain"] == "0"
