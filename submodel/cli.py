@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # Each module exposes register(subparsers); its parsers set `func(args) -> int`.
@@ -38,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before torch's first allocation (it reads this once): allocations of 2 MiB and more are
+    # aligned and madvised for transparent huge pages, where the kernel leaves THP to madvise.
+    # A decode step streams every weight once; with 4 KiB pages each 4 KiB of it costs a TLB
+    # walk (int8 Linears of a step from DRAM, AMD EPYC at ~79 GB/s: 7.2 -> 6.3 ms).
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
