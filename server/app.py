@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -98,22 +99,28 @@ class GrpcServer:
 
 
 def wait_for_signal() -> int:
-    """Block until SIGTERM or SIGINT; returns the signal number."""
-    got = threading.Event()
-    received: list[int] = []
+    """Block until SIGTERM or SIGINT; returns the signal number.
 
-    def handler(signum, _frame):
-        received.append(signum)
-        got.set()
-
-    previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    The kernel may hand a process's signal to any of its threads (grpc's, OpenMP's), and
+    Python then runs the handler only when the main thread next runs bytecode: a main thread
+    asleep in a wait would see it late. The signal's number also goes to a wakeup socket,
+    written from the C handler on whichever thread took the signal, so this wakes at once."""
+    stopping = (signal.SIGTERM, signal.SIGINT)
+    reader, writer = socket.socketpair()
+    writer.setblocking(False)
+    previous = {s: signal.signal(s, lambda _signum, _frame: None) for s in stopping}
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     try:
-        while not got.wait(0.5):
-            pass
+        while True:  # other handled signals (SIGHUP) write their numbers too
+            for signum in reader.recv(64):
+                if signum in stopping:
+                    return signum
     finally:
+        signal.set_wakeup_fd(previous_fd)
         for s, h in previous.items():
             signal.signal(s, h)
-    return received[0]
+        reader.close()
+        writer.close()
 
 
 def reload_on_sighup(generations: Generations):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -375,6 +377,31 @@ def test_drain_stops_once_clients_go_quiet(tiny_store):
         assert "shutting down" not in e.value.details()  # refused at connect: the port is shut
     finally:
         s.engine.stop()
+
+
+def test_a_signal_taken_by_another_thread_wakes_the_wait_at_once():
+    """The kernel may hand SIGTERM to any thread (grpc's, OpenMP's); the main thread, asleep in
+    wait_for_signal, must wake then, not at some later poll (0.5 s once: a stream that ended
+    before it saw the signal let new work in after SIGTERM)."""
+    script = """
+import signal, sys, threading, time
+from submodel.server.app import wait_for_signal
+ready = threading.Event()
+def send():
+    ready.wait()
+    time.sleep(0.1)
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # to this thread, not main
+threading.Thread(target=send).start()
+start = time.monotonic()
+signal.signal(signal.SIGTERM, lambda *_: None)  # not the default (exit) until the wait's own
+ready.set()
+signum = wait_for_signal()
+print(signum, time.monotonic() - start)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout.split()
+    assert int(out[0]) == signal.SIGTERM
+    assert float(out[1]) < 0.35  # sent at 0.1 s; a 0.5 s poll would answer at 0.5
 
 
 def test_sigterm_drains_and_exits_zero(tiny_store):
