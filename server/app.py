@@ -108,8 +108,9 @@ def wait_for_signal() -> int:
     stopping = (signal.SIGTERM, signal.SIGINT)
     reader, writer = socket.socketpair()
     writer.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)  # first:
+    # a signal taken once the handlers below are in must find the socket
     previous = {s: signal.signal(s, lambda _signum, _frame: None) for s in stopping}
-    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
     try:
         while True:  # other handled signals (SIGHUP) write their numbers too
             for signum in reader.recv(64):

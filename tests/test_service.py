@@ -384,7 +384,7 @@ def test_a_signal_taken_by_another_thread_wakes_the_wait_at_once():
     wait_for_signal, must wake then, not at some later poll (0.5 s once: a stream that ended
     before it saw the signal let new work in after SIGTERM)."""
     script = """
-import signal, sys, threading, time
+import signal, threading, time
 from submodel.server.app import wait_for_signal
 ready = threading.Event()
 def send():
