@@ -156,12 +156,15 @@ struct TileRows {
   }
 };
 
-// How far ahead a tile of R output rows prefetches codes: the same columns of the next tile's
-// rows; one-row tiles reach 8 rows ahead (Zen 4, batch 1: 2 rows ahead 7% slower, 4 rows 1%).
-// The hint is NTA: codes are read once a step, so they need not displace L2 (Zen 4, a decode
-// step's Linears from DRAM over T0: batch 1 1.04-1.08x dense, 1.05-1.06x masked; 4 masked rows
-// 1.13-1.17x; T1 no gain; the bf16 kernel's prefetch gains nothing from it).
-constexpr int64_t prefetch_rows(int R) { return R == 1 ? 8 : R; }
+// How far ahead a tile of R output rows prefetches codes: the same columns of the tile's two
+// tiles on; one-row tiles reach 8 rows ahead (Zen 4, batch 1: 2 rows ahead 7% slower, 4 rows
+// 1%). Two tiles, not one (Zen 4, 24 layers from DRAM in 2 MiB pages, interleaved): batch 1 in
+// 4-row tiles 1.08x (four tiles 1.05x), 4 bf16 rows of 2 languages 1.04-1.07x, 8 rows of one
+// 1.04x, of two 1.00-1.02x. The hint is NTA: codes are read once a step, so they need not
+// displace L2 (Zen 4, a decode step's Linears from DRAM over T0: batch 1 1.04-1.08x dense,
+// 1.05-1.06x masked; 4 masked rows 1.13-1.17x; T1 no gain; the bf16 kernel's prefetch gains
+// nothing from it).
+constexpr int64_t prefetch_rows(int R) { return R == 1 ? 8 : 2 * R; }
 
 // The lanes of a block's 16 per-group scales that pair q of the block takes: lanes 0-7 its first
 // group's (2q), 8-15 its second's (2q + 1), as VPDPBUSD's sums lie.
