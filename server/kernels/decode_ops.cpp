@@ -254,8 +254,8 @@ DEC_AVX512BF16 void bf16_scores(const Attention& a, int64_t b, int64_t g,
 }
 
 // The weighted sums of row b's group g's values (P heads, weights in scores[j * len + l]) into
-// acc[j * d + i]: the weights rounded to bf16, then per two keys their value rows interleaved dim by dim and one VDPBF16PS per 16
-// dims and head, against the head's two weights broadcast.
+// acc[j * d + i]: the weights rounded to bf16, then per two keys their value rows interleaved dim
+// by dim and one VDPBF16PS per 16 dims and head, against the head's two weights broadcast.
 template <int P>
 DEC_AVX512BF16 void bf16_values(const Attention& a, int64_t b, int64_t g, const float* scores,
                                 int64_t len, float* acc) {
